@@ -1,0 +1,171 @@
+"""The ``fedsim`` command line: run, validate, profiles, plot."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fedsim.errors import FedsimError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Simulate federated fine-tuning of language models on device fleets.")
+err_console = Console(stderr=True)
+console = Console()
+
+
+def _fail(exc: Exception) -> None:
+    err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def run(
+    scenario: Annotated[Path, typer.Argument(help="scenario YAML file")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="output folder (default runs/<scenario name>)")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="override the scenario's seed")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="dotted.key=value override (repeatable)")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Run a scenario (every sweep combination) and write its records."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fedsim.plot import plot_time_to_accuracy
+    from fedsim.scenario import load_scenario
+    from fedsim.simulate import simulate
+
+    try:
+        variants = load_scenario(scenario, overrides=set_ or [], seed=seed)
+    except FedsimError as exc:
+        _fail(exc)
+    root = out or Path("runs") / variants[0].scenario.name
+    dirs, results = [], []
+    failed = False
+    for v in variants:
+        run_dir = root / v.label if len(variants) > 1 or v.label else root
+        dirs.append(run_dir)
+        total = v.scenario.engine.max_rounds
+        with Progress(
+            TextColumn(f"[bold]{v.label}[/bold]"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+            console=err_console, disable=quiet, transient=False,
+        ) as progress:
+            task = progress.add_task(v.label, total=total, status="")
+
+            def on_round(row, task=task):
+                acc = row["accuracy"]
+                status = f"t={row['sim_time_s'] / 3600:.2f} h" + (f" acc={acc:.3f}" if acc is not None else "")
+                progress.update(task, advance=1, status=status)
+
+            try:
+                res = simulate(v.scenario, run_dir, label=v.label, on_round=on_round)
+            except FedsimError as exc:
+                err_console.print(f"[bold red]error[/bold red] in {v.label}: {exc} (records in {run_dir})", highlight=False)
+                failed = True
+                res = None
+            except KeyboardInterrupt:
+                err_console.print(f"interrupted; records so far are in {run_dir}")
+                raise typer.Exit(130)
+        results.append(res)
+    table = Table(title=f"{variants[0].scenario.name}: {root}")
+    for col in ("variant", "rounds", "sim time (h)", "final acc", "time to target (h)", "stop"):
+        table.add_column(col)
+    for v, res in zip(variants, results):
+        if res is None:
+            table.add_row(v.label, "-", "-", "-", "-", "failed")
+            continue
+        tta = "-" if res.time_to_target_s is None else f"{res.time_to_target_s / 3600:.2f}"
+        acc = "-" if res.final_accuracy is None else f"{res.final_accuracy:.3f}"
+        table.add_row(v.label, str(res.rounds), f"{res.sim_time_s / 3600:.2f}", acc, tta, res.stop_reason)
+    console.print(table)
+    ok_dirs = [d for d, r in zip(dirs, results) if r is not None]
+    if ok_dirs:
+        fig = plot_time_to_accuracy(ok_dirs, root / "time_to_accuracy.png")
+        console.print(f"plot: {fig}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def validate(files: Annotated[list[Path], typer.Argument(help="scenario YAML files")]) -> None:
+    """Check scenario files (and the profiles they use) without running them."""
+    from fedsim.scenario import load_scenario
+
+    bad = 0
+    for f in files:
+        try:
+            variants = load_scenario(f)
+        except FedsimError as exc:
+            err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+            bad += 1
+            continue
+        console.print(f"{f}: OK ({len(variants)} run{'s' if len(variants) != 1 else ''}: {', '.join(v.label for v in variants)})")
+    if bad:
+        raise typer.Exit(2)
+
+
+@app.command()
+def profiles(
+    name: Annotated[Optional[str], typer.Argument(help="a class to show in full")] = None,
+    dir_: Annotated[Optional[Path], typer.Option("--dir", help="profile folder (default device_profiles/)")] = None,
+) -> None:
+    """List the device and network classes, or show one."""
+    import yaml
+
+    from fedsim.profiles import load_profiles
+
+    try:
+        ps = load_profiles(dir_)
+    except FedsimError as exc:
+        _fail(exc)
+    if name:
+        cls = ps.devices.get(name) or ps.networks.get(name)
+        if cls is None:
+            _fail(FedsimError(f"no device or network class named {name!r} in {ps.directory}; known: {sorted(ps.devices) + sorted(ps.networks)}"))
+        console.print(f"# {name} (from {ps.files[name]})")
+        console.print(yaml.safe_dump(cls.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False), highlight=False)
+        return
+    t = Table(title=f"device classes ({ps.directory})")
+    for col in ("class", "GFLOP/s (mean)", "app memory GB (mean)", "straggle p", "dropout p", "description"):
+        t.add_column(col)
+    for n, d in ps.devices.items():
+        t.add_row(n, f"{d.train_gflops_per_s.mean():.1f}", f"{d.app_memory_gb.mean():.2f}", f"{d.straggle_prob:g}", f"{d.dropout_prob:g}", d.description)
+    console.print(t)
+    t = Table(title="network classes")
+    for col in ("class", "down Mbit/s (mean)", "up Mbit/s (mean)", "latency ms (mean)", "dropout p", "description"):
+        t.add_column(col)
+    for n, c in ps.networks.items():
+        t.add_row(n, f"{c.downlink_mbps.mean():.1f}", f"{c.uplink_mbps.mean():.1f}", f"{c.latency_ms.mean():.0f}", f"{c.dropout_prob:g}", c.description)
+    console.print(t)
+
+
+@app.command()
+def plot(
+    run_dirs: Annotated[list[Path], typer.Argument(help="run directories")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="image file")] = Path("time_to_accuracy.png"),
+    x: Annotated[str, typer.Option(help="x axis: time or round")] = "time",
+) -> None:
+    """Plot accuracy against simulated time (or round) for one or more runs."""
+    from fedsim.plot import plot_time_to_accuracy
+
+    for d in run_dirs:
+        if not (d / "rounds.csv").is_file():
+            _fail(FedsimError(f"{d} is not a run directory (no rounds.csv); give folders written by 'fedsim run'"))
+    if x not in ("time", "round"):
+        _fail(FedsimError(f"--x must be 'time' or 'round', got {x!r}"))
+    console.print(f"wrote {plot_time_to_accuracy(run_dirs, out, x=x)}")
+
+
+def main() -> None:
+    try:
+        app()
+    except FedsimError as exc:  # anything not caught by a command
+        err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Loading YAML into validated pydantic models, with errors that point at the file.
+
+The one loader behind scenarios and device profiles: it parses YAML while remembering the
+line of every key, applies ``dotted.key=value`` overrides, validates against a pydantic
+model, and turns every validation failure into a :class:`~fedsim.errors.ConfigError`
+naming the file, the line, the dotted path, the bad value and what was expected.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from fedsim.errors import ConfigError
+
+__all__ = ["read_yaml", "validate", "load_model", "apply_overrides", "parse_override"]
+
+M = TypeVar("M", bound=BaseModel)
+LineMap = dict[tuple, int]
+
+
+def read_yaml(path: str | Path) -> tuple[Any, LineMap]:
+    """Parse a YAML file; return the data and a map from key paths to 1-based lines."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(path, [("", None, ConfigError.MISSING, "the file does not exist")]) from None
+    except OSError as exc:
+        raise ConfigError(path, [("", None, ConfigError.MISSING, f"cannot be read ({exc.strerror})")]) from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(path, [("", line, ConfigError.MISSING, f"is not valid YAML ({problem})")]) from None
+    lines: LineMap = {}
+    if node is not None:
+        _collect_lines(node, (), lines)
+    return data, lines
+
+
+def _collect_lines(node: yaml.Node, prefix: tuple, lines: LineMap) -> None:
+    lines[prefix] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = prefix + (key_node.value,)
+            lines[key] = key_node.start_mark.line + 1
+            _collect_lines(value_node, key, lines)
+            lines[key] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _collect_lines(item, prefix + (i,), lines)
+
+
+def _line_for(loc: tuple, lines: LineMap) -> int | None:
+    # Pydantic locations use str keys and int indexes, as do the YAML paths; walk up to
+    # the closest ancestor that the file spells out (a missing key has no line itself).
+    loc = tuple(str(p) if not isinstance(p, int) else p for p in loc)
+    while loc:
+        if loc in lines:
+            return lines[loc]
+        loc = loc[:-1]
+    return None
+
+
+# Pydantic adds the union member or validator to error locations; users never wrote them.
+_DIST_TAGS = {"constant", "uniform", "normal", "lognormal", "choice"}
+
+
+def _is_internal(part) -> bool:
+    return isinstance(part, str) and ("[" in part or part in _DIST_TAGS)
+
+
+def _expected(err: dict) -> str:
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return "is not a known key (check the spelling; 'fedsim validate' lists the schema in its error)"
+    if kind == "missing":
+        return "is required but missing"
+    msg = err["msg"]
+    if kind == "value_error" and msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if kind.startswith("literal_error") and "expected" in ctx:
+        msg = f"expected one of {ctx['expected']}"
+    return "expected: " + msg[0].lower() + msg[1:] if not msg.startswith("expected") else msg
+
+
+def validate(
+    model: type[M],
+    data: Any,
+    *,
+    file: str | Path | None = None,
+    lines: LineMap | None = None,
+    context: dict | None = None,
+    prefix: tuple = (),
+) -> M:
+    """Validate ``data`` against ``model``; raise :class:`ConfigError` on any problem.
+
+    ``prefix`` is the path of ``data`` inside the file (for nested sections).
+    """
+    lines = lines or {}
+    try:
+        return model.model_validate(data, context=context)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            # Union members show up as extra path parts named after the member type.
+            loc = prefix + tuple(p for p in err["loc"] if not _is_internal(p))
+            path = ".".join(str(p) for p in loc)
+            value = ConfigError.MISSING if err["type"] == "missing" else err.get("input")
+            problems.append((path, _line_for(loc, lines), value, _expected(err)))
+        raise ConfigError(file, problems) from None
+
+
+def load_model(model: type[M], path: str | Path, overrides: list[str] | None = None, context: dict | None = None) -> M:
+    """Read a YAML file, apply ``dotted.key=value`` overrides and validate it."""
+    data, lines = read_yaml(path)
+    if data is None:
+        data = {}
+    if overrides:
+        data = apply_overrides(data, overrides, file=path)
+    return validate(model, data, file=path, lines=lines, context=context)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``'engine.max_rounds=50'`` -> ``(['engine', 'max_rounds'], 50)``; values are YAML."""
+    if "=" not in text:
+        raise ConfigError(None, [(text, None, text, "an override of the form dotted.key=value")])
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(None, [(key, None, text, "a dotted key such as engine.max_rounds")])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str], file: str | Path | None = None) -> dict:
+    """Return a copy of ``data`` with each ``dotted.key=value`` set (creating mappings)."""
+    import copy
+
+    data = copy.deepcopy(data)
+    if not isinstance(data, dict):
+        raise ConfigError(file, [("", None, data, "a mapping at the top level")])
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                raise ConfigError(file, [(where, None, child, f"a mapping, to set '{text}'")])
+            node = child
+        node[parts[-1]] = value
+    return data

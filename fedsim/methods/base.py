@@ -1,0 +1,121 @@
+"""The method interface: how a federated algorithm plugs into the engine.
+
+A method chooses each selected client's :class:`~fedsim.plan.ClientPlan` at the start of
+a round, may replace the aggregation of client updates, and hears how the round went.
+Hooks are round-numbered, as in Flower's strategies; failures arrive as data in the
+:class:`RoundReport`, never as exceptions. Each method is one module that registers
+itself with one call to :func:`register`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from fedsim.costmodel import CostCoefficients, ModelShape
+from fedsim.fleet import Fleet
+from fedsim.plan import ClientPlan, RoundPlans
+from fedsim.trainers.base import AggregateFn, ClientResult, EvalResult
+
+__all__ = ["Method", "MethodParams", "RoundContext", "RoundReport", "register", "get_method", "method_names"]
+
+
+class MethodParams(BaseModel):
+    """Base of a method's ``params`` block in a scenario: unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class RoundContext:
+    """What a method may look at when planning a round."""
+
+    round_idx: int
+    now_s: float
+    device_ids: np.ndarray
+    fleet: Fleet
+    shape: ModelShape
+    base_plan: ClientPlan
+    coefficients: CostCoefficients
+    deadline_s: float | None
+    rng: np.random.Generator
+
+
+@dataclass
+class RoundReport:
+    """How a round went, per selected client (arrays aligned with ``device_ids``)."""
+
+    round_idx: int
+    start_s: float
+    end_s: float
+    device_ids: np.ndarray
+    plans: RoundPlans
+    outcome: np.ndarray  # str codes, see fedsim.engine.OUTCOMES
+    duration_s: np.ndarray
+    results: list[ClientResult] = field(default_factory=list)
+    evaluation: EvalResult | None = None
+
+
+class Method:
+    """Base class: FedLoRA behaviour (every client gets the base plan, FedAvg per layer).
+
+    Subclasses override :meth:`configure_round`, and optionally :meth:`aggregate_fn`,
+    :meth:`round_finished`, :meth:`state_dict` / :meth:`load_state_dict`.
+    """
+
+    name: ClassVar[str] = "base"
+    Params: ClassVar[type[MethodParams]] = MethodParams
+
+    def __init__(self, params: MethodParams, shape: ModelShape, base_plan: ClientPlan) -> None:
+        self.params = params
+        self.shape = shape
+        self.base_plan = base_plan
+
+    def configure_round(self, ctx: RoundContext) -> RoundPlans:
+        return RoundPlans.same(self.base_plan, len(ctx.device_ids))
+
+    def aggregate_fn(self) -> AggregateFn | None:
+        """A replacement for per-layer FedAvg, or ``None`` to keep it."""
+        return None
+
+    def round_finished(self, report: RoundReport) -> None:
+        """Called after aggregation and evaluation of every round."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Make ``cls`` available to scenarios as ``method: {name: cls.name}``."""
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"a method named {cls.name!r} is already registered")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[Method]:
+    _load_builtins()
+    return _REGISTRY[name]
+
+
+def method_names() -> list[str]:
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+def _load_builtins() -> None:
+    # Importing the modules runs their register() calls.
+    from fedsim.methods import fedlora, stld_fixed  # noqa: F401
+
+
+MethodFactory = Callable[[MethodParams, ModelShape, ClientPlan], Method]

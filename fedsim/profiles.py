@@ -1,0 +1,173 @@
+"""Device and network classes, loaded from the YAML files in ``device_profiles/``.
+
+A profile directory holds any number of ``*.yaml`` files, each with a ``devices:`` and/or
+a ``networks:`` mapping from class name to class. Each numeric field is a distribution
+(:mod:`fedsim.distributions`), sampled per device when a fleet is built. Units are in the
+field names and are the ones reports quote (GFLOP/s, GB, Mbit/s, ms); the fleet converts
+them to SI units.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fedsim.configio import read_yaml, validate
+from fedsim.distributions import Constant, Dist
+from fedsim.errors import ConfigError
+
+__all__ = [
+    "DeviceClass",
+    "NetworkClass",
+    "Availability",
+    "ProfileSet",
+    "load_profiles",
+    "default_profiles_dir",
+]
+
+
+def _within(dist, low: float, high: float, what: str):
+    lo, hi = dist.support
+    if lo < low or hi > high:
+        raise ValueError(f"{what} must stay within [{low}, {high}], but this distribution reaches [{lo:g}, {hi:g}] (add min/max)")
+    return dist
+
+
+class Availability(BaseModel):
+    """When a device can train: a daily window in local time (on charger, idle, on Wi-Fi).
+
+    A device is available while its local hour of day lies in
+    ``[window_start_h, window_start_h + window_len_h)`` (wrapping at midnight), except on
+    days it skips, each with probability ``skip_day_prob``. ``window_len_h: 24`` means
+    always available (a lab board on mains power).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    window_start_h: Dist = Field(description="local hour the window opens, 0-24")
+    window_len_h: Dist = Field(description="window length in hours, 0-24")
+    skip_day_prob: float = Field(0.0, ge=0.0, le=1.0, description="probability a day has no window")
+    utc_offset_h: Dist = Field(Constant(value=0.0), description="time zone of the device, hours from UTC")
+    source: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self):
+        _within(self.window_start_h, 0.0, 24.0, "window_start_h")
+        _within(self.window_len_h, 0.0, 24.0, "window_len_h")
+        _within(self.utc_offset_h, -12.0, 14.0, "utc_offset_h")
+        return self
+
+
+class DeviceClass(BaseModel):
+    """A kind of device: compute, memory, availability, reliability and energy."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    description: str
+    source: str | None = Field(None, description="where the figures come from")
+    train_gflops_per_s: Dist = Field(description="effective fp32 training throughput, GFLOP/s")
+    app_memory_gb: Dist = Field(description="memory the training app may use, GB (1e9 bytes)")
+    availability: Availability
+    straggle_prob: float = Field(ge=0.0, le=1.0, description="chance a round runs slowly")
+    straggle_slowdown: Dist = Field(description="compute-time factor of a slow round, >= 1")
+    dropout_prob: float = Field(ge=0.0, le=1.0, description="chance the device quits mid-round")
+    joules_per_gflop: Dist = Field(description="energy of one GFLOP of training")
+
+    @model_validator(mode="after")
+    def _check(self):
+        _within(self.train_gflops_per_s, 1e-6, float("inf"), "train_gflops_per_s")
+        _within(self.app_memory_gb, 1e-3, float("inf"), "app_memory_gb")
+        _within(self.straggle_slowdown, 1.0, float("inf"), "straggle_slowdown")
+        _within(self.joules_per_gflop, 0.0, float("inf"), "joules_per_gflop")
+        return self
+
+
+class NetworkClass(BaseModel):
+    """A kind of network link: asymmetric bandwidth, latency, reliability and energy."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    description: str
+    source: str | None = None
+    downlink_mbps: Dist = Field(description="download bandwidth, Mbit/s")
+    uplink_mbps: Dist = Field(description="upload bandwidth, Mbit/s")
+    latency_ms: Dist = Field(description="round-trip latency per transfer, ms")
+    dropout_prob: float = Field(0.0, ge=0.0, le=1.0, description="chance the link drops mid-round")
+    joules_per_mb_down: Dist = Field(description="radio energy per MB (1e6 bytes) received")
+    joules_per_mb_up: Dist = Field(description="radio energy per MB (1e6 bytes) sent")
+
+    @model_validator(mode="after")
+    def _check(self):
+        _within(self.downlink_mbps, 1e-6, float("inf"), "downlink_mbps")
+        _within(self.uplink_mbps, 1e-6, float("inf"), "uplink_mbps")
+        _within(self.latency_ms, 0.0, float("inf"), "latency_ms")
+        _within(self.joules_per_mb_down, 0.0, float("inf"), "joules_per_mb_down")
+        _within(self.joules_per_mb_up, 0.0, float("inf"), "joules_per_mb_up")
+        return self
+
+
+class _ProfileFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    devices: dict[str, DeviceClass] = Field(default_factory=dict)
+    networks: dict[str, NetworkClass] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProfileSet:
+    """All device and network classes of a profile directory, with their source files."""
+
+    devices: dict[str, DeviceClass]
+    networks: dict[str, NetworkClass]
+    files: dict[str, str]  # class name -> file it came from
+    directory: str
+
+    def device(self, name: str) -> DeviceClass:
+        return self.devices[name]
+
+    def network(self, name: str) -> NetworkClass:
+        return self.networks[name]
+
+
+def default_profiles_dir() -> Path:
+    """``$FEDSIM_PROFILES``, else the ``device_profiles/`` folder of this checkout."""
+    env = os.environ.get("FEDSIM_PROFILES")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "device_profiles"
+
+
+def load_profiles(directory: str | Path | None = None) -> ProfileSet:
+    """Load and validate every ``*.yaml`` file in ``directory``.
+
+    Raises:
+        ConfigError: a file is malformed, a value impossible, or a class defined twice.
+    """
+    directory = Path(directory) if directory is not None else default_profiles_dir()
+    if not directory.is_dir():
+        raise ConfigError(
+            directory,
+            [("", None, ConfigError.MISSING, "a directory of device profile YAML files; it does not exist (set fleet.profiles_dir or FEDSIM_PROFILES)")],
+        )
+    devices: dict[str, DeviceClass] = {}
+    networks: dict[str, NetworkClass] = {}
+    files: dict[str, str] = {}
+    paths = sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml"))
+    if not paths:
+        raise ConfigError(directory, [("", None, ConfigError.MISSING, "at least one *.yaml profile file; the directory has none")])
+    for path in paths:
+        data, lines = read_yaml(path)
+        parsed = validate(_ProfileFile, data or {}, file=path, lines=lines)
+        for kind, source, target in (("devices", parsed.devices, devices), ("networks", parsed.networks, networks)):
+            for name, cls in source.items():
+                if name in target:
+                    raise ConfigError(
+                        path,
+                        [(f"{kind}.{name}", lines.get((kind, name)), ConfigError.MISSING, f"a class name not already defined in {files[name]}")],
+                    )
+                target[name] = cls
+                files[name] = str(path)
+    return ProfileSet(devices=devices, networks=networks, files=files, directory=str(directory))

@@ -1,0 +1,130 @@
+"""Run records: the resolved configuration and append-only logs of what happened.
+
+A run directory holds
+
+* ``config.yaml``: the scenario as resolved (defaults filled in, overrides applied, seed);
+* ``rounds.csv``: one row per round (:data:`ROUND_COLUMNS`);
+* ``clients.csv``: one row per client and round (:data:`CLIENT_COLUMNS`);
+* ``summary.json``: the outcome of the run, written last, also when the run fails.
+
+Rows are flushed as each round ends, so a killed run keeps every finished round. Plots,
+notebooks and ``fedsim compare`` read only these files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+__all__ = ["RunRecorder", "ROUND_COLUMNS", "CLIENT_COLUMNS", "read_rounds", "read_summary", "read_clients"]
+
+ROUND_COLUMNS = (
+    "round", "start_s", "sim_time_s", "duration_s", "available", "selected", "participants",
+    "failures", "oom", "dropout", "straggler", "surplus", "accuracy", "loss",
+    "personal_accuracy", "bytes_up", "bytes_down", "energy_j", "train_loss", "train_wall_s",
+)
+
+# (name, printf format) of the per-client columns, in file order.
+_CLIENT_FORMAT = (
+    ("round", "%d"), ("device_id", "%d"), ("device_class", "%s"), ("network_class", "%s"),
+    ("plan", "%s"), ("mean_drop", "%.4g"), ("start_s", "%.10g"), ("end_s", "%.10g"),
+    ("download_s", "%.6g"), ("compute_s", "%.6g"), ("upload_s", "%.6g"), ("outcome", "%s"),
+    ("bytes_down", "%d"), ("bytes_up", "%d"), ("energy_j", "%.6g"), ("peak_mem_bytes", "%d"),
+    ("mem_cap_bytes", "%d"),
+)
+CLIENT_COLUMNS = tuple(name for name, _ in _CLIENT_FORMAT)
+_CLIENT_ROW = ",".join(fmt for _, fmt in _CLIENT_FORMAT) + "\n"
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+class RunRecorder:
+    """Writes one run directory. Use as a context manager or call :meth:`close`."""
+
+    def __init__(self, out_dir: str | Path, config: dict[str, Any]) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / "config.yaml", "w", encoding="utf-8") as fh:
+            yaml.safe_dump(_jsonable(config), fh, sort_keys=False)
+        self._rounds = open(self.out_dir / "rounds.csv", "w", newline="", encoding="utf-8")
+        self._round_writer = csv.DictWriter(self._rounds, fieldnames=ROUND_COLUMNS)
+        self._round_writer.writeheader()
+        self._clients = open(self.out_dir / "clients.csv", "w", encoding="utf-8")
+        self._clients.write(",".join(CLIENT_COLUMNS) + "\n")
+        self.rows_written = 0
+
+    def round(self, row: dict[str, Any]) -> None:
+        self._round_writer.writerow({k: _fmt_cell(row.get(k)) for k in ROUND_COLUMNS})
+        self._rounds.flush()
+
+    def clients(self, columns: dict[str, np.ndarray]) -> None:
+        """Append the per-client rows of one round; arrays keyed by :data:`CLIENT_COLUMNS`."""
+        lists = [np.asarray(columns[name]).tolist() for name in CLIENT_COLUMNS]
+        self._clients.write("".join(_CLIENT_ROW % row for row in zip(*lists)))
+        self._clients.flush()
+        self.rows_written += len(lists[0])
+
+    def summary(self, summary: dict[str, Any]) -> None:
+        with open(self.out_dir / "summary.json", "w", encoding="utf-8") as fh:
+            json.dump(_jsonable(summary), fh, indent=2)
+            fh.write("\n")
+
+    def close(self) -> None:
+        self._rounds.close()
+        self._clients.close()
+
+    def __enter__(self) -> RunRecorder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _fmt_cell(v: Any) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, float | np.floating):
+        return "" if not math.isfinite(v) else f"{float(v):.10g}"
+    return v
+
+
+def read_rounds(run_dir: str | Path) -> dict[str, np.ndarray]:
+    """``rounds.csv`` as columns of floats (empty cells are NaN)."""
+    with open(Path(run_dir) / "rounds.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    return {k: np.array([float(r[k]) if r[k] != "" else np.nan for r in rows]) for k in ROUND_COLUMNS}
+
+
+def read_clients(run_dir: str | Path) -> dict[str, np.ndarray]:
+    """``clients.csv`` as columns (numbers as floats, names as strings)."""
+    with open(Path(run_dir) / "clients.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    out = {}
+    for k in CLIENT_COLUMNS:
+        vals = [r[k] for r in rows]
+        try:
+            out[k] = np.array([float(v) for v in vals])
+        except ValueError:
+            out[k] = np.array(vals, dtype=object)
+    return out
+
+
+def read_summary(run_dir: str | Path) -> dict[str, Any]:
+    with open(Path(run_dir) / "summary.json", encoding="utf-8") as fh:
+        return json.load(fh)

@@ -1,0 +1,179 @@
+"""Scenarios: one validated YAML document describes a whole run (or a sweep of runs).
+
+Top-level sections: ``fleet`` (:class:`~fedsim.fleet.FleetSpec`), ``model``, ``data``,
+``train`` (:mod:`fedsim.training.config`), ``local`` (:class:`LocalSpec`), ``trainer``
+(:class:`TrainerSpec`), ``method`` (:class:`MethodSpec`), ``engine``
+(:class:`~fedsim.engine.EngineSpec`) and ``sweep``. Unknown keys anywhere are errors.
+
+``sweep`` maps dotted keys to lists of values; the scenario expands to the cartesian
+product, one run per combination (desmod's factorial sweeps)::
+
+    sweep:
+      method: [{name: fedlora}, {name: stld-fixed, params: {mean_drop: 0.5}}]
+      engine.round_deadline_s: [300, 600]
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedsim.configio import apply_overrides, read_yaml, validate
+from fedsim.engine import EngineSpec
+from fedsim.errors import ConfigError
+from fedsim.fleet import FleetSpec
+from fedsim.methods.base import get_method, method_names
+from fedsim.profiles import ProfileSet, load_profiles
+from fedsim.trainers.surrogate import SurrogateSpec
+from fedsim.training.config import DataSpec, ModelSpec, TrainSpec
+
+__all__ = ["Scenario", "LocalSpec", "TrainerSpec", "MethodSpec", "Variant", "load_scenario", "expand"]
+
+_FROZEN = ConfigDict(extra="forbid", frozen=True)
+
+
+class LocalSpec(BaseModel):
+    """Local training per round (the base plan; methods may change it per client)."""
+
+    model_config = _FROZEN
+    batch_size: int = Field(16, ge=1, le=4096)
+    local_steps: int = Field(10, ge=1, le=100_000)
+
+
+class TrainerSpec(BaseModel):
+    """Who produces learning progress: real PyTorch training or the analytic surrogate."""
+
+    model_config = _FROZEN
+    kind: Literal["torch", "surrogate"] = "torch"
+    surrogate: SurrogateSpec = Field(default_factory=SurrogateSpec)
+    examples_per_client: int = Field(20, ge=1, description="surrogate only: examples each client holds")
+
+
+class MethodSpec(BaseModel):
+    """A registered method and its parameters (validated against the method's schema)."""
+
+    model_config = _FROZEN
+    name: str = "fedlora"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Scenario(BaseModel):
+    """A whole simulation, validated."""
+
+    model_config = _FROZEN
+    name: str = Field("scenario", min_length=1, max_length=100)
+    description: str = ""
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+    fleet: FleetSpec
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    local: LocalSpec = Field(default_factory=LocalSpec)
+    trainer: TrainerSpec = Field(default_factory=TrainerSpec)
+    method: MethodSpec = Field(default_factory=MethodSpec)
+    engine: EngineSpec = Field(default_factory=EngineSpec)
+    sweep: dict[str, list[Any]] = Field(default_factory=dict, description="dotted key -> values")
+
+    def method_params(self):
+        """The method's parameters as its own validated model."""
+        return get_method(self.method.name).Params.model_validate(self.method.params)
+
+
+class Variant(BaseModel):
+    """One run of a (possibly swept) scenario."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    label: str
+    scenario: Scenario
+
+
+def _check_semantics(sc: Scenario, file, lines, profiles: ProfileSet) -> None:
+    problems = []
+    if sc.method.name not in method_names():
+        problems.append(("method.name", lines.get(("method", "name")), sc.method.name, f"one of the registered methods {method_names()}"))
+    else:
+        validate(get_method(sc.method.name).Params, sc.method.params, file=file, lines=lines, prefix=("method", "params"))
+    for path, value, expected in sc.fleet.check_classes(profiles):
+        key = tuple(path.split("."))
+        problems.append((path, lines.get(key) or lines.get(key[:-1]), value, expected))
+    if problems:
+        raise ConfigError(file, problems)
+
+
+def _slug(value: Any) -> str:
+    if isinstance(value, dict):
+        value = value.get("name", "-".join(f"{k}{_slug(v)}" for k, v in value.items()))
+    text = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(value)).strip("-")
+    return text or "x"
+
+
+def expand(data: dict, file=None) -> list[tuple[str, dict]]:
+    """The (label, raw scenario) pairs of every sweep combination (one if no sweep)."""
+    sweep = data.get("sweep") or {}
+    if not isinstance(sweep, dict):
+        raise ConfigError(file, [("sweep", None, sweep, "a mapping from dotted keys to lists of values")])
+    base = {k: v for k, v in data.items() if k != "sweep"}
+    if not sweep:
+        return [("", base)]
+    keys = list(sweep)
+    for k in keys:
+        if not isinstance(sweep[k], list) or not sweep[k]:
+            raise ConfigError(file, [(f"sweep.{k}", None, sweep[k], "a non-empty list of values")])
+    out = []
+    for combo in itertools.product(*(sweep[k] for k in keys)):
+        overrides = [(k, v) for k, v in zip(keys, combo)]
+        raw = base
+        for k, v in overrides:
+            raw = _set(raw, k, v, file)
+        label = "_".join(_slug(v) if len(keys) == 1 or k == "method" else f"{k.split('.')[-1]}-{_slug(v)}" for k, v in overrides)
+        out.append((label, raw))
+    labels = [label for label, _ in out]
+    if len(set(labels)) != len(labels):
+        out = [(f"{i:02d}-{label}", raw) for i, (label, raw) in enumerate(out)]
+    return out
+
+
+def _set(data: dict, dotted: str, value: Any, file) -> dict:
+    import copy
+
+    data = copy.deepcopy(data)
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(file, [(f"sweep.{dotted}", None, value, f"a key inside a mapping, but '{part}' is not one")])
+        node = nxt
+    node[parts[-1]] = value
+    return data
+
+
+def load_scenario(path: str | Path, overrides: list[str] | None = None, seed: int | None = None) -> list[Variant]:
+    """Load, override, expand and validate a scenario file; one :class:`Variant` per run.
+
+    Raises:
+        ConfigError: anything wrong in the file, the overrides or the profile folder.
+    """
+    data, lines = read_yaml(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(path, [("", 1, type(data).__name__, "a mapping of sections (fleet, method, engine, ...)")])
+    if overrides:
+        data = apply_overrides(data, overrides, file=path)
+    if seed is not None:
+        data["seed"] = seed
+    variants = []
+    profiles_cache: dict[Any, ProfileSet] = {}
+    for label, raw in expand(data, file=path):
+        sc = validate(Scenario, raw, file=path, lines=lines)
+        key = sc.fleet.profiles_dir
+        if key not in profiles_cache:
+            profiles_cache[key] = load_profiles(key)
+        _check_semantics(sc, path, lines, profiles_cache[key])
+        variants.append(Variant(label=label or sc.method.name, scenario=sc))
+    return variants

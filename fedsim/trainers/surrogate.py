@@ -1,0 +1,103 @@
+"""An analytic learning-curve trainer: a *surrogate* for real training.
+
+It trains nothing. It turns the work that clients report into a scalar "progress" and
+maps progress to accuracy with a saturating curve, so engine tests and what-if studies
+over 10^5-10^6 devices run in seconds. Its numbers are a model, not a measurement: use
+the PyTorch trainer (``trainer.kind: torch``) for anything about accuracy itself.
+
+The curve, with ``E_i = batch_i * steps_i * q(plan_i)`` the effective examples of client i
+in round r::
+
+    progress_r = progress_{r-1} + rate * (sum_i E_i) ** data_exponent
+    accuracy   = acc_max - (acc_max - acc_start) * exp(-progress)
+    observed   = accuracy + Normal(0, noise_std)        (evaluation noise)
+
+``q(plan) = mean_keep ** drop_exponent``: a step with layers dropped learns a little less
+than a full step (``drop_exponent < 1`` says dropout hurts less than proportionally, as
+STLD's authors report). ``data_exponent < 1`` gives diminishing returns to more data per
+round, as averaging more clients reduces variance but not bias.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fedsim.plan import ClientPlan
+from fedsim.trainers.base import AggregateFn, ClientResult, EvalResult
+
+__all__ = ["SurrogateSpec", "SurrogateTrainer"]
+
+
+class SurrogateSpec(BaseModel):
+    """Parameters of the analytic learning curve (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    acc_start: float = Field(0.25, ge=0.0, le=1.0, description="accuracy before training")
+    acc_max: float = Field(0.9, ge=0.0, le=1.0, description="accuracy the curve saturates at")
+    rate: float = Field(0.002, gt=0.0, description="progress per (effective example) ** data_exponent")
+    data_exponent: float = Field(0.5, gt=0.0, le=1.0)
+    drop_exponent: float = Field(0.5, ge=0.0, le=2.0)
+    noise_std: float = Field(0.0, ge=0.0, le=0.2, description="std of evaluation noise")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.acc_max < self.acc_start:
+            raise ValueError(f"acc_max ({self.acc_max}) must be at least acc_start ({self.acc_start})")
+        return self
+
+
+class SurrogateTrainer:
+    """Implements :class:`~fedsim.trainers.base.Trainer` with the curve above."""
+
+    def __init__(self, spec: SurrogateSpec, num_layers: int, examples_per_client: np.ndarray, seed: int) -> None:
+        self.spec = spec
+        self.num_layers = num_layers
+        self.examples_per_client = examples_per_client
+        self.seed = int(seed)
+        self.progress = 0.0
+
+    def effective_examples(self, plan: ClientPlan) -> float:
+        q = float(plan.keep_prob.mean()) ** self.spec.drop_exponent
+        return plan.batch_size * plan.local_steps * q
+
+    def train(self, round_idx: int, client_ids: np.ndarray, plans: Sequence[ClientPlan], seeds: np.ndarray) -> list[ClientResult]:
+        results = []
+        for cid, plan in zip(client_ids, plans):
+            steps = plan.keep_prob * plan.local_steps
+            results.append(
+                ClientResult(
+                    client_id=int(cid),
+                    num_examples=int(self.examples_per_client[cid]),
+                    layer_steps=np.rint(steps).astype(np.int64),
+                    train_loss=float(-np.log(max(self.accuracy(), 1e-6))),
+                    grad_norms=np.zeros(self.num_layers),
+                    extras={"effective_examples": self.effective_examples(plan)},
+                )
+            )
+        return results
+
+    def aggregate(self, round_idx: int, results: Sequence[ClientResult], aggregate_fn: AggregateFn | None) -> None:
+        total = sum(r.extras["effective_examples"] for r in results)
+        if total > 0:
+            self.progress += self.spec.rate * total**self.spec.data_exponent
+
+    def accuracy(self) -> float:
+        s = self.spec
+        return s.acc_max - (s.acc_max - s.acc_start) * float(np.exp(-self.progress))
+
+    def evaluate(self, round_idx: int) -> EvalResult:
+        acc = self.accuracy()
+        if self.spec.noise_std > 0:
+            rng = np.random.default_rng([self.seed, 0xE7A1, round_idx])
+            acc = float(np.clip(acc + rng.normal(0.0, self.spec.noise_std), 0.0, 1.0))
+        return EvalResult(accuracy=acc, loss=float(-np.log(max(acc, 1e-6))))
+
+    def state_dict(self) -> dict:
+        return {"progress": self.progress}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.progress = float(state["progress"])
