@@ -65,17 +65,22 @@ class SurrogateTrainer:
         return plan.batch_size * plan.local_steps * q
 
     def train(self, round_idx: int, client_ids: np.ndarray, plans: Sequence[ClientPlan], seeds: np.ndarray) -> list[ClientResult]:
+        loss = float(-np.log(max(self.accuracy(), 1e-6)))
+        per_plan: dict[ClientPlan, tuple[np.ndarray, float]] = {}  # plans repeat: price each once
+        grad_norms = np.zeros(self.num_layers)
         results = []
-        for cid, plan in zip(client_ids, plans):
-            steps = plan.keep_prob * plan.local_steps
+        for cid, plan in zip(client_ids.tolist(), plans):
+            cached = per_plan.get(plan)
+            if cached is None:
+                cached = per_plan[plan] = (np.rint(plan.keep_prob * plan.local_steps).astype(np.int64), self.effective_examples(plan))
             results.append(
                 ClientResult(
-                    client_id=int(cid),
+                    client_id=cid,
                     num_examples=int(self.examples_per_client[cid]),
-                    layer_steps=np.rint(steps).astype(np.int64),
-                    train_loss=float(-np.log(max(self.accuracy(), 1e-6))),
-                    grad_norms=np.zeros(self.num_layers),
-                    extras={"effective_examples": self.effective_examples(plan)},
+                    layer_steps=cached[0],
+                    train_loss=loss,
+                    grad_norms=grad_norms,
+                    extras={"effective_examples": cached[1]},
                 )
             )
         return results

