@@ -77,11 +77,40 @@ def _is_internal(part) -> bool:
     return isinstance(part, str) and ("[" in part or part in _DIST_TAGS)
 
 
-def _expected(err: dict) -> str:
+def _known_keys(model: type[BaseModel], loc: tuple) -> list[str] | None:
+    """The keys a mapping at ``loc`` (the parent of an unknown key) accepts."""
+    import typing
+
+    current: Any = model
+    for part in loc:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(part) or next(
+                (f for f in current.model_fields.values() if f.alias == part), None
+            )
+            if field is None:
+                return None
+            current = field.annotation
+        else:
+            # dict[str, X] or list[X]: the key or index selects an X.
+            args = [a for a in typing.get_args(current) if a is not type(None)]
+            current = args[-1] if args else None
+        while typing.get_origin(current) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+            members = [a for a in typing.get_args(current) if a is not type(None)]
+            current = members[0] if len(members) == 1 else current
+            if len(members) != 1:
+                break
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return sorted(f.alias or name for name, f in current.model_fields.items())
+    return None
+
+
+def _expected(err: dict, model: type[BaseModel] | None = None, loc: tuple = ()) -> str:
     kind = err["type"]
     ctx = err.get("ctx") or {}
     if kind == "extra_forbidden":
-        return "is not a known key (check the spelling; 'fedsim validate' lists the schema in its error)"
+        known = _known_keys(model, loc[:-1]) if model is not None else None
+        hint = f"; known keys here: {', '.join(known)}" if known else ""
+        return f"is not a known key (check the spelling){hint}"
     if kind == "missing":
         return "is required but missing"
     msg = err["msg"]
@@ -112,10 +141,11 @@ def validate(
         problems = []
         for err in exc.errors(include_url=False):
             # Union members show up as extra path parts named after the member type.
-            loc = prefix + tuple(p for p in err["loc"] if not _is_internal(p))
+            own = tuple(p for p in err["loc"] if not _is_internal(p))
+            loc = prefix + own
             path = ".".join(str(p) for p in loc)
             value = ConfigError.MISSING if err["type"] == "missing" else err.get("input")
-            problems.append((path, _line_for(loc, lines), value, _expected(err)))
+            problems.append((path, _line_for(loc, lines), value, _expected(err, model, own)))
         raise ConfigError(file, problems) from None
 
 

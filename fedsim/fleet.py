@@ -55,16 +55,16 @@ class FleetSpec(BaseModel):
         known_d, known_n = sorted(profiles.devices), sorted(profiles.networks)
         for name in self.devices:
             if name not in profiles.devices:
-                problems.append((f"fleet.devices.{name}", name, f"a device class, one of {known_d}"))
+                problems.append((f"fleet.devices.{name}", name, f"expected a device class, one of {known_d}"))
         for name in self.networks:
             if name not in profiles.networks:
-                problems.append((f"fleet.networks.{name}", name, f"a network class, one of {known_n}"))
+                problems.append((f"fleet.networks.{name}", name, f"expected a network class, one of {known_n}"))
         for dname, mix in self.network_by_device.items():
             if dname not in self.devices:
-                problems.append((f"fleet.network_by_device.{dname}", dname, f"a device class of fleet.devices, one of {sorted(self.devices)}"))
+                problems.append((f"fleet.network_by_device.{dname}", dname, f"expected a device class of fleet.devices, one of {sorted(self.devices)}"))
             for nname in mix:
                 if nname not in profiles.networks:
-                    problems.append((f"fleet.network_by_device.{dname}.{nname}", nname, f"a network class, one of {known_n}"))
+                    problems.append((f"fleet.network_by_device.{dname}.{nname}", nname, f"expected a network class, one of {known_n}"))
         return problems
 
 

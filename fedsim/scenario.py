@@ -96,7 +96,10 @@ def _check_semantics(sc: Scenario, file, lines, profiles: ProfileSet) -> None:
     if sc.method.name not in method_names():
         problems.append(("method.name", lines.get(("method", "name")), sc.method.name, f"one of the registered methods {method_names()}"))
     else:
-        validate(get_method(sc.method.name).Params, sc.method.params, file=file, lines=lines, prefix=("method", "params"))
+        try:
+            validate(get_method(sc.method.name).Params, sc.method.params, file=file, lines=lines, prefix=("method", "params"))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
     for path, value, expected in sc.fleet.check_classes(profiles):
         key = tuple(path.split("."))
         problems.append((path, lines.get(key) or lines.get(key[:-1]), value, expected))
