@@ -41,14 +41,27 @@ def read_yaml(path: str | Path) -> tuple[Any, LineMap]:
         raise ConfigError(path, [("", line, ConfigError.MISSING, f"is not valid YAML ({problem})")]) from None
     lines: LineMap = {}
     if node is not None:
-        _collect_lines(node, (), lines)
+        try:
+            _collect_lines(node, (), lines)
+        except _DuplicateKey as dup:
+            raise ConfigError(path, [(dup.path, dup.line, ConfigError.MISSING, "is defined twice in the same mapping; keep one")]) from None
     return data, lines
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, path: str, line: int) -> None:
+        self.path, self.line = path, line
 
 
 def _collect_lines(node: yaml.Node, prefix: tuple, lines: LineMap) -> None:
     lines[prefix] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
+        seen: set = set()
         for key_node, value_node in node.value:
+            if key_node.value in seen:
+                # YAML would silently keep the last one; a repeated class is a mistake.
+                raise _DuplicateKey(".".join(str(p) for p in prefix + (key_node.value,)), key_node.start_mark.line + 1)
+            seen.add(key_node.value)
             key = prefix + (key_node.value,)
             lines[key] = key_node.start_mark.line + 1
             _collect_lines(value_node, key, lines)

@@ -286,7 +286,8 @@ def plan_cost(shape: ModelShape, plan: ClientPlan, coef: CostCoefficients = Cost
     # Traffic: the global trainable state down; the shared trained part up.
     sent_layers = [l for l in range(shape.num_layers) if l not in plan.personal_layers]
     p_trained = 1.0 - (1.0 - keep) ** steps  # the layer ran at least once
-    down_params = trainable
+    # Personal layers stay on the device: the server neither receives nor sends them.
+    down_params = trainable - float(sum(train_layer[l] for l in plan.personal_layers if 0 <= l < shape.num_layers))
     up_params = float(sum(train_layer[l] * p_trained[l] for l in sent_layers))
     if plan.train_head:
         up_params += shape.head_params

@@ -129,7 +129,7 @@ class LogNormal(_Clipped):
 
     @property
     def support(self):
-        return (0.0 if self.min is None else self.min, np.inf if self.max is None else self.max)
+        return (0.0 if self.min is None else max(0.0, self.min), np.inf if self.max is None else self.max)
 
 
 class Choice(_Dist):

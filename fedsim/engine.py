@@ -200,7 +200,8 @@ class SyncEngine:
     def _round(self, env: simpy.Environment, r: int, available: np.ndarray):
         spec, fleet = self.spec, self.fleet
         start = env.now
-        n_sel = min(math.ceil(spec.clients_per_round * spec.over_selection), available.size)
+        # round() first: 50 * 1.1 is 55.000000000000007 in binary floating point.
+        n_sel = min(math.ceil(round(spec.clients_per_round * spec.over_selection, 6)), available.size)
         ids = self.seeds.generator("select", r).choice(available, size=n_sel, replace=False)
 
         ctx = RoundContext(
@@ -254,10 +255,12 @@ class SyncEngine:
         elapsed = np.where(pending, end - start, fail_at)
         end_s = start + elapsed
         # Fractions of each phase that took place, for bytes and energy.
-        down_frac = np.clip(elapsed / np.maximum(times.download_s, 1e-12), 0.0, 1.0)
+        # Bytes flow after each transfer's latency.
+        lat = fleet.latency_s[ids].astype(np.float64)
+        down_frac = np.clip((elapsed - lat) / np.maximum(times.download_s - lat, 1e-12), 0.0, 1.0)
         comp_frac = np.clip((elapsed - times.download_s) / np.maximum(times.compute_s, 1e-12), 0.0, 1.0)
         comp_frac[outcome == OOM] = 0.0
-        up_frac = np.clip((elapsed - times.download_s - times.compute_s) / np.maximum(times.upload_s, 1e-12), 0.0, 1.0)
+        up_frac = np.clip((elapsed - times.download_s - times.compute_s - lat) / np.maximum(times.upload_s - lat, 1e-12), 0.0, 1.0)
         bytes_down = times.bytes_down * down_frac
         bytes_up = times.bytes_up * up_frac
         energy = times.energy_j(fleet, ids, comp_frac, down_frac, up_frac)
@@ -303,7 +306,6 @@ class SyncEngine:
             "bytes_down": float(bytes_down.sum()),
             "energy_j": float(energy.sum()),
             "train_loss": float(np.mean([x.train_loss for x in results])) if results else None,
-            "train_wall_s": train_wall,
         }
         self.history.append(row)
         self.rounds_done = r + 1

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from fedsim.configio import read_yaml, validate
 from fedsim.distributions import Constant, Dist
@@ -27,6 +27,22 @@ __all__ = [
     "load_profiles",
     "default_profiles_dir",
 ]
+
+
+_BOUNDS = {
+    "window_start_h": (0.0, 24.0),
+    "window_len_h": (0.0, 24.0),
+    "utc_offset_h": (-12.0, 14.0),
+    "train_gflops_per_s": (1e-06, float("inf")),
+    "app_memory_gb": (0.001, float("inf")),
+    "straggle_slowdown": (1.0, float("inf")),
+    "joules_per_gflop": (0.0, float("inf")),
+    "downlink_mbps": (1e-06, float("inf")),
+    "uplink_mbps": (1e-06, float("inf")),
+    "latency_ms": (0.0, float("inf")),
+    "joules_per_mb_down": (0.0, float("inf")),
+    "joules_per_mb_up": (0.0, float("inf")),
+}
 
 
 def _within(dist, low: float, high: float, what: str):
@@ -53,12 +69,11 @@ class Availability(BaseModel):
     utc_offset_h: Dist = Field(Constant(value=0.0), description="time zone of the device, hours from UTC")
     source: str | None = None
 
-    @model_validator(mode="after")
-    def _check(self):
-        _within(self.window_start_h, 0.0, 24.0, "window_start_h")
-        _within(self.window_len_h, 0.0, 24.0, "window_len_h")
-        _within(self.utc_offset_h, -12.0, 14.0, "utc_offset_h")
-        return self
+    @field_validator("window_start_h", "window_len_h", "utc_offset_h")
+    @classmethod
+    def _in_range(cls, dist, info: ValidationInfo):
+        low, high = _BOUNDS[info.field_name]
+        return _within(dist, low, high, info.field_name)
 
 
 class DeviceClass(BaseModel):
@@ -76,13 +91,11 @@ class DeviceClass(BaseModel):
     dropout_prob: float = Field(ge=0.0, le=1.0, description="chance the device quits mid-round")
     joules_per_gflop: Dist = Field(description="energy of one GFLOP of training")
 
-    @model_validator(mode="after")
-    def _check(self):
-        _within(self.train_gflops_per_s, 1e-6, float("inf"), "train_gflops_per_s")
-        _within(self.app_memory_gb, 1e-3, float("inf"), "app_memory_gb")
-        _within(self.straggle_slowdown, 1.0, float("inf"), "straggle_slowdown")
-        _within(self.joules_per_gflop, 0.0, float("inf"), "joules_per_gflop")
-        return self
+    @field_validator("train_gflops_per_s", "app_memory_gb", "straggle_slowdown", "joules_per_gflop")
+    @classmethod
+    def _in_range(cls, dist, info: ValidationInfo):
+        low, high = _BOUNDS[info.field_name]
+        return _within(dist, low, high, info.field_name)
 
 
 class NetworkClass(BaseModel):
@@ -99,14 +112,11 @@ class NetworkClass(BaseModel):
     joules_per_mb_down: Dist = Field(description="radio energy per MB (1e6 bytes) received")
     joules_per_mb_up: Dist = Field(description="radio energy per MB (1e6 bytes) sent")
 
-    @model_validator(mode="after")
-    def _check(self):
-        _within(self.downlink_mbps, 1e-6, float("inf"), "downlink_mbps")
-        _within(self.uplink_mbps, 1e-6, float("inf"), "uplink_mbps")
-        _within(self.latency_ms, 0.0, float("inf"), "latency_ms")
-        _within(self.joules_per_mb_down, 0.0, float("inf"), "joules_per_mb_down")
-        _within(self.joules_per_mb_up, 0.0, float("inf"), "joules_per_mb_up")
-        return self
+    @field_validator("downlink_mbps", "uplink_mbps", "latency_ms", "joules_per_mb_down", "joules_per_mb_up")
+    @classmethod
+    def _in_range(cls, dist, info: ValidationInfo):
+        low, high = _BOUNDS[info.field_name]
+        return _within(dist, low, high, info.field_name)
 
 
 class _ProfileFile(BaseModel):

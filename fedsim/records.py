@@ -27,7 +27,7 @@ __all__ = ["RunRecorder", "ROUND_COLUMNS", "CLIENT_COLUMNS", "read_rounds", "rea
 ROUND_COLUMNS = (
     "round", "start_s", "sim_time_s", "duration_s", "available", "selected", "participants",
     "failures", "oom", "dropout", "straggler", "surplus", "accuracy", "loss",
-    "personal_accuracy", "bytes_up", "bytes_down", "energy_j", "train_loss", "train_wall_s",
+    "personal_accuracy", "bytes_up", "bytes_down", "energy_j", "train_loss",
 )
 
 # (name, printf format) of the per-client columns, in file order.

@@ -72,11 +72,8 @@ def _build_trainer(sc: Scenario, seeds: Seeds, fleet_size: int):
         return SurrogateTrainer(sc.trainer.surrogate, shape.num_layers, examples, seeds.int_seed("trainer")), shape
     from fedsim.training.trainer import TorchTrainer  # torch is imported only here
 
-    trainer = TorchTrainer(
-        data=sc.data, model=sc.model, train=sc.train, num_clients=fleet_size,
-        rng=seeds.generator("data"), seed=seeds.int_seed("trainer"),
-    )
-    shape = ModelShape.from_hf_config(trainer.model_config, num_labels=trainer.num_labels)
+    trainer = TorchTrainer(data=sc.data, model=sc.model, train=sc.train, num_clients=fleet_size, rng=seeds.generator("data"))
+    shape = ModelShape.from_hf_config(trainer.model_config)
     return trainer, shape
 
 

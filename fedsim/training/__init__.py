@@ -1,17 +1,19 @@
 """Real federated training: data, partitioning, LoRA models, layer dropout, FedAvg.
 
-Importing this package imports torch; the rest of fedsim does not need it.
+Modules: :mod:`~fedsim.training.config` (settings), :mod:`~fedsim.training.data`,
+:mod:`~fedsim.training.partition`, :mod:`~fedsim.training.model`,
+:mod:`~fedsim.training.stld`, :mod:`~fedsim.training.local`,
+:mod:`~fedsim.training.aggregate`, :mod:`~fedsim.training.evaluate` and
+:mod:`~fedsim.training.trainer`.
+
+Names are re-exported lazily: ``import fedsim.training.config`` (which the scenario
+schema does) never imports torch; only touching a torch-backed name does.
 """
 
-from fedsim.training.aggregate import fedavg_per_layer
-from fedsim.training.config import DataSpec, ModelSpec, PartitionSpec, TrainSpec
-from fedsim.training.data import DataError, TextData, TokenizedSplit, load_data
-from fedsim.training.evaluate import evaluate_model
-from fedsim.training.local import train_client
-from fedsim.training.model import FedModel, build_model, find_layers, layer_of, load_tokenizer
-from fedsim.training.partition import Partition, Shards, make_partition
-from fedsim.training.stld import draw_kept, draw_schedule, kept_layers
-from fedsim.training.trainer import TorchTrainer
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = [
     "DataError",
@@ -38,3 +40,39 @@ __all__ = [
     "make_partition",
     "train_client",
 ]
+
+_WHERE = {
+    "fedavg_per_layer": "aggregate",
+    "DataSpec": "config",
+    "ModelSpec": "config",
+    "PartitionSpec": "config",
+    "TrainSpec": "config",
+    "DataError": "data",
+    "TextData": "data",
+    "TokenizedSplit": "data",
+    "load_data": "data",
+    "evaluate_model": "evaluate",
+    "train_client": "local",
+    "FedModel": "model",
+    "build_model": "model",
+    "find_layers": "model",
+    "layer_of": "model",
+    "load_tokenizer": "model",
+    "Partition": "partition",
+    "Shards": "partition",
+    "make_partition": "partition",
+    "draw_kept": "stld",
+    "draw_schedule": "stld",
+    "kept_layers": "stld",
+    "TorchTrainer": "trainer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"fedsim.training.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'fedsim.training' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

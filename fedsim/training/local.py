@@ -164,16 +164,25 @@ def train_client(
         with torch.no_grad():
             for n, m in masks.items():
                 params[n].mul_(m)
-        optim = torch.optim.AdamW([params[n] for n in names], lr=spec.lr, weight_decay=spec.weight_decay)
+        # A plan may train nothing (head frozen, every rank 0): forward only, empty delta.
+        optim = (
+            torch.optim.AdamW([params[n] for n in names], lr=spec.lr, weight_decay=spec.weight_decay)
+            if names
+            else None
+        )
         model.train()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(rng.integers(0, 2**63 - 1)))
             batches = batch_indices(indices, plan.batch_size, plan.local_steps, rng)
             for step, idx in enumerate(batches):
                 batch = make_batch(data, idx, plan.seq_len)
-                optim.zero_grad(set_to_none=True)
+                if optim is not None:
+                    optim.zero_grad(set_to_none=True)
                 with kept_layers(model, schedule[step]):
                     out = model(**batch)
+                losses.append(float(out.loss.detach()))
+                if optim is None or not out.loss.requires_grad:
+                    continue  # nothing trainable ran at this step (all layers dropped, head frozen)
                 out.loss.backward()
                 for n, m in masks.items():
                     if params[n].grad is not None:
@@ -182,7 +191,6 @@ def train_client(
                     sq = sum(float(p.grad.pow(2).sum()) for p in by_layer[layer] if p.grad is not None)
                     grad_sq[layer] += sq
                 optim.step()
-                losses.append(float(out.loss.detach()))
         delta: dict[str, torch.Tensor] = {}
         with torch.no_grad():
             for n in names:

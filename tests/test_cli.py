@@ -1,0 +1,146 @@
+"""The command line, through typer's CliRunner: clean errors, listings, runs and plots."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from fedsim.cli import app
+
+
+@pytest.fixture
+def cli():
+    runner = CliRunner()
+    return lambda *args: runner.invoke(app, [str(a) for a in args])
+
+
+def test_validate_ok(cli, tiny_scenario):
+    res = cli("validate", tiny_scenario)
+
+    assert res.exit_code == 0
+    assert "OK (1 run: fedlora)" in res.output
+
+
+def test_validate_error_is_clean(cli, write_yaml, tiny_scenario):
+    bad = write_yaml("bad.yaml", tiny_scenario.read_text() + "method:\n  name: fedprox\n")
+
+    res = cli("validate", bad)
+
+    assert res.exit_code == 2
+    assert "error:" in res.stderr
+    assert "'method.name' = 'fedprox'" in res.stderr
+    assert str(bad) in res.stderr
+    assert "Traceback" not in res.output
+    assert isinstance(res.exception, SystemExit)
+
+
+def test_validate_missing_file(cli, tmp_path):
+    res = cli("validate", tmp_path / "nope.yaml")
+
+    assert res.exit_code == 2
+    assert "does not exist" in res.stderr
+    assert "Traceback" not in res.output
+
+
+def test_validate_several_files_reports_each(cli, write_yaml, tiny_scenario):
+    bad = write_yaml("bad.yaml", "fleet: {size: 0}\n")
+
+    res = cli("validate", tiny_scenario, bad)
+
+    assert res.exit_code == 2
+    assert "tiny.yaml: OK" in res.stdout
+    assert "bad.yaml" in res.stderr
+
+
+def test_profiles_lists_classes(cli):
+    res = cli("profiles")
+
+    assert res.exit_code == 0
+    for name in ("phone-low", "phone-mid", "phone-high", "tablet", "jetson-tx2", "wifi", "4g", "5g", "3g"):
+        assert name in res.output
+
+
+def test_profiles_shows_one_class(cli):
+    res = cli("profiles", "phone-mid")
+
+    assert res.exit_code == 0
+    assert "# phone-mid (from " in res.output and "phones.yaml" in res.output
+    assert "train_gflops_per_s:" in res.output
+    assert "dist: lognormal" in res.output
+
+
+def test_profiles_unknown_class(cli):
+    res = cli("profiles", "phone-ultra")
+
+    assert res.exit_code == 2
+    assert "phone-ultra" in res.stderr
+    assert "Traceback" not in res.output
+
+
+def test_profiles_bad_dir(cli, tmp_path):
+    res = cli("profiles", "--dir", tmp_path)
+
+    assert res.exit_code == 2
+    assert str(tmp_path) in res.stderr
+
+
+def test_run_writes_run_dir_and_plot(cli, tiny_scenario, tmp_path):
+    out = tmp_path / "out"
+
+    res = cli("run", tiny_scenario, "--out", out, "-q", "--set", "engine.max_rounds=3")
+
+    assert res.exit_code == 0, res.output
+    run = out / "fedlora"
+    for name in ("config.yaml", "rounds.csv", "clients.csv", "summary.json"):
+        assert (run / name).is_file(), name
+    png = out / "time_to_accuracy.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "max_rounds" in res.stdout
+    assert len((run / "rounds.csv").read_text().splitlines()) == 1 + 3
+
+
+def test_run_sweep_writes_one_dir_per_variant(cli, write_yaml, tiny_scenario, tmp_path):
+    path = write_yaml("sweep.yaml", tiny_scenario.read_text() + "sweep:\n  method: [{name: fedlora}, {name: stld-fixed}]\n")
+
+    res = cli("run", path, "--out", tmp_path / "out", "-q", "--seed", "5", "--set", "engine.max_rounds=2")
+
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "out" / "fedlora" / "summary.json").is_file()
+    assert (tmp_path / "out" / "stld-fixed" / "summary.json").is_file()
+    assert "seed: 5" in (tmp_path / "out" / "stld-fixed" / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("override", ["engine.max_rounds", "engine..max_rounds=3", "engine.max_rounds=0", "name.x=1"])
+def test_run_bad_set_is_a_clean_error(cli, tiny_scenario, tmp_path, override):
+    res = cli("run", tiny_scenario, "--out", tmp_path / "out", "-q", "--set", override)
+
+    assert res.exit_code == 2
+    assert "error:" in res.stderr
+    assert "Traceback" not in res.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_plot_a_run(cli, tiny_scenario, tmp_path):
+    cli("run", tiny_scenario, "--out", tmp_path / "out", "-q")
+    png = tmp_path / "plot.png"
+
+    res = cli("plot", tmp_path / "out" / "fedlora", "--out", png, "--x", "round")
+
+    assert res.exit_code == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_not_a_run_dir(cli, tmp_path):
+    res = cli("plot", tmp_path, "--out", tmp_path / "p.png")
+
+    assert res.exit_code == 2
+    assert "not a run directory" in res.stderr
+
+
+def test_plot_bad_axis(cli, tiny_scenario, tmp_path):
+    cli("run", tiny_scenario, "--out", tmp_path / "out", "-q")
+
+    res = cli("plot", tmp_path / "out" / "fedlora", "--out", tmp_path / "p.png", "--x", "energy")
+
+    assert res.exit_code == 2
+    assert "--x" in res.stderr

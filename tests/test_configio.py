@@ -1,0 +1,277 @@
+"""YAML loading with line numbers, overrides, and pydantic errors turned into ConfigError."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedsim.configio import apply_overrides, load_model, parse_override, read_yaml
+from fedsim.errors import ConfigError, FedsimError
+from fedsim.scenario import Scenario
+
+
+class Engine(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_rounds: int = Field(10, ge=1)
+    deadline_s: float | None = None
+
+
+class Doc(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    engine: Engine = Field(default_factory=Engine)
+
+
+DOC = """\
+# a comment
+name: demo
+engine:
+  max_rounds: 3
+  deadline_s: 60
+"""
+
+
+def _problem(err: ConfigError, path: str):
+    matches = [p for p in err.problems if p[0] == path]
+    assert matches, f"no problem at {path!r} in {err.problems}"
+    return matches[0]
+
+
+def test_read_yaml_maps_key_paths_to_lines(write_yaml):
+    path = write_yaml("doc.yaml", DOC)
+
+    data, lines = read_yaml(path)
+
+    assert data == {"name": "demo", "engine": {"max_rounds": 3, "deadline_s": 60}}
+    assert lines[("name",)] == 2
+    assert lines[("engine",)] == 3
+    assert lines[("engine", "max_rounds")] == 4
+    assert lines[("engine", "deadline_s")] == 5
+
+
+def test_read_yaml_lines_of_sequence_items(write_yaml):
+    path = write_yaml("seq.yaml", "values:\n  - 1\n  - {a: 2}\n")
+
+    _, lines = read_yaml(path)
+
+    assert lines[("values", 0)] == 2
+    assert lines[("values", 1, "a")] == 3
+
+
+def test_load_model_valid_file(write_yaml):
+    path = write_yaml("doc.yaml", DOC)
+
+    doc = load_model(Doc, path)
+
+    assert doc.name == "demo"
+    assert doc.engine.max_rounds == 3
+
+
+def test_bad_value_names_file_line_path_value_and_expectation(write_yaml):
+    path = write_yaml("doc.yaml", DOC.replace("max_rounds: 3", "max_rounds: 0"))
+
+    with pytest.raises(ConfigError) as info:
+        load_model(Doc, path)
+
+    err = info.value
+    assert err.file == str(path)
+    dotted, line, value, expected = _problem(err, "engine.max_rounds")
+    assert line == 4
+    assert value == 0
+    assert "greater than or equal to 1" in expected
+
+
+def test_unknown_key_rejected_with_dotted_path_and_line(write_yaml):
+    path = write_yaml("doc.yaml", DOC + "  max_roundz: 5\n")
+
+    with pytest.raises(ConfigError) as info:
+        load_model(Doc, path)
+
+    dotted, line, value, expected = _problem(info.value, "engine.max_roundz")
+    assert line == 6
+    assert value == 5
+    assert "not a known key" in expected
+    assert "line 6" in str(info.value)
+    assert "'engine.max_roundz'" in str(info.value)
+
+
+def test_unknown_key_in_scenario_names_dotted_path_and_line(write_yaml):
+    path = write_yaml(
+        "sc.yaml",
+        """\
+        fleet:
+          size: 10
+          devices: {phone-mid: 1.0}
+          networks: {wifi: 1.0}
+        engine:
+          max_rounds: 2
+          round_dedline_s: 30
+        """,
+    )
+
+    with pytest.raises(ConfigError) as info:
+        load_model(Scenario, path)
+
+    dotted, line, value, _ = _problem(info.value, "engine.round_dedline_s")
+    assert line == 7
+    assert value == 30
+
+
+def test_missing_required_key_points_at_parent_line(write_yaml):
+    path = write_yaml("sc.yaml", "seed: 1\nfleet:\n  size: 10\n  networks: {wifi: 1.0}\n")
+
+    with pytest.raises(ConfigError) as info:
+        load_model(Scenario, path)
+
+    dotted, line, value, expected = _problem(info.value, "fleet.devices")
+    assert line == 2  # the 'fleet:' mapping the key is missing from
+    assert value is ConfigError.MISSING
+    assert "required" in expected
+    assert "'fleet.devices': is required" in str(info.value)
+
+
+def test_missing_top_level_key(write_yaml):
+    path = write_yaml("doc.yaml", "engine: {max_rounds: 2}\n")
+
+    with pytest.raises(ConfigError) as info:
+        load_model(Doc, path)
+
+    dotted, line, value, expected = _problem(info.value, "name")
+    assert "required" in expected
+
+
+def test_all_problems_reported_together(write_yaml):
+    path = write_yaml("doc.yaml", "name: x\nengine:\n  max_rounds: 0\n  deadline_s: soon\n  extra: 1\n")
+
+    with pytest.raises(ConfigError) as info:
+        load_model(Doc, path)
+
+    paths = sorted(p[0] for p in info.value.problems)
+    assert paths == ["engine.deadline_s", "engine.extra", "engine.max_rounds"]
+    assert "3 problems" in str(info.value)
+
+
+def test_bad_yaml_syntax_gives_config_error_with_line(write_yaml):
+    path = write_yaml("doc.yaml", "name: demo\nengine:\n  max_rounds: [1, 2\n  deadline_s: 3\n")
+
+    with pytest.raises(ConfigError) as info:
+        read_yaml(path)
+
+    (dotted, line, value, expected), = info.value.problems
+    assert line in (3, 4)  # the open bracket, or where the parser noticed
+    assert "not valid YAML" in expected
+    assert str(path) in str(info.value)
+
+
+def test_tab_indentation_is_a_config_error(write_yaml):
+    path = write_yaml("doc.yaml", "name: demo\nengine:\n\tmax_rounds: 3\n")
+
+    with pytest.raises(ConfigError) as info:
+        read_yaml(path)
+
+    assert info.value.problems[0][1] == 3
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope.yaml"
+
+    with pytest.raises(ConfigError) as info:
+        read_yaml(path)
+
+    assert info.value.file == str(path)
+    assert "does not exist" in str(info.value)
+
+
+def test_config_error_is_a_fedsim_error():
+    err = ConfigError("f.yaml", [("a.b", 3, 7, "expected: something")])
+
+    assert isinstance(err, FedsimError)
+    assert str(err) == "Invalid f.yaml (problem): line 3, 'a.b' = 7: expected: something."
+
+
+def test_empty_file_validates_as_an_empty_mapping(write_yaml):
+    path = write_yaml("empty.yaml", "")
+
+    with pytest.raises(ConfigError) as info:
+        load_model(Doc, path)
+
+    assert [p[0] for p in info.value.problems] == ["name"]
+
+
+def test_override_sets_existing_key(write_yaml):
+    path = write_yaml("doc.yaml", DOC)
+
+    doc = load_model(Doc, path, overrides=["engine.max_rounds=5"])
+
+    assert doc.engine.max_rounds == 5
+    assert doc.engine.deadline_s == 60
+
+
+def test_override_creates_nested_keys():
+    data = {"name": "x"}
+
+    out = apply_overrides(data, ["engine.max_rounds=7", "a.b.c=[1, 2]"])
+
+    assert out == {"name": "x", "engine": {"max_rounds": 7}, "a": {"b": {"c": [1, 2]}}}
+    assert data == {"name": "x"}  # the input is not modified
+
+
+def test_override_values_are_yaml():
+    assert parse_override("engine.max_rounds=50") == (["engine", "max_rounds"], 50)
+    assert parse_override("x=0.5") == (["x"], 0.5)
+    assert parse_override("x=null") == (["x"], None)
+    assert parse_override("x=") == (["x"], None)
+    assert parse_override("x=true") == (["x"], True)
+    assert parse_override("m={name: fedlora}") == (["m"], {"name": "fedlora"})
+    assert parse_override("s=a=b") == (["s"], "a=b")
+
+
+def test_override_bad_value_reported_at_its_path(write_yaml):
+    path = write_yaml("doc.yaml", DOC)
+
+    with pytest.raises(ConfigError) as info:
+        load_model(Doc, path, overrides=["engine.max_rounds=-1"])
+
+    dotted, _, value, _ = _problem(info.value, "engine.max_rounds")
+    assert value == -1
+
+
+@pytest.mark.parametrize("text", ["engine.max_rounds", "=5", "a..b=1", ".a=1", "a.=1"])
+def test_malformed_override(text):
+    with pytest.raises(ConfigError) as info:
+        parse_override(text)
+
+    assert "dotted" in str(info.value)
+
+
+def test_override_through_a_scalar_is_an_error():
+    with pytest.raises(ConfigError) as info:
+        apply_overrides({"name": "x"}, ["name.first=y"], file="doc.yaml")
+
+    assert info.value.problems[0][0] == "name"
+    assert "doc.yaml" in str(info.value)
+
+
+def test_rendered_message_is_one_paragraph(write_yaml):
+    path = write_yaml("doc.yaml", "name: demo\nengine:\n  max_rounds: 0\n  bogus: {a: 1}\n")
+
+    with pytest.raises(ConfigError) as info:
+        load_model(Doc, path)
+
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"Invalid {path} (2 problems): ")
+    assert msg.endswith(".")
+    assert "line 3, 'engine.max_rounds' = 0: expected:" in msg
+    assert "line 4, 'engine.bogus' = {'a': 1}: is not a known key" in msg
+    assert "Traceback" not in msg
+
+
+def test_long_values_are_shortened(write_yaml):
+    path = write_yaml("doc.yaml", "name: demo\nengine:\n  max_rounds: " + "x" * 200 + "\n")
+
+    with pytest.raises(ConfigError) as info:
+        load_model(Doc, path)
+
+    assert "x" * 200 not in str(info.value)
+    assert "..." in str(info.value)

