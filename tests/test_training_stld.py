@@ -32,6 +32,15 @@ def _tiny_config(family: str):
                        max_position_embeddings=66, pad_token_id=1, **common)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: tiny models gain nothing from two, which stall when the CPU is shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 FAMILIES = ["bert", "roberta", "distilbert", "mpnet"]
 TARGETS = {"bert": ("query", "value"), "roberta": ("query", "value"), "distilbert": ("q_lin", "v_lin"),
            "mpnet": ("q", "v")}

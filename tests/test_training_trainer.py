@@ -13,6 +13,8 @@ from fedsim.trainers.base import Trainer
 from fedsim.training.config import DataSpec, ModelSpec, PartitionSpec, TrainSpec
 from fedsim.training.trainer import TorchTrainer
 
+# One torch thread: tiny models gain nothing from two, and two threads stall badly when
+# another process shares the CPU.
 WORDS = {"sports": "ball goal team match score", "space": "orbit rocket moon star planet",
          "food": "bread cheese apple soup rice", "music": "guitar song drum piano tune"}
 
@@ -37,7 +39,7 @@ def data_spec(tmp_path_factory) -> DataSpec:
 
 
 def _run(data_spec: DataSpec, seed: int, rounds: int = 2, lr: float = 5e-3):
-    trainer = TorchTrainer(data_spec, ModelSpec(name_or_path="tiny-bert", lora_rank=4), TrainSpec(lr=lr),
+    trainer = TorchTrainer(data_spec, ModelSpec(name_or_path="tiny-bert", lora_rank=4), TrainSpec(lr=lr, threads=1),
                            num_clients=6, rng=np.random.default_rng(seed))
     plan = ClientPlan.uniform(trainer.num_layers, drop_prob=0.25, lora_rank=4, batch_size=8, local_steps=3,
                               seq_len=16)
@@ -54,7 +56,7 @@ def _run(data_spec: DataSpec, seed: int, rounds: int = 2, lr: float = 5e-3):
 
 def test_trainer_satisfies_protocol_and_exposes_shape(data_spec):
     # Execute
-    trainer = TorchTrainer(data_spec, ModelSpec(name_or_path="tiny-bert"), TrainSpec(), 6, np.random.default_rng(0))
+    trainer = TorchTrainer(data_spec, ModelSpec(name_or_path="tiny-bert"), TrainSpec(threads=1), 6, np.random.default_rng(0))
     # Assert
     assert isinstance(trainer, Trainer)
     assert trainer.num_layers == 4 and trainer.model_config.hidden_size == 32
@@ -80,7 +82,7 @@ def test_same_seed_gives_identical_deltas_and_accuracy(data_spec):
 
 def test_aggregation_moves_the_global_model(data_spec):
     # Prepare
-    trainer = TorchTrainer(data_spec, ModelSpec(name_or_path="tiny-bert", lora_rank=4), TrainSpec(lr=5e-3), 6,
+    trainer = TorchTrainer(data_spec, ModelSpec(name_or_path="tiny-bert", lora_rank=4), TrainSpec(lr=5e-3, threads=1), 6,
                            np.random.default_rng(1))
     before = trainer.global_state()
     plan = ClientPlan.uniform(4, lora_rank=4, batch_size=8, local_steps=2, seq_len=16)
@@ -101,7 +103,7 @@ def test_aggregation_moves_the_global_model(data_spec):
 def test_training_learns_the_synthetic_task(data_spec):
     # Prepare
     trainer = TorchTrainer(data_spec.model_copy(update={"partition": PartitionSpec(scheme="iid")}),
-                           ModelSpec(name_or_path="tiny-bert", lora_rank=4), TrainSpec(lr=1e-2), 6,
+                           ModelSpec(name_or_path="tiny-bert", lora_rank=4), TrainSpec(lr=1e-2, threads=1), 6,
                            np.random.default_rng(0))
     plan = ClientPlan.uniform(4, drop_prob=0.25, lora_rank=4, batch_size=8, local_steps=10, seq_len=16)
     rng = np.random.default_rng(1)
@@ -115,7 +117,7 @@ def test_training_learns_the_synthetic_task(data_spec):
 
 def test_full_finetune_plan_sends_and_aggregates_base_weights(data_spec):
     # Prepare
-    trainer = TorchTrainer(data_spec, ModelSpec(name_or_path="tiny-bert", lora_rank=4), TrainSpec(lr=1e-3), 6,
+    trainer = TorchTrainer(data_spec, ModelSpec(name_or_path="tiny-bert", lora_rank=4), TrainSpec(lr=1e-3, threads=1), 6,
                            np.random.default_rng(2))
     plan = ClientPlan.uniform(4, lora_rank=4, batch_size=8, local_steps=1, seq_len=16, full_finetune=True)
     name = "bert.encoder.layer.0.attention.self.query.base_layer.weight"

@@ -20,21 +20,26 @@ from contextlib import contextmanager
 import numpy as np
 from torch import nn
 
+from fedsim.plan import draw_layers
 from fedsim.training.model import find_layers
 
 __all__ = ["draw_kept", "draw_schedule", "exact_schedule", "kept_layers"]
 
 
 def draw_kept(drop_prob: np.ndarray | tuple[float, ...], rng: np.random.Generator) -> np.ndarray:
-    """Which layers run at one step: ``kept[l]`` is True with probability ``1 - drop_prob[l]``."""
-    p = np.asarray(drop_prob, dtype=float)
-    return rng.random(p.shape[0]) >= p
+    """Which layers run at one step: ``kept[l]`` is True with probability ``1 - drop_prob[l]``.
+
+    Systematic sampling (:func:`fedsim.plan.draw_layers`): exact marginals, and a step
+    never runs more than ``ceil(sum(1 - drop_prob))`` layers, the bound the cost model
+    uses for peak activation memory.
+    """
+    return draw_layers(1.0 - np.asarray(drop_prob, dtype=float), rng)
 
 
 def draw_schedule(drop_prob: np.ndarray | tuple[float, ...], steps: int, rng: np.random.Generator) -> np.ndarray:
     """Kept-layer masks for ``steps`` steps at once: a ``(steps, num_layers)`` bool array."""
-    p = np.asarray(drop_prob, dtype=float)
-    return rng.random((steps, p.shape[0])) >= p
+    keep = 1.0 - np.asarray(drop_prob, dtype=float)
+    return np.stack([draw_layers(keep, rng) for _ in range(steps)]) if steps else np.ones((0, keep.size), dtype=bool)
 
 
 def exact_schedule(num_layers: int, drop_ratio: float, steps: int, rng: np.random.Generator) -> np.ndarray:
