@@ -72,10 +72,14 @@ class DiurnalAvailability:
 
     def available(self, t_s: float) -> np.ndarray:
         f = self.fleet
-        local_h = (t_s / 3600.0 + self.start_hour_utc) + f.utc_offset_h
-        since_open = np.mod(local_h - f.window_start_h, 24.0)
-        in_window = since_open < f.window_len_h
-        # The day a window belongs to is the day it opened (a night window spans midnight).
-        day = np.floor((local_h - since_open) / 24.0).astype(np.int64)
-        skip = hash_uniform(self.seed, self._ids, day.astype(np.uint64)) < f.skip_day_prob
-        return in_window & ~skip
+        local_h = np.float32(t_s / 3600.0 + self.start_hour_utc) + f.utc_offset_h
+        since_open = np.mod(local_h - f.window_start_h, np.float32(24.0))
+        mask = since_open < f.window_len_h
+        # Skipped days only matter inside a window, and only where a class skips days.
+        idx = np.flatnonzero(mask & (f.skip_day_prob > 0))
+        if idx.size:
+            # The day a window belongs to is the day it opened (a night window spans midnight).
+            day = np.floor((local_h[idx] - since_open[idx]) / 24.0).astype(np.int64)
+            skip = hash_uniform(self.seed, self._ids[idx], day.astype(np.uint64)) < f.skip_day_prob[idx]
+            mask[idx[skip]] = False
+        return mask

@@ -1,4 +1,4 @@
-"""The ``fedsim`` command line: run, validate, profiles, plot."""
+"""The ``fedsim`` command line: run, validate, profiles, plot, compare."""
 
 from __future__ import annotations
 
@@ -71,15 +71,16 @@ def run(
                 raise typer.Exit(130)
         results.append(res)
     table = Table(title=f"{variants[0].scenario.name}: {root}")
-    for col in ("variant", "rounds", "sim time (h)", "final acc", "time to target (h)", "stop"):
-        table.add_column(col)
+    for col in ("variant", "rounds", "sim h", "acc", "to target h", "stop", "wall s", "overhead"):
+        table.add_column(col, no_wrap=col in ("stop", "variant"))
     for v, res in zip(variants, results):
         if res is None:
-            table.add_row(v.label, "-", "-", "-", "-", "failed")
+            table.add_row(v.label, "-", "-", "-", "-", "failed", "-", "-")
             continue
         tta = "-" if res.time_to_target_s is None else f"{res.time_to_target_s / 3600:.2f}"
         acc = "-" if res.final_accuracy is None else f"{res.final_accuracy:.3f}"
-        table.add_row(v.label, str(res.rounds), f"{res.sim_time_s / 3600:.2f}", acc, tta, res.stop_reason)
+        outside = (res.wall_s - res.train_wall_s) / res.wall_s if res.wall_s > 0 else 0.0
+        table.add_row(v.label, str(res.rounds), f"{res.sim_time_s / 3600:.2f}", acc, tta, res.stop_reason, f"{res.wall_s:.0f}", f"{outside:.1%}")
     console.print(table)
     ok_dirs = [d for d, r in zip(dirs, results) if r is not None]
     if ok_dirs:
@@ -157,6 +158,26 @@ def plot(
     if x not in ("time", "round"):
         _fail(FedsimError(f"--x must be 'time' or 'round', got {x!r}"))
     console.print(f"wrote {plot_time_to_accuracy(run_dirs, out, x=x)}")
+
+
+@app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="run directories, or folders holding them")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="folder for compare.csv and compare.md (default: first argument)")] = None,
+) -> None:
+    """Table of methods over seeds (mean ± std): time to target, accuracy, memory, traffic, energy, failures."""
+    from fedsim.compare import compare_runs, find_runs, to_markdown, write_csv
+
+    dirs = find_runs(run_dirs)
+    if not dirs:
+        _fail(FedsimError(f"no run directories (summary.json + rounds.csv) at or below {[str(d) for d in run_dirs]}"))
+    rows = compare_runs(dirs)
+    md = to_markdown(rows)
+    dest = out or (run_dirs[0] if run_dirs[0].is_dir() else run_dirs[0].parent)
+    write_csv(rows, dest / "compare.csv")
+    (dest / "compare.md").write_text(md, encoding="utf-8")
+    console.print(md, highlight=False, soft_wrap=True)
+    console.print(f"wrote {dest / 'compare.csv'} and {dest / 'compare.md'} ({len(dirs)} runs)")
 
 
 def main() -> None:

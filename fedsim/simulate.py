@@ -131,6 +131,8 @@ def simulate(
             stop_reason=result.stop_reason,
             wall_s=result.wall_s,
             train_wall_s=result.train_wall_s,
+            # Host time spent outside training, aggregation and evaluation: the simulator's cost.
+            overhead_fraction=(result.wall_s - result.train_wall_s) / result.wall_s if result.wall_s > 0 else 0.0,
             fleet_size=fleet.size,
             model={"family": shape.family, "layers": shape.num_layers, "params": shape.total_params},
         )

@@ -26,7 +26,7 @@ from fedsim.plan import ClientPlan
 __all__ = ["ClientResult", "EvalResult", "Trainer", "AggregateFn"]
 
 
-@dataclass
+@dataclass(slots=True)
 class ClientResult:
     """What one client's local training produced.
 
