@@ -137,6 +137,7 @@ class SyncEngine:
         self.history: list[dict] = []
         self._train_wall_s = 0.0
         self._slowdown_dists = [profiles.device(name).straggle_slowdown for name in fleet.device_names]
+        method.bind_trainer(trainer)
 
     # -- public ----------------------------------------------------------------------
     def run(self) -> RunResult:

@@ -57,3 +57,34 @@ def tiny_scenario(write_yaml) -> Path:
 @pytest.fixture(scope="session")
 def shipped_profiles():
     return load_profiles()
+
+
+@pytest.fixture
+def tiny_ctx():
+    """``tiny_ctx(round_idx, n=8)``: a RoundContext over a small hand-made fleet.
+
+    Device i has throughput (i + 1) GFLOP/s, memory cap 2 GB (devices 0 and 1: 0.3 GB),
+    links of (i + 1) Mbit/s up and 4x that down, 20 ms latency.
+    """
+    import numpy as np
+
+    from fedsim.costmodel import CostCoefficients, ModelShape
+    from fedsim.fleet import Fleet
+    from fedsim.methods.base import RoundContext
+    from fedsim.plan import ClientPlan
+
+    def make(round_idx: int = 0, n: int = 8, ids=None, deadline_s=None):
+        f32 = lambda v: np.full(n, v, dtype=np.float32)  # noqa: E731
+        i = np.arange(n, dtype=float)
+        cap = np.full(n, 2e9)
+        cap[:2] = 0.3e9
+        fleet = Fleet(["d"], ["n"], np.zeros(n, np.int16), np.zeros(n, np.int16), (i + 1) * 1e9, cap,
+                      4e6 * (i + 1), 1e6 * (i + 1), f32(0.02), f32(0), f32(0), f32(1e-9), f32(1e-7), f32(1e-7),
+                      f32(0), f32(24), f32(0), f32(0))
+        shape = ModelShape("bert", 6, 384, 12, 1536, 30522, 512, 2, 4)
+        ids = np.arange(n) if ids is None else np.asarray(ids)
+        return RoundContext(round_idx=round_idx, now_s=0.0, device_ids=ids, fleet=fleet, shape=shape,
+                            base_plan=ClientPlan.uniform(6, lora_rank=8, batch_size=16, seq_len=64),
+                            coefficients=CostCoefficients(), deadline_s=deadline_s, rng=np.random.default_rng(0))
+
+    return make

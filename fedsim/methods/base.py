@@ -82,6 +82,13 @@ class Method:
         """A replacement for per-layer FedAvg, or ``None`` to keep it."""
         return None
 
+    def bind_trainer(self, trainer: Any) -> None:
+        """Called once by the engine before the first round with the run's trainer.
+
+        A method may read data statistics from it (e.g. the clients' label counts) or
+        install a trainer hook (e.g. ``download_transform``). Default: nothing.
+        """
+
     def round_finished(self, report: RoundReport) -> None:
         """Called after aggregation and evaluation of every round."""
 
@@ -115,7 +122,8 @@ def method_names() -> list[str]:
 
 def _load_builtins() -> None:
     # Importing the modules runs their register() calls.
-    from fedsim.methods import fedlora, stld_fixed  # noqa: F401
+    from fedsim.methods import caesar, fedavg_full, fedlora, legend, pld, stld_fixed  # noqa: F401
+    from fedsim.methods import droppeft  # noqa: F401
 
 
 MethodFactory = Callable[[MethodParams, ModelShape, ClientPlan], Method]

@@ -12,6 +12,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from fedsim.methods.base import Method, MethodParams, RoundContext, register
+from fedsim.methods.compose import compressible
 from fedsim.plan import ClientPlan, RoundPlans
 
 Profile = Literal["uniform", "rising", "falling"]
@@ -50,6 +51,7 @@ class STLDFixedParams(MethodParams):
 
 
 @register
+@compressible  # params.compression: caesar (fedsim.methods.compose)
 class STLDFixed(Method):
     name = "stld-fixed"
     Params = STLDFixedParams

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,7 @@ from fedsim.training.evaluate import eval_indices, evaluate_model
 from fedsim.training.local import train_client
 from fedsim.training.model import FedModel, build_model, load_tokenizer
 from fedsim.training.partition import Partition, make_partition
+from fedsim.training.personal import PersonalStore, evaluate_personal, train_personal
 
 __all__ = ["TorchTrainer"]
 
@@ -48,6 +49,12 @@ class TorchTrainer:
             model, self.data.num_labels, seed=int(model_rng.integers(0, 2**63 - 1)), vocab_size=len(tokenizer)
         )
         self._eval_idx = eval_indices(len(self.data.test), data.eval_subsample, data.split_seed)
+        # Optional hook (Caesar's download compression): (client id, plan, global trainable
+        # state) -> the state that client starts local training from.
+        self.download_transform: Callable[[int, ClientPlan, dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
+        # Personal layers (plan.personal_layers, DropPEFT's PTLS): sparse per-client LoRA tensors.
+        self.personal = PersonalStore()
+        self.personal_eval_clients = 200  # personalised accuracy over at most this many (seeded sample)
 
     @property
     def model_config(self) -> Any:
@@ -83,7 +90,14 @@ class TorchTrainer:
                 f"train: {len(client_ids)} client ids, {len(plans)} plans and {len(seeds)} seeds; need one of each per client"
             )
         results = []
+        global_now = self.global_state() if self.download_transform is not None else None
         for cid, plan, seed in zip(client_ids, plans, seeds):
+            if global_now is not None:
+                self.fm.load_state(self.download_transform(int(cid), plan, global_now))
+            if plan.personal_layers:
+                results.append(train_personal(self.fm, self.data.train, self.partition.train[int(cid)], plan,
+                                              self.train_spec, seed=int(seed), client_id=int(cid), store=self.personal))
+                continue
             results.append(
                 train_client(
                     self.fm,
@@ -95,6 +109,8 @@ class TorchTrainer:
                     client_id=int(cid),
                 )
             )
+        if global_now is not None:
+            self.fm.load_state(global_now)  # clients' deltas apply to the true global model
         return results
 
     def aggregate(
@@ -116,4 +132,19 @@ class TorchTrainer:
 
     def evaluate(self, round_idx: int) -> EvalResult:
         """Accuracy and loss of the global model on the test split (or its fixed subsample)."""
-        return evaluate_model(self.fm.model, self.data.test, self._eval_idx, self.train_spec.eval_batch_size)
+        result = evaluate_model(self.fm.model, self.data.test, self._eval_idx, self.train_spec.eval_batch_size)
+        if len(self.personal):
+            result.personal_accuracy = self.evaluate_personal()
+        return result
+
+    def evaluate_personal(self) -> float | None:
+        """Accuracy with personal layers on the local test shards of the clients that have them.
+
+        Over at most ``personal_eval_clients`` of them (a sample seeded by the data's split seed).
+        """
+        clients = self.personal.clients()
+        if clients.size > self.personal_eval_clients:
+            rng = np.random.default_rng([self.data_spec.split_seed, clients.size])
+            clients = np.sort(rng.choice(clients, size=self.personal_eval_clients, replace=False))
+        return evaluate_personal(self.fm, self.data.train, self.partition.test, self.personal, clients,
+                                 self.train_spec.eval_batch_size)

@@ -1,0 +1,205 @@
+"""DropPEFT vs FedLoRA vs every fixed dropout arm: time to accuracy, memory, traffic.
+
+Usage::
+
+    python benchmarks/bench_droppeft.py --trainer surrogate            # every row, 3 seeds, ~1 min
+    python benchmarks/bench_droppeft.py                                # real training (long; resumable)
+    python benchmarks/bench_droppeft.py --rows core,noniid --seeds 0   # DropPEFT vs FedLoRA only, 1 seed
+
+Every row runs ``scenarios/droppeft/base.yaml`` with only the method changed (and, for the
+``noniid`` rows, the partition set to Dirichlet alpha = 0.1), for the same seeds: the same
+fleet of 1,000 phones, data, availability and client selection. Rows:
+
+* ``core``: ``fedlora``; ``droppeft`` with discounted UCB and with Thompson sampling;
+* ``arms``: ``stld-fixed`` with each arm of DropPEFT's default arm set run alone;
+* ``noniid``: ``fedlora`` and ``droppeft`` + PTLS (2 personal layers) at alpha = 0.1,
+  reporting PTLS's personalised accuracy (clients' local test shards) next to the global
+  accuracy.
+
+Each run writes to ``OUT/<trainer>/<row>/seed<k>/``; a run whose ``summary.json`` says
+``ok`` is not run again, so the command can be stopped and resumed. The table is computed
+from the runs' ``rounds.csv`` / ``clients.csv`` only: time to target = simulated time of
+the first evaluation at or above ``--target``; peak memory = the largest predicted peak
+among the clients that trained; traffic = bytes up + down until the target (or the whole
+run when it is not reached).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ROOT / "scenarios" / "droppeft" / "base.yaml"
+ARMS = [(0.0, "uniform")] + [(m, p) for m in (0.25, 0.5, 0.75) for p in ("uniform", "rising", "falling")]
+
+
+def rows(groups: set[str]) -> list[tuple[str, dict, dict]]:
+    """(label, method block, partition override or {}) of every benchmark row."""
+    out = []
+    if "core" in groups:
+        out += [
+            ("fedlora", {"name": "fedlora"}, {}),
+            ("droppeft-ucb", {"name": "droppeft", "params": {"policy": "ucb"}}, {}),
+            ("droppeft-thompson", {"name": "droppeft", "params": {"policy": "thompson"}}, {}),
+        ]
+    if "arms" in groups:
+        for mean, prof in ARMS:
+            label = f"stld-{prof}-{mean:g}" if mean > 0 else "stld-none"
+            out.append((label, {"name": "stld-fixed", "params": {"mean_drop": mean, "profile": prof}}, {}))
+    if "noniid" in groups:
+        skew = {"scheme": "dirichlet", "alpha": 0.1}
+        out += [
+            ("a0.1-fedlora", {"name": "fedlora"}, skew),
+            ("a0.1-droppeft-ptls", {"name": "droppeft", "params": {"policy": "ucb", "ptls": True, "personal_layers": 2}}, skew),
+        ]
+    return out
+
+
+def run_one(out_dir: Path, method: dict, partition: dict, seed: int, trainer: str, max_rounds: int | None) -> dict:
+    """Run (or reuse) one row x seed; returns its summary."""
+    from fedsim.scenario import load_scenario
+    from fedsim.simulate import simulate
+
+    summary_path = out_dir / "summary.json"
+    if summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        if summary.get("status") == "ok":
+            return summary
+    raw = yaml.safe_load(BASE.read_text())
+    raw = copy.deepcopy(raw)
+    raw["method"] = method
+    raw["seed"] = seed
+    raw["trainer"]["kind"] = trainer
+    if partition:
+        raw["data"]["partition"] = partition
+    if max_rounds:
+        raw["engine"]["max_rounds"] = max_rounds
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scenario_file = out_dir / "scenario.yaml"
+    scenario_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    variant = load_scenario(scenario_file)[0]
+    t0 = time.perf_counter()
+    try:
+        simulate(variant.scenario, out_dir, label=out_dir.parent.name)
+    except Exception as exc:  # recorded in summary.json by simulate; keep benchmarking
+        print(f"  failed: {exc}", file=sys.stderr)
+    print(f"  {out_dir.relative_to(out_dir.parents[2])}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    return json.loads(summary_path.read_text())
+
+
+def _read_csv(path: Path) -> dict[str, list[str]]:
+    with open(path, newline="") as f:
+        rows_ = list(csv.DictReader(f))
+    return {k: [r[k] for r in rows_] for k in (rows_[0] if rows_ else {})}
+
+
+def _col(table_: dict[str, list[str]], key: str) -> np.ndarray:
+    return np.array([float(v) if v not in ("", "None", "nan") else np.nan for v in table_.get(key, [])], dtype=float)
+
+
+def metrics(run_dir: Path, target: float) -> dict | None:
+    """Time to target, final accuracies, peak memory and traffic of one finished run."""
+    if not (run_dir / "rounds.csv").exists() or not (run_dir / "summary.json").exists():
+        return None  # not run, or still running
+    summary = json.loads((run_dir / "summary.json").read_text())
+    if summary.get("status") != "ok":
+        return None
+    rounds = _read_csv(run_dir / "rounds.csv")
+    clients = _read_csv(run_dir / "clients.csv")
+    acc = _col(rounds, "accuracy")
+    hit = np.flatnonzero(np.nan_to_num(acc, nan=-1.0) >= target)
+    upto = hit[0] + 1 if hit.size else len(acc)
+    ok = np.array([o == "ok" for o in clients["outcome"]])
+    mem = _col(clients, "peak_mem_bytes")[ok]
+    up = _col(clients, "bytes_up")[ok]
+    pers = _col(rounds, "personal_accuracy")
+    pers = pers[np.isfinite(pers)]
+    traffic = (_col(rounds, "bytes_up") + _col(rounds, "bytes_down"))[:upto].sum()
+    fail = np.isin(np.array(clients["outcome"]), ["oom", "straggler"])
+    accs = acc[np.isfinite(acc)]
+    sim = _col(rounds, "sim_time_s")
+    return {
+        "ttt_s": float(sim[hit[0]]) if hit.size else None,
+        "final_acc": float(accs[-1]) if accs.size else float("nan"),
+        "best_acc": float(accs.max()) if accs.size else float("nan"),
+        "personal_acc": float(pers[-1]) if pers.size else None,
+        "peak_mem_gb": float(mem.max()) / 1e9 if mem.size else float("nan"),
+        "mean_mem_gb": float(mem.mean()) / 1e9 if mem.size else float("nan"),
+        "traffic_mb": float(traffic) / 1e6,
+        "up_mb_per_client": float(up.mean()) / 1e6 if up.size else float("nan"),
+        "fail_rate": float(fail.mean()) if fail.size else 0.0,
+        "rounds": int(acc.size),
+        "sim_h": float(sim[-1]) / 3600,
+    }
+
+
+def _ms(values: list[float | None], fmt: str, scale: float = 1.0) -> str:
+    vals = [v * scale for v in values if v is not None and np.isfinite(v)]
+    if not vals:
+        return "-"
+    miss = len(values) - len(vals)
+    text = fmt.format(statistics.fmean(vals))
+    if len(vals) > 1:
+        text += " ± " + fmt.format(statistics.stdev(vals))
+    return text + (f" ({len(vals)}/{len(values)})" if miss else "")
+
+
+def table(out: Path, trainer: str, labels: list[str], seeds: list[int], target: float) -> str:
+    head = ("| row | seeds | time to {t:g} (s) | final acc | personal acc | peak mem (GB) | mean mem (GB) "
+            "| traffic to target (MB) | up/client (MB) | oom+straggler | rounds |").format(t=target)
+    lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
+    for label in labels:
+        ms = [metrics(out / trainer / label / f"seed{s}", target) for s in seeds]
+        ms = [m for m in ms if m is not None]
+        if not ms:
+            continue
+        col = lambda k: [m[k] for m in ms]  # noqa: E731
+        lines.append("| " + " | ".join([
+            label, str(len(ms)), _ms(col("ttt_s"), "{:.0f}"), _ms(col("final_acc"), "{:.3f}"),
+            _ms(col("personal_acc"), "{:.3f}"), _ms(col("peak_mem_gb"), "{:.2f}"), _ms(col("mean_mem_gb"), "{:.2f}"),
+            _ms(col("traffic_mb"), "{:.1f}"), _ms(col("up_mb_per_client"), "{:.3f}"), _ms(col("fail_rate"), "{:.1%}"),
+            _ms(col("rounds"), "{:.0f}"),
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--trainer", choices=["torch", "surrogate"], default="torch")
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated simulation seeds")
+    ap.add_argument("--rows", default="core,arms,noniid", help="comma-separated groups: core, arms, noniid")
+    ap.add_argument("--target", type=float, default=None, help="accuracy target (default 0.8)")
+    ap.add_argument("--max-rounds", type=int, default=None, help="override engine.max_rounds")
+    ap.add_argument("--only", default=None, help="comma-separated row labels to run (default: every row of --rows)")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_droppeft")
+    ap.add_argument("--table-only", action="store_true", help="print the table of the runs already finished")
+    args = ap.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    target = args.target if args.target is not None else 0.8
+    todo = rows(set(args.rows.split(",")))
+    if args.only:
+        todo = [r for r in todo if r[0] in set(args.only.split(","))]
+    if args.max_rounds is None and args.trainer == "surrogate":
+        args.max_rounds = 80  # long enough for every row to reach the target
+    if not args.table_only:
+        for label, method, partition in todo:
+            for seed in seeds:
+                run_one(args.out / args.trainer / label / f"seed{seed}", method, partition, seed, args.trainer, args.max_rounds)
+    print(f"trainer={args.trainer} target={target} seeds={seeds} out={args.out}")
+    print(table(args.out, args.trainer, [label for label, _, _ in todo], seeds, target))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,364 @@
+"""DropPEFT: stochastic layer dropout with an online configurator, plus PTLS.
+
+Each round (see docs/droppeft.md):
+
+1. every selected client falls in a *group* of similar devices (quantile bins of the
+   fleet's throughput and memory cap, or its device class);
+2. the *arms* (per-layer dropout configurations) that would run out of memory or miss
+   the round deadline on the client, by the cost model, are masked out;
+3. the group's bandit policy (discounted UCB, Thompson sampling or decaying
+   epsilon-greedy) picks an arm among the feasible ones;
+4. with PTLS, the ``personal_layers`` layers with the largest gradient norms stay personal
+   on the client (the trainer keeps them; they are neither uploaded nor aggregated);
+5. after the round, the progress of the global model per simulated second (eval loss
+   decrease, or accuracy gain, over the round's duration) becomes the reward of the arms
+   the round used, weighted by the clients that used each; clients whose work was lost
+   (out of memory, cut by the deadline) credit their arm with ``failure_reward``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fedsim.costmodel import client_times, plan_cost
+from fedsim.methods.bandit import (
+    ArmStats,
+    EpsilonGreedyPolicy,
+    Policy,
+    RewardScale,
+    ThompsonPolicy,
+    UCBPolicy,
+    assign_arms,
+)
+from fedsim.methods.base import Method, MethodParams, RoundContext, RoundReport, register
+from fedsim.methods.compose import compressible
+from fedsim.methods.stld_fixed import Profile, profile_ratios
+from fedsim.plan import ClientPlan, RoundPlans
+
+__all__ = ["DropPEFT", "DropPEFTParams", "ArmSpec", "make_arms", "feasible_arms", "device_groups",
+           "select_personal_layers", "round_progress"]
+
+
+class ArmSpec(BaseModel):
+    """One dropout configuration: a mean ratio and depth profile, or explicit ratios."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    mean_drop: float = Field(0.0, ge=0.0, lt=1.0)
+    profile: Profile = "uniform"
+    drop_prob: list[float] | None = Field(None, description="explicit per-layer ratios (override mean_drop/profile)")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.drop_prob is not None and any(not 0.0 <= p < 1.0 for p in self.drop_prob):
+            raise ValueError("every drop_prob entry must be in [0, 1)")
+        return self
+
+
+class DropPEFTParams(MethodParams):
+    """Parameters of ``method: {name: droppeft}``."""
+
+    policy: Literal["ucb", "thompson", "egreedy"] = Field("ucb", description="bandit policy")
+    arms: list[ArmSpec] | None = Field(None, description="explicit arm list; default: mean_levels x profiles")
+    mean_levels: list[float] = Field([0.0, 0.25, 0.5, 0.75], min_length=1, description="mean drop ratios of the default arms")
+    profiles: list[Profile] = Field(["uniform", "rising", "falling"], min_length=1, description="depth profiles of the default arms")
+    bandit: bool = Field(True, description="false: every client gets fixed_arm (or the nearest feasible arm)")
+    fixed_arm: int = Field(0, ge=0, description="arm index used when bandit is false")
+    ptls: bool = Field(False, description="personalised transformer layer sharing")
+    personal_layers: int | Literal["auto"] = Field(2, description="layers kept personal, or auto (by gradient-norm mass)")
+    personal_mass: float = Field(0.5, gt=0.0, lt=1.0, description="auto: smallest set holding this share of the squared grad norm")
+    discount: float = Field(0.9, gt=0.0, le=1.0, description="per-round discount of past rewards (1 = none)")
+    window: int | None = Field(None, ge=1, description="keep only the last this many rounds of rewards")
+    group_by: Literal["quantiles", "device_class", "none"] = Field("quantiles", description="how devices are grouped")
+    speed_bins: int = Field(3, ge=1, le=20, description="quantile bins of flops_per_s")
+    mem_bins: int = Field(2, ge=1, le=20, description="quantile bins of mem_cap_bytes")
+    ucb_c: float = Field(0.5, ge=0.0, description="UCB exploration weight (rewards are scaled to O(1))")
+    epsilon: float = Field(0.3, ge=0.0, le=1.0, description="egreedy: epsilon_t = epsilon / sqrt(1 + t)")
+    progress: Literal["loss", "accuracy"] = Field("loss", description="eval loss decrease or accuracy gain")
+    failure_reward: float = Field(-1.0, description="scaled reward credited for a client's lost work (oom, straggler)")
+    deadline_margin: float = Field(1.0, gt=0.0, le=1.0, description="an arm is feasible if its predicted time <= margin * deadline")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if isinstance(self.personal_layers, int) and self.personal_layers < 0:
+            raise ValueError(f"personal_layers must be >= 0 or 'auto', got {self.personal_layers}")
+        if any(not 0.0 <= m < 1.0 for m in self.mean_levels):
+            raise ValueError(f"every mean_levels entry must be in [0, 1), got {self.mean_levels}")
+        n_arms = len(self.arms) if self.arms is not None else None
+        if n_arms is not None and self.fixed_arm >= n_arms:
+            raise ValueError(f"fixed_arm {self.fixed_arm} is not an arm index; there are {n_arms} arms")
+        return self
+
+
+# -- pure helpers ------------------------------------------------------------------------
+
+def make_arms(base_plan: ClientPlan, params: DropPEFTParams) -> list[ClientPlan]:
+    """The arm set as plans: explicit ``arms``, or ``mean_levels`` x ``profiles`` (duplicates removed)."""
+    L = base_plan.num_layers
+    specs = params.arms or [ArmSpec(mean_drop=m, profile=p) for m in params.mean_levels for p in params.profiles]
+    arms: list[ClientPlan] = []
+    seen: set[tuple[float, ...]] = set()
+    for spec in specs:
+        if spec.drop_prob is not None:
+            if len(spec.drop_prob) != L:
+                raise ValueError(f"an arm's drop_prob has {len(spec.drop_prob)} entries; the model has {L} layers")
+            ratios, name = np.asarray(spec.drop_prob, dtype=float), "custom-" + "-".join(f"{p:g}" for p in spec.drop_prob)
+        else:
+            ratios = profile_ratios(L, spec.mean_drop, spec.profile)
+            name = f"{spec.profile}-{spec.mean_drop:g}" if spec.mean_drop > 0 else "none"
+        key = tuple(round(float(r), 9) for r in ratios)
+        if key in seen and params.arms is None:
+            continue  # mean 0 is the same arm for every profile
+        seen.add(key)
+        arms.append(base_plan.with_(drop_prob=tuple(float(r) for r in ratios), name=name))
+    if params.fixed_arm >= len(arms):
+        raise ValueError(f"fixed_arm {params.fixed_arm} is not an arm index; there are {len(arms)} arms")
+    return arms
+
+
+def feasible_arms(fleet, ids: np.ndarray, shape, arms: list[ClientPlan], coefficients,
+                  deadline_s: float | None, margin: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(feasible, peak_mem_bytes, total_s)``, each ``(n_clients, n_arms)``.
+
+    An arm is feasible on a device when its predicted peak memory fits the device's cap
+    and its predicted round time (download + compute + upload, no straggling) fits
+    ``margin * deadline_s`` (any time when there is no deadline).
+    """
+    costs = [plan_cost(shape, a, coefficients) for a in arms]
+    n, k = len(ids), len(arms)
+    mem = np.broadcast_to(np.array([c.peak_mem_bytes for c in costs])[None, :], (n, k))
+    total = np.empty((n, k))
+    for j in range(k):  # vectorised over clients; arms are few
+        total[:, j] = client_times(fleet, ids, [costs[j]], np.zeros(n, dtype=np.int64)).total_s
+    ok = mem <= fleet.mem_cap_bytes[ids][:, None]
+    if deadline_s is not None:
+        ok &= total <= margin * deadline_s
+    return ok, np.array(mem), total
+
+
+def device_groups(fleet, how: str, speed_bins: int, mem_bins: int) -> tuple[np.ndarray, int]:
+    """Group of every device of the fleet and the number of groups.
+
+    ``quantiles``: ``speed_bin * mem_bins + mem_bin`` with bins at the fleet's quantiles of
+    ``flops_per_s`` and ``mem_cap_bytes`` (ties share a bin); ``device_class``: the
+    device's profile class; ``none``: one group.
+    """
+    if how == "none":
+        return np.zeros(fleet.size, dtype=np.int64), 1
+    if how == "device_class":
+        cls = np.asarray(fleet.device_class, dtype=np.int64)
+        return cls, int(cls.max()) + 1 if cls.size else 1
+
+    def bins(x: np.ndarray, k: int) -> np.ndarray:
+        edges = np.quantile(x, np.linspace(0, 1, k + 1)[1:-1]) if k > 1 else np.empty(0)
+        return np.searchsorted(edges, x, side="right")
+
+    return bins(fleet.flops_per_s, speed_bins) * mem_bins + bins(fleet.mem_cap_bytes, mem_bins), speed_bins * mem_bins
+
+
+def select_personal_layers(norms: np.ndarray, k: int | str, mass: float = 0.5) -> tuple[int, ...]:
+    """PTLS: the layers with the largest gradient norms (sorted indices).
+
+    ``k`` layers, or with ``k='auto'`` the fewest layers whose squared norms hold at least
+    ``mass`` of the total. Layers with zero norm (never ran) are never personal; at least
+    one layer always stays shared.
+    """
+    norms = np.asarray(norms, dtype=float)
+    L = norms.size
+    order = np.argsort(-norms, kind="stable")
+    order = order[norms[order] > 0]
+    if k == "auto":
+        sq = norms[order] ** 2
+        if sq.sum() <= 0:
+            return ()
+        k = int(np.searchsorted(np.cumsum(sq) / sq.sum(), mass - 1e-12) + 1)
+    k = min(int(k), L - 1, order.size)
+    return tuple(sorted(int(i) for i in order[:k]))
+
+
+def round_progress(prev: tuple[float, float] | None, cur: tuple[float, float], metric: str) -> float | None:
+    """Progress of the global model between two evaluations ``(accuracy, loss)``."""
+    if prev is None:
+        return None
+    if metric == "accuracy":
+        return cur[0] - prev[0]
+    if not (np.isfinite(prev[1]) and np.isfinite(cur[1])):
+        return cur[0] - prev[0]
+    return prev[1] - cur[1]
+
+
+def _policy(params: DropPEFTParams) -> Policy:
+    if params.policy == "ucb":
+        return UCBPolicy(c=params.ucb_c)
+    if params.policy == "thompson":
+        return ThompsonPolicy()
+    return EpsilonGreedyPolicy(epsilon=params.epsilon)
+
+
+# -- the method ----------------------------------------------------------------------------
+
+@register
+@compressible  # params.compression: caesar (fedsim.methods.compose)
+class DropPEFT(Method):
+    name = "droppeft"
+    Params = DropPEFTParams
+
+    def __init__(self, params: DropPEFTParams, shape, base_plan: ClientPlan) -> None:
+        super().__init__(params, shape, base_plan)
+        self.arms = make_arms(base_plan, params)
+        self.policy = _policy(params)
+        self._groups: np.ndarray | None = None  # per device, computed on the first round
+        self.stats: ArmStats | None = None
+        self.scale = RewardScale(discount=params.discount)
+        self._last_eval: tuple[float, float] | None = None
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (groups, arms, outcome) since last eval
+        self._pending_since_s: float | None = None
+        self._round_arms: np.ndarray | None = None
+        # PTLS: per-layer gradient norms per step, fleet-wide (discounted mean) and per client (sparse).
+        self._norm_sum = np.zeros(shape.num_layers)
+        self._norm_w = 0.0
+        self._client_norms: dict[int, np.ndarray] = {}
+        self.history: list[dict[str, Any]] = []
+
+    # -- planning ------------------------------------------------------------------------
+    def _ensure_groups(self, fleet) -> None:
+        if self._groups is None:
+            p = self.params
+            self._groups, n_groups = device_groups(fleet, p.group_by, p.speed_bins, p.mem_bins)
+            if self.stats is None:
+                self.stats = ArmStats(n_groups, len(self.arms), discount=p.discount, window=p.window)
+
+    def choose_arms(self, ctx: RoundContext) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Arm of each selected client, its group and the feasibility mask."""
+        self._ensure_groups(ctx.fleet)
+        p = self.params
+        ids = ctx.device_ids
+        groups = self._groups[ids]
+        feasible, mem, total = feasible_arms(ctx.fleet, ids, self.shape, self.arms, ctx.coefficients,
+                                             ctx.deadline_s, p.deadline_margin)
+        # No feasible arm: the one least likely to fail (fits memory if any does, then fastest).
+        fits = mem <= ctx.fleet.mem_cap_bytes[ids][:, None]
+        fallback = np.where(fits.any(axis=1), np.argmin(np.where(fits, total, np.inf), axis=1), np.argmin(mem, axis=1))
+        if not p.bandit:
+            arms = self._fixed_or_nearest(feasible, fallback)
+        else:
+            arms = assign_arms(self.policy, self.stats, groups, feasible, ctx.rng, fallback)
+        return arms, groups, feasible
+
+    def _fixed_or_nearest(self, feasible: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+        """``fixed_arm`` where feasible, else the feasible arm with the nearest mean drop at or above it."""
+        fixed = self.params.fixed_arm
+        means = np.array([a.mean_drop for a in self.arms])
+        dist = np.where(means >= means[fixed] - 1e-9, means - means[fixed], 10.0 + np.abs(means - means[fixed]))
+        order = np.argsort(dist, kind="stable")
+        out = fallback.copy()
+        for i in range(len(out)):
+            ok = order[feasible[i, order]]
+            if ok.size:
+                out[i] = ok[0]
+        return out
+
+    def personal_layers_of(self, client_id: int) -> tuple[int, ...]:
+        """PTLS layer set of a client: from its own last gradient norms, else the fleet's."""
+        p = self.params
+        if not p.ptls or p.personal_layers == 0:
+            return ()
+        norms = self._client_norms.get(int(client_id))
+        if norms is None:
+            if self._norm_w <= 0:
+                return ()  # nothing measured yet: share everything
+            norms = self._norm_sum / self._norm_w
+        return select_personal_layers(norms, p.personal_layers, p.personal_mass)
+
+    def configure_round(self, ctx: RoundContext) -> RoundPlans:
+        arms, groups, feasible = self.choose_arms(ctx)
+        self._round_arms = arms
+        if not self.params.ptls:
+            used = np.unique(arms)
+            remap = np.zeros(len(self.arms), dtype=np.int64)
+            remap[used] = np.arange(used.size)
+            return RoundPlans([self.arms[a] for a in used], remap[arms])
+        plans: list[ClientPlan] = []
+        index: dict[ClientPlan, int] = {}
+        out = np.empty(len(arms), dtype=np.int64)
+        for i, (cid, a) in enumerate(zip(ctx.device_ids.tolist(), arms.tolist())):
+            personal = self.personal_layers_of(cid)
+            plan = self.arms[a]
+            if personal:
+                plan = plan.with_(personal_layers=personal, name=f"{plan.name}/p{''.join(map(str, personal))}")
+            if plan not in index:
+                index[plan] = len(plans)
+                plans.append(plan)
+            out[i] = index[plan]
+        return RoundPlans(plans, out)
+
+    # -- learning from the round ---------------------------------------------------------
+    def round_finished(self, report: RoundReport) -> None:
+        if self._groups is None:
+            raise RuntimeError("DropPEFT.round_finished called before configure_round")
+        if self._pending_since_s is None:
+            self._pending_since_s = report.start_s
+        self._pending.append((self._groups[report.device_ids], np.asarray(self._round_arms), np.asarray(report.outcome)))
+        self._observe_norms(report)
+        if report.evaluation is None:
+            return
+        cur = (float(report.evaluation.accuracy), float(report.evaluation.loss))
+        progress = round_progress(self._last_eval, cur, self.params.progress)
+        self._last_eval = cur
+        elapsed = max(report.end_s - self._pending_since_s, 1e-9)
+        pending, self._pending, self._pending_since_s = self._pending, [], None
+        if progress is None:
+            return  # first evaluation: nothing to compare with
+        raw = progress / elapsed
+        scaled = self.scale(raw)
+        groups = np.concatenate([g for g, _, _ in pending])
+        arms = np.concatenate([a for _, a, _ in pending])
+        outcome = np.concatenate([o for _, _, o in pending])
+        # Drop-outs and surplus clients say little about their arm: not credited.
+        credited = np.isin(outcome, ("ok", "oom", "straggler"))
+        rewards = np.where(outcome == "ok", scaled, self.params.failure_reward)
+        if self.params.bandit and credited.any():
+            self.stats.observe_round(groups[credited], arms[credited], rewards[credited])
+        self.history.append({"round": report.round_idx, "raw_reward": raw, "scaled_reward": scaled,
+                             "arms": np.bincount(arms, minlength=len(self.arms)).tolist()})
+
+    def _observe_norms(self, report: RoundReport) -> None:
+        if not self.params.ptls or not report.results:
+            return
+        d = self.params.discount
+        self._norm_sum *= d
+        self._norm_w *= d
+        for r in report.results:
+            steps = np.maximum(np.asarray(r.layer_steps, dtype=float), 1.0)
+            per_step = np.asarray(r.grad_norms, dtype=float) / np.sqrt(steps)
+            if not np.any(per_step > 0):
+                continue  # surrogate trainer: no gradients
+            # Each client counts once, whatever the scale of its gradients.
+            self._norm_sum += per_step / per_step.sum()
+            self._norm_w += 1.0
+            self._client_norms[int(r.client_id)] = per_step
+
+    # -- checkpointing -------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "stats": self.stats.state_dict() if self.stats else None,
+            "scale": self.scale.state_dict(),
+            "last_eval": self._last_eval,
+            "norm_sum": self._norm_sum.tolist(),
+            "norm_w": self._norm_w,
+            "client_norms": {k: v.tolist() for k, v in self._client_norms.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("stats") is not None:
+            if self.stats is None:
+                g = np.asarray(state["stats"]["w"])
+                self.stats = ArmStats(g.shape[0], g.shape[1], self.params.discount, self.params.window)
+            self.stats.load_state_dict(state["stats"])
+        self.scale.load_state_dict(state["scale"])
+        self._last_eval = tuple(state["last_eval"]) if state["last_eval"] is not None else None
+        self._norm_sum = np.asarray(state["norm_sum"], dtype=float)
+        self._norm_w = float(state["norm_w"])
+        self._client_norms = {int(k): np.asarray(v, dtype=float) for k, v in state["client_norms"].items()}

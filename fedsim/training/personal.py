@@ -1,0 +1,142 @@
+"""Personal layers (DropPEFT's PTLS): per-client copies of some layers' LoRA tensors.
+
+A plan with ``personal_layers`` asks the trainer to keep those layers' adapters on the
+client: the client trains from its own copy of them (the global copy the first time),
+keeps the result, and sends only the shared layers. The store is sparse: it holds, for
+each client that has trained with personal layers, only the LoRA tensors of those layers
+(e.g. MiniLM-L6, rank 8 on query/value: about 98 KB per layer per client), never a model.
+
+Evaluation with personal layers (:func:`evaluate_personal`) swaps each client's tensors
+into the shared model, evaluates on the client's local test shard and swaps them back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from fedsim.plan import ClientPlan
+from fedsim.trainers.base import ClientResult
+from fedsim.training.config import TrainSpec
+from fedsim.training.data import TokenizedSplit
+from fedsim.training.evaluate import evaluate_model
+from fedsim.training.local import train_client
+from fedsim.training.model import FedModel
+from fedsim.training.partition import Shards
+
+__all__ = ["PersonalStore", "personal_names", "swapped_in", "train_personal", "evaluate_personal"]
+
+
+class PersonalStore:
+    """Client id -> {parameter name: tensor} of its personal layers' LoRA tensors."""
+
+    def __init__(self) -> None:
+        self._state: dict[int, dict[str, torch.Tensor]] = {}
+
+    def __contains__(self, client_id: int) -> bool:
+        return int(client_id) in self._state
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def get(self, client_id: int) -> dict[str, torch.Tensor]:
+        return self._state.get(int(client_id), {})
+
+    def put(self, client_id: int, tensors: dict[str, torch.Tensor]) -> None:
+        if tensors:
+            self._state[int(client_id)] = {n: t.detach().clone() for n, t in tensors.items()}
+        else:
+            self._state.pop(int(client_id), None)
+
+    def clients(self) -> np.ndarray:
+        return np.array(sorted(self._state), dtype=np.int64)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for d in self._state.values() for t in d.values())
+
+    def state_dict(self) -> dict:
+        return {k: dict(v) for k, v in self._state.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._state = {int(k): {n: t.clone() for n, t in v.items()} for k, v in state.items()}
+
+
+def personal_names(fm: FedModel, layers: Sequence[int]) -> list[str]:
+    """Names of the LoRA parameters of ``layers`` (the tensors a personal layer keeps)."""
+    wanted = set(int(l) for l in layers)
+    return [n for n in fm.base_trainable if "lora_" in n and fm.param_layer.get(n) in wanted]
+
+
+@contextmanager
+def swapped_in(fm: FedModel, tensors: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Load ``tensors`` into the model for the block, then put the previous values back."""
+    params = dict(fm.model.named_parameters())
+    saved = {n: params[n].detach().clone() for n in tensors}
+    try:
+        with torch.no_grad():
+            for n, t in tensors.items():
+                params[n].copy_(t)
+        yield
+    finally:
+        with torch.no_grad():
+            for n, t in saved.items():
+                params[n].copy_(t)
+
+
+def train_personal(
+    fm: FedModel,
+    data: TokenizedSplit,
+    indices: np.ndarray,
+    plan: ClientPlan,
+    spec: TrainSpec,
+    seed: int,
+    client_id: int,
+    store: PersonalStore,
+) -> ClientResult:
+    """:func:`~fedsim.training.local.train_client` with the plan's personal layers kept local.
+
+    The client starts from its stored personal tensors (the global ones for layers it has
+    none of), trains, stores the new personal tensors (dropping those of layers that are
+    no longer personal) and returns a delta without them: they are neither uploaded nor
+    aggregated. The model holds the global state again on return.
+    """
+    names = personal_names(fm, plan.personal_layers)
+    params = dict(fm.model.named_parameters())
+    stored = store.get(client_id)
+    start = {n: (stored[n] if n in stored else params[n].detach()).clone() for n in names}
+    with swapped_in(fm, {n: stored[n] for n in names if n in stored}):
+        result = train_client(fm, data, indices, plan, spec, seed=seed, client_id=client_id)
+    delta = result.delta or {}
+    new = {n: start[n] + delta.pop(n) if n in delta else start[n] for n in names}
+    store.put(client_id, new)
+    result.extras["personal_tensors"] = float(len(new))
+    return result
+
+
+def evaluate_personal(
+    fm: FedModel,
+    data: TokenizedSplit,
+    local_test: Shards,
+    store: PersonalStore,
+    clients: np.ndarray,
+    batch_size: int = 64,
+) -> float | None:
+    """Accuracy over the pooled local test examples of ``clients``, each with its own layers.
+
+    Returns ``None`` when none of the clients has local test examples.
+    """
+    correct = 0.0
+    total = 0
+    for cid in np.asarray(clients, dtype=np.int64).tolist():
+        idx = local_test[cid]
+        if idx.size == 0:
+            continue
+        with swapped_in(fm, store.get(cid)):
+            res = evaluate_model(fm.model, data, idx, batch_size)
+        correct += res.accuracy * idx.size
+        total += idx.size
+    return correct / total if total else None

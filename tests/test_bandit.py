@@ -1,0 +1,136 @@
+"""Pure maths of DropPEFT's configurator: statistics, discounting, scaling, policies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedsim.methods.bandit import (
+    ArmStats,
+    EpsilonGreedyPolicy,
+    RewardScale,
+    ThompsonPolicy,
+    UCBPolicy,
+    assign_arms,
+    credit_matrix,
+    thompson_scores,
+    ucb_scores,
+)
+
+
+def test_arm_stats_weighted_mean_and_variance():
+    # Prepare
+    stats = ArmStats(2, 3)
+    # Execute
+    stats.observe_round([0, 0, 1], [1, 1, 2], [1.0, 3.0, 5.0], [1.0, 3.0, 2.0])
+    # Assert
+    assert stats.counts[0, 1] == 4.0 and stats.counts[1, 2] == 2.0 and stats.counts.sum() == 6.0
+    assert stats.means[0, 1] == pytest.approx(2.5)  # (1*1 + 3*3) / 4
+    assert stats.variances[0, 1] == pytest.approx((1 * 1 + 3 * 9) / 4 - 2.5**2)
+    assert stats.means[0, 0] == 0.0 and stats.rounds_seen == 1
+
+
+def test_discount_shrinks_old_rounds_geometrically():
+    # Prepare
+    stats = ArmStats(1, 2, discount=0.5)
+    # Execute
+    stats.observe_round([0], [0], [1.0])
+    stats.observe_round([0], [1], [0.0])
+    stats.observe_round([0], [0], [0.0])
+    # Assert: arm 0 weights 0.25 (reward 1) and 1 (reward 0)
+    assert stats.counts[0, 0] == pytest.approx(1.25)
+    assert stats.means[0, 0] == pytest.approx(0.25 / 1.25)
+    assert stats.counts[0, 1] == pytest.approx(0.5)
+
+
+def test_window_forgets_rounds_older_than_it():
+    # Prepare
+    stats = ArmStats(1, 2, window=2)
+    # Execute
+    for reward in (10.0, 1.0, 2.0):
+        stats.observe_round([0], [0], [reward])
+    # Assert
+    assert stats.counts[0, 0] == 2.0 and stats.means[0, 0] == pytest.approx(1.5)
+
+
+def test_state_dict_round_trip():
+    stats = ArmStats(2, 2, discount=0.9)
+    stats.observe_round([0, 1], [1, 0], [0.5, -1.0])
+    other = ArmStats(2, 2, discount=0.9)
+    other.load_state_dict(stats.state_dict())
+    assert np.array_equal(other.means, stats.means) and np.array_equal(other.counts, stats.counts)
+
+
+def test_reward_scale_keeps_shrinking_rewards_order_one():
+    # Prepare: raw progress per second halves every round (1000x over the run)
+    scale = RewardScale(discount=0.5)
+    # Execute
+    scaled = [scale(2.0 ** -k) for k in range(10)]
+    # Assert: the raw signal fell 500x; the scaled one only 5x
+    assert scaled[0] == pytest.approx(1.0)
+    assert all(0.15 < s <= 1.0 for s in scaled)
+    assert -2.0 <= scale(-100.0) < -1.9  # a jump is bounded by 1 / (1 - discount)
+    assert RewardScale(discount=0.9, clip=3.0)(1.0) == 1.0
+
+
+def test_credit_matrix_counts_clients_per_group_and_arm():
+    m = credit_matrix([0, 0, 1, 1, 1], [2, 2, 0, 2, 2], (2, 3))
+    assert m.tolist() == [[0, 0, 2], [1, 0, 2]]
+
+
+def test_ucb_tries_untried_then_prefers_best_mean_with_bonus():
+    scores = ucb_scores(np.array([0.5, 0.9, 0.0]), np.array([4.0, 4.0, 0.0]), c=1.0)
+    assert np.isinf(scores[2]) and scores[1] > scores[0]
+    # A rarely tried arm with a lower mean can win on its bonus.
+    s = ucb_scores(np.array([0.5, 0.4]), np.array([100.0, 1.0]), c=1.0)
+    assert s[1] > s[0]
+
+
+def test_thompson_draws_concentrate_with_more_observations():
+    rng = np.random.default_rng(0)
+    draws = np.array([thompson_scores(np.array([1.0, 1.0]), np.array([1.0, 1000.0]), np.zeros(2), rng) for _ in range(2000)])
+    assert draws[:, 1].std() < 0.1 < draws[:, 0].std()
+    assert draws[:, 1].mean() == pytest.approx(1.0, abs=0.01)
+
+
+@pytest.mark.parametrize("policy", [UCBPolicy(c=0.1), ThompsonPolicy(), EpsilonGreedyPolicy(epsilon=0.05)])
+def test_policies_find_the_best_arm_on_hand_made_rewards(policy):
+    # Prepare: 4 arms with fixed mean rewards and noise; arm 2 is best
+    rng = np.random.default_rng(1)
+    true = np.array([0.0, 0.5, 1.0, 0.2])
+    stats = ArmStats(1, 4, discount=0.95)
+    feasible = np.ones((10, 4), dtype=bool)
+    # Execute
+    for _ in range(40):
+        arms = assign_arms(policy, stats, np.zeros(10, dtype=int), feasible, rng, np.zeros(10, dtype=int))
+        stats.observe_round(np.zeros(10, dtype=int), arms, true[arms] + rng.normal(0, 0.3, 10))
+    arms = assign_arms(policy, stats, np.zeros(10, dtype=int), feasible, rng, np.zeros(10, dtype=int))
+    # Assert
+    assert np.mean(arms == 2) >= 0.7
+
+
+def test_assignment_never_picks_infeasible_arms_and_uses_fallback():
+    # Prepare
+    rng = np.random.default_rng(0)
+    stats = ArmStats(2, 3)
+    stats.observe_round([0, 0, 0, 1, 1, 1], [0, 1, 2, 0, 1, 2], [5.0, 1.0, 1.0, 5.0, 1.0, 1.0])  # arm 0 looks best
+    feasible = np.array([[False, True, True], [False, False, False], [True, True, True]])
+    # Execute
+    arms = assign_arms(UCBPolicy(c=0.0), stats, np.array([0, 1, 1]), feasible, rng, fallback=np.array([2, 1, 2]))
+    # Assert
+    assert arms[0] in (1, 2) and arms[1] == 1 and arms[2] == 0
+    assert feasible[np.arange(3), arms][[0, 2]].all()
+
+
+def test_batched_ucb_spreads_untried_arms_over_a_round():
+    stats = ArmStats(1, 3)
+    arms = assign_arms(UCBPolicy(), stats, np.zeros(3, dtype=int), np.ones((3, 3), bool), np.random.default_rng(0), np.zeros(3, int))
+    assert sorted(arms.tolist()) == [0, 1, 2]
+
+
+def test_same_seed_same_choices():
+    def run(seed):
+        stats = ArmStats(1, 3)
+        stats.observe_round([0, 0, 0], [0, 1, 2], [0.1, 0.2, 0.3])
+        return assign_arms(ThompsonPolicy(), stats, np.zeros(8, int), np.ones((8, 3), bool), np.random.default_rng(seed), np.zeros(8, int))
+    assert np.array_equal(run(5), run(5))
