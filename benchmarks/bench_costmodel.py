@@ -374,8 +374,9 @@ def main(argv: list[str] | None = None) -> None:
           f"{rows[0]['peak_method']}; predicted = grads + AdamW states + activations (no weights, no "
           f"runtime_overhead_bytes); host load avg {min(loads):.1f}-{max(loads):.1f}; "
           f"{time.perf_counter() - t_start:.0f} s in all")
-    if max(loads) > args.threads + 1.5 or min(r["cpu_share"] for r in rows) < 0.8:
-        print("WARNING: the host was busy with other work during the run (load / cpu share): step times are noisy")
+    if min(r["cpu_share"] for r in rows) < 0.85:
+        print("WARNING: some workers got < 85% of their threads' CPU time (other work on the host): step times "
+              "are inflated and noisy; rerun on a quieter host or with more --repeats")
 
     if args.fit:
         coef = CostCoefficients()
