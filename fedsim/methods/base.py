@@ -9,7 +9,6 @@ itself with one call to :func:`register`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -125,5 +124,3 @@ def _load_builtins() -> None:
     from fedsim.methods import caesar, fedavg_full, fedlora, legend, pld, stld_fixed  # noqa: F401
     from fedsim.methods import droppeft  # noqa: F401
 
-
-MethodFactory = Callable[[MethodParams, ModelShape, ClientPlan], Method]

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fedsim.models import TINY_BERT
 from fedsim.training.config import ModelSpec
 
 __all__ = [
@@ -142,18 +143,11 @@ def load_tokenizer(spec: ModelSpec) -> tuple[Any, str]:
 
 
 def tiny_bert_config(vocab_size: int, num_labels: int) -> Any:
-    """A 4-layer BERT with hidden size 32, 2 heads and FFN 64."""
+    """The test model of :data:`fedsim.models.TINY_BERT` (4 layers, hidden 32, 2 heads, FFN 64)."""
     from transformers import BertConfig
 
-    return BertConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-        num_labels=num_labels,
-    )
+    fields = {k: v for k, v in TINY_BERT.items() if k != "model_type"}
+    return BertConfig(**{**fields, "vocab_size": vocab_size, "num_labels": num_labels})
 
 
 @dataclass
