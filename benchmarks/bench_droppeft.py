@@ -12,9 +12,14 @@ fleet of 1,000 phones, data, availability and client selection. Rows:
 
 * ``core``: ``fedlora``; ``droppeft`` with discounted UCB and with Thompson sampling;
 * ``arms``: ``stld-fixed`` with each arm of DropPEFT's default arm set run alone;
+* ``ablation``: DropPEFT with epsilon-greedy, with a flat prior, with the per-group
+  bandit of the first design, and an *oracle* planner that knows the surrogate's true
+  progress curve (meaningful with ``--trainer surrogate`` only);
 * ``noniid``: ``fedlora`` and ``droppeft`` + PTLS (2 personal layers) at alpha = 0.1,
   reporting PTLS's personalised accuracy (clients' local test shards) next to the global
-  accuracy.
+  accuracy. These rows run a fixed ``NONIID_ROUNDS`` rounds (no early stop at the
+  target: with PTLS the global model is not the one to stop on), and compare the mean of
+  the last ``LAST_K`` evaluations, as accuracy under label skew swings from round to round.
 
 Each run writes to ``OUT/<trainer>/<row>/seed<k>/``; a run whose ``summary.json`` says
 ``ok`` is not run again, so the command can be stopped and resumed. The table is computed
@@ -42,7 +47,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "scenarios" / "droppeft" / "base.yaml"
-ARMS = [(0.0, "uniform")] + [(m, p) for m in (0.25, 0.5, 0.75) for p in ("uniform", "rising", "falling")]
+# DropPEFT's default arms; the mean-0 arm is FedLoRA itself, so the ``fedlora`` row stands for it.
+NONIID_ROUNDS = 15
+LAST_K = 5
+ARMS = [(m, p) for m in (0.25, 0.5, 0.75) for p in ("uniform", "rising", "falling")]
 
 
 def rows(groups: set[str]) -> list[tuple[str, dict, dict]]:
@@ -56,8 +64,16 @@ def rows(groups: set[str]) -> list[tuple[str, dict, dict]]:
         ]
     if "arms" in groups:
         for mean, prof in ARMS:
-            label = f"stld-{prof}-{mean:g}" if mean > 0 else "stld-none"
+            label = f"stld-{prof}-{mean:g}"
             out.append((label, {"name": "stld-fixed", "params": {"mean_drop": mean, "profile": prof}}, {}))
+    if "ablation" in groups:
+        out += [
+            ("droppeft-egreedy", {"name": "droppeft", "params": {"policy": "egreedy"}}, {}),
+            ("droppeft-flat-prior", {"name": "droppeft", "params": {"policy": "ucb", "prior": "flat"}}, {}),
+            ("droppeft-group-bandit", {"name": "droppeft", "params": {"policy": "ucb", "configurator": "group-bandit"}}, {}),
+            # The planner told the surrogate's true curve (drop_exponent 2.6 of base.yaml): what pacing alone can do.
+            ("droppeft-oracle", {"name": "droppeft", "params": {"prior_exponents": [2.6], "prior_weight": 1e4, "ucb_c": 0.0}}, {}),
+        ]
     if "noniid" in groups:
         skew = {"scheme": "dirichlet", "alpha": 0.1}
         out += [
@@ -86,6 +102,9 @@ def run_one(out_dir: Path, method: dict, partition: dict, seed: int, trainer: st
         raw["data"]["partition"] = partition
     if max_rounds:
         raw["engine"]["max_rounds"] = max_rounds
+    if partition:
+        raw["engine"]["target_accuracy"] = None
+        raw["engine"]["max_rounds"] = min(raw["engine"]["max_rounds"], NONIID_ROUNDS)
     out_dir.mkdir(parents=True, exist_ok=True)
     scenario_file = out_dir / "scenario.yaml"
     scenario_file.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -126,6 +145,7 @@ def metrics(run_dir: Path, target: float) -> dict | None:
     up = _col(clients, "bytes_up")[ok]
     pers = _col(rounds, "personal_accuracy")
     pers = pers[np.isfinite(pers)]
+    tail = lambda x: float(np.mean(x[-LAST_K:])) if x.size else None  # noqa: E731
     traffic = (_col(rounds, "bytes_up") + _col(rounds, "bytes_down"))[:upto].sum()
     fail = np.isin(np.array(clients["outcome"]), ["oom", "straggler"])
     accs = acc[np.isfinite(acc)]
@@ -135,6 +155,8 @@ def metrics(run_dir: Path, target: float) -> dict | None:
         "final_acc": float(accs[-1]) if accs.size else float("nan"),
         "best_acc": float(accs.max()) if accs.size else float("nan"),
         "personal_acc": float(pers[-1]) if pers.size else None,
+        "last_acc": tail(acc[np.isfinite(acc)]),
+        "last_personal_acc": tail(pers),
         "peak_mem_gb": float(mem.max()) / 1e9 if mem.size else float("nan"),
         "mean_mem_gb": float(mem.mean()) / 1e9 if mem.size else float("nan"),
         "traffic_mb": float(traffic) / 1e6,
@@ -157,7 +179,8 @@ def _ms(values: list[float | None], fmt: str, scale: float = 1.0) -> str:
 
 
 def table(out: Path, trainer: str, labels: list[str], seeds: list[int], target: float) -> str:
-    head = ("| row | seeds | time to {t:g} (s) | final acc | personal acc | peak mem (GB) | mean mem (GB) "
+    head = (f"| row | seeds | time to {{t:g}} (s) | final acc | acc (last {LAST_K}) | personal acc (last {LAST_K}) "
+            "| peak mem (GB) | mean mem (GB) "
             "| traffic to target (MB) | up/client (MB) | oom+straggler | rounds |").format(t=target)
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     for label in labels:
@@ -167,11 +190,54 @@ def table(out: Path, trainer: str, labels: list[str], seeds: list[int], target: 
             continue
         col = lambda k: [m[k] for m in ms]  # noqa: E731
         lines.append("| " + " | ".join([
-            label, str(len(ms)), _ms(col("ttt_s"), "{:.0f}"), _ms(col("final_acc"), "{:.3f}"),
-            _ms(col("personal_acc"), "{:.3f}"), _ms(col("peak_mem_gb"), "{:.2f}"), _ms(col("mean_mem_gb"), "{:.2f}"),
+            label, str(len(ms)), _ms(col("ttt_s"), "{:.0f}"), _ms(col("final_acc"), "{:.3f}"), _ms(col("last_acc"), "{:.3f}"),
+            _ms(col("last_personal_acc"), "{:.3f}"), _ms(col("peak_mem_gb"), "{:.2f}"), _ms(col("mean_mem_gb"), "{:.2f}"),
             _ms(col("traffic_mb"), "{:.1f}"), _ms(col("up_mb_per_client"), "{:.3f}"), _ms(col("fail_rate"), "{:.1%}"),
             _ms(col("rounds"), "{:.0f}"),
         ]) + " |")
+    return "\n".join(lines)
+
+
+def goals(out: Path, trainer: str, seeds: list[int], target: float) -> str:
+    """The issue's goals, checked on the finished runs (a row must have every seed)."""
+    def get(label: str) -> list[dict] | None:
+        ms = [metrics(out / trainer / label / f"seed{s}", target) for s in seeds]
+        return ms if all(m is not None for m in ms) else None
+
+    def mean_ttt(ms: list[dict]) -> float:  # a seed that never reached the target counts as never
+        v = [m["ttt_s"] for m in ms]
+        return float("inf") if any(x is None for x in v) else statistics.fmean(v)
+
+    lines = []
+    fed = get("fedlora")
+    arms = {f"stld-{p}-{m:g}": get(f"stld-{p}-{m:g}") for m, p in ARMS}
+    arm_ttt = {k: mean_ttt(v) for k, v in arms.items() if v is not None}
+    if fed is not None:
+        arm_ttt["fedlora (no drop)"] = mean_ttt(fed)
+    for label in ("droppeft-ucb", "droppeft-thompson"):
+        d = get(label)
+        if d is None or fed is None:
+            continue
+        t = mean_ttt(d)
+        lines.append(f"{label}: {mean_ttt(fed) / t:.2f}x faster than fedlora to {target:g} (goal >= 1.5x)")
+        if len(arm_ttt) == len(ARMS) + 1:
+            best = min(arm_ttt, key=arm_ttt.get)
+            med = statistics.median(arm_ttt.values())
+            lines.append(f"  vs best fixed arm {best} ({arm_ttt[best]:.0f} s): {t / arm_ttt[best] - 1:+.1%} "
+                         f"(goal <= +10%); vs median arm ({med:.0f} s): {t / med - 1:+.1%} (goal < 0)")
+        mem = 1 - statistics.fmean(m["mean_mem_gb"] for m in d) / statistics.fmean(m["mean_mem_gb"] for m in fed)
+        peak = 1 - statistics.fmean(m["peak_mem_gb"] for m in d) / statistics.fmean(m["peak_mem_gb"] for m in fed)
+        lines.append(f"  device memory: mean {mem:.0%} below fedlora, largest {peak:.0%} below (goal >= 40%)")
+        traffic = statistics.fmean(m["traffic_mb"] for m in d) / statistics.fmean(m["traffic_mb"] for m in fed) - 1
+        lines.append(f"  traffic to target: {traffic:+.0%} vs fedlora (PTLS off)")
+    nf, npt = get("a0.1-fedlora"), get("a0.1-droppeft-ptls")
+    if nf is not None and npt is not None and all(m["last_personal_acc"] is not None for m in npt):
+        g = statistics.fmean(m["last_acc"] for m in nf)
+        pa = statistics.fmean(m["last_personal_acc"] for m in npt)
+        lines.append(f"non-IID alpha 0.1: PTLS personalised {pa:.3f} vs fedlora global {g:.3f}: "
+                     f"{100 * (pa - g):+.1f} points (goal >= +2); traffic per round "
+                     f"{statistics.fmean(m['traffic_mb'] / m['rounds'] for m in npt) / statistics.fmean(m['traffic_mb'] / m['rounds'] for m in nf) - 1:+.0%} "
+                     "vs fedlora")
     return "\n".join(lines)
 
 
@@ -179,7 +245,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--trainer", choices=["torch", "surrogate"], default="torch")
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated simulation seeds")
-    ap.add_argument("--rows", default="core,arms,noniid", help="comma-separated groups: core, arms, noniid")
+    ap.add_argument("--rows", default=None,
+                    help="comma-separated groups: core, arms, ablation, noniid (default: all; torch: all but ablation)")
     ap.add_argument("--target", type=float, default=None, help="accuracy target (default 0.8)")
     ap.add_argument("--max-rounds", type=int, default=None, help="override engine.max_rounds")
     ap.add_argument("--only", default=None, help="comma-separated row labels to run (default: every row of --rows)")
@@ -188,17 +255,19 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     target = args.target if args.target is not None else 0.8
+    if args.rows is None:
+        args.rows = "core,arms,ablation,noniid" if args.trainer == "surrogate" else "core,arms,noniid"
     todo = rows(set(args.rows.split(",")))
     if args.only:
         todo = [r for r in todo if r[0] in set(args.only.split(","))]
-    if args.max_rounds is None and args.trainer == "surrogate":
-        args.max_rounds = 80  # long enough for every row to reach the target
     if not args.table_only:
-        for label, method, partition in todo:
-            for seed in seeds:
+        for seed in seeds:  # seed by seed: an interrupted benchmark has whole seeds
+            for label, method, partition in todo:
                 run_one(args.out / args.trainer / label / f"seed{seed}", method, partition, seed, args.trainer, args.max_rounds)
     print(f"trainer={args.trainer} target={target} seeds={seeds} out={args.out}")
     print(table(args.out, args.trainer, [label for label, _, _ in todo], seeds, target))
+    print()
+    print(goals(args.out, args.trainer, seeds, target))
 
 
 if __name__ == "__main__":

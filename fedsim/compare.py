@@ -26,12 +26,12 @@ __all__ = ["METRICS", "run_metrics", "group_key", "compare_runs", "to_markdown",
 
 # (key, column title, scale applied to the raw value, digits)
 METRICS: tuple[tuple[str, str, float, int], ...] = (
-    ("time_to_target_h", "time to target (h)", 1 / 3600, 2),
+    ("time_to_target", "time to target (s)", 1.0, 0),
     ("final_accuracy", "final acc", 1.0, 3),
     ("personal_accuracy", "personal acc", 1.0, 3),
     ("best_accuracy", "best acc", 1.0, 3),
     ("rounds", "rounds", 1.0, 0),
-    ("sim_time_h", "sim time (h)", 1 / 3600, 2),
+    ("sim_time", "sim time (s)", 1.0, 0),
     ("peak_mem_gb", "peak mem GB (max, ok)", 1e-9, 2),
     ("mean_mem_gb", "mem GB (mean)", 1e-9, 2),
     ("traffic_up_gb", "up GB", 1e-9, 3),
@@ -90,12 +90,12 @@ def run_metrics(run_dir: str | Path) -> dict[str, Any]:
         "method": s.get("method"),
         "seed": s.get("seed"),
         "status": s.get("status"),
-        "time_to_target_h": s.get("time_to_target_s") if s.get("time_to_target_s") is not None else math.nan,
+        "time_to_target": s.get("time_to_target_s") if s.get("time_to_target_s") is not None else math.nan,
         "final_accuracy": s.get("final_accuracy") if s.get("final_accuracy") is not None else math.nan,
         "best_accuracy": s.get("best_accuracy") if s.get("best_accuracy") is not None else math.nan,
         "personal_accuracy": _last_finite(rounds["personal_accuracy"]),
         "rounds": float(len(rounds["round"])),
-        "sim_time_h": _last_finite(rounds["sim_time_s"]) if len(rounds["round"]) else math.nan,
+        "sim_time": _last_finite(rounds["sim_time_s"]) if len(rounds["round"]) else math.nan,
         "traffic_up_gb": float(np.nansum(rounds["bytes_up"])),
         "traffic_down_gb": float(np.nansum(rounds["bytes_down"])),
         "energy_kj": float(np.nansum(rounds["energy_j"])),
@@ -128,7 +128,7 @@ def compare_runs(run_dirs: Iterable[str | Path]) -> list[dict[str, Any]]:
     rows = []
     for name, runs in groups.items():
         row: dict[str, Any] = {"group": name, "method": runs[0]["method"], "n": len(runs),
-                               "reached": int(sum(np.isfinite(r["time_to_target_h"]) for r in runs))}
+                               "reached": int(sum(np.isfinite(r["time_to_target"]) for r in runs))}
         for key, _, scale, _ in METRICS:
             vals = np.array([r[key] for r in runs], dtype=float) * scale
             vals = vals[np.isfinite(vals)]
@@ -155,7 +155,7 @@ def to_markdown(rows: Sequence[dict[str, Any]], metrics: Sequence[str] | None = 
         cells = [str(r["group"]), str(r["n"])]
         for key, _, _, digits in chosen:
             cell = _cell(r[key], r[f"{key}_std"], digits)
-            if key == "time_to_target_h":
+            if key == "time_to_target":
                 cell = f"{cell} ({r['reached']}/{r['n']})"
             cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")

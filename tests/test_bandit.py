@@ -7,14 +7,17 @@ import pytest
 
 from fedsim.methods.bandit import (
     ArmStats,
+    ArmUtility,
     EpsilonGreedyPolicy,
     RewardScale,
     ThompsonPolicy,
     UCBPolicy,
     assign_arms,
     credit_matrix,
+    paced_assignment,
     thompson_scores,
     ucb_scores,
+    utility_scores,
 )
 
 
@@ -134,3 +137,120 @@ def test_same_seed_same_choices():
         stats.observe_round([0, 0, 0], [0, 1, 2], [0.1, 0.2, 0.3])
         return assign_arms(ThompsonPolicy(), stats, np.zeros(8, int), np.ones((8, 3), bool), np.random.default_rng(seed), np.zeros(8, int))
     assert np.array_equal(run(5), run(5))
+
+
+# -- the paced configurator ---------------------------------------------------------------
+
+def test_arm_utility_separates_arms_that_shared_rounds():
+    # Prepare: theta = (1, 3); rounds mix the two arms in different shares
+    util = ArmUtility(2, prior_weight=1e-6)
+    # Execute
+    for share in (0.0, 0.25, 0.5, 1.0):
+        util.observe(np.array([1 - share, share]), 1.0 * (1 - share) + 3.0 * share)
+    mean, cov = util.posterior()
+    # Assert: the shared round reward is split by arm, exactly without noise
+    assert mean == pytest.approx([1.0, 3.0], abs=1e-4)
+    assert np.all(np.diag(cov) > 0)
+
+
+def test_arm_utility_prior_is_the_mean_progress_for_unseen_arms():
+    util = ArmUtility(3, prior_weight=1.0)
+    util.observe(np.array([1.0, 0.0, 0.0]), 2.0)
+    util.observe(np.array([1.0, 0.0, 0.0]), 2.0)
+    mean, cov = util.posterior()
+    # Arm 0 is pinned at 2; arms 1 and 2 never ran: the prior mean (2) with the prior's width.
+    assert mean == pytest.approx([2.0, 2.0, 2.0])
+    assert cov[1, 1] == pytest.approx(0.25) and cov[0, 0] == pytest.approx(0.25 / 3)
+    assert util.weight.tolist() == [2.0, 0.0, 0.0]
+
+
+def test_arm_utility_discount_and_window_forget_old_rounds():
+    # Prepare: arm 0 was worth 10, now 1
+    fresh = ArmUtility(1, discount=0.1, prior_weight=1e-9)
+    windowed = ArmUtility(1, window=2, prior_weight=1e-9)
+    for u in (fresh, windowed):
+        for y in (10.0, 10.0, 1.0, 1.0):
+            u.observe(np.array([1.0]), y)
+    # Assert
+    assert windowed.posterior()[0][0] == pytest.approx(1.0)
+    assert fresh.posterior()[0][0] == pytest.approx((1 + 0.1 + 0.01 * 10 + 0.001 * 10) / 1.111, rel=1e-6)
+    assert windowed.state_dict()["y"] == [1.0, 1.0]
+    other = ArmUtility(1, window=2, prior_weight=1e-9)
+    other.load_state_dict(windowed.state_dict())
+    assert np.allclose(other.posterior()[0], windowed.posterior()[0])
+    with pytest.raises(ValueError):
+        fresh.observe(np.array([0.5, 0.5]), 1.0)
+
+
+def test_utility_scores_by_policy():
+    util = ArmUtility(2)
+    for _ in range(5):
+        util.observe(np.array([1.0, 0.0]), 1.0)
+    mean, _ = util.posterior()
+    ucb = utility_scores(util, "ucb", np.random.default_rng(0), c=1.0)
+    # UCB: optimism is largest for the arm seen least
+    assert ucb[1] - mean[1] > ucb[0] - mean[0] > 0
+    a = utility_scores(util, "thompson", np.random.default_rng(3))
+    b = utility_scores(util, "thompson", np.random.default_rng(3))
+    assert np.array_equal(a, b) and not np.allclose(a, mean)
+    assert np.allclose(utility_scores(util, "egreedy", np.random.default_rng(0), epsilon=0.0), mean)
+    with pytest.raises(ValueError):
+        utility_scores(util, "nope", np.random.default_rng(0))
+
+
+def test_paced_assignment_lets_fast_clients_run_heavier_arms():
+    # Prepare: arm 0 = no drop (utility 2), arm 1 = heavy drop (utility 1, twice as fast).
+    # Clients 0-2 are fast (time 2 / 1), client 3 is slow (time 8 / 4); the round waits for 3.
+    utility = np.array([2.0, 1.0])
+    times = np.array([[2.0, 1.0], [2.0, 1.0], [2.0, 1.0], [8.0, 4.0]])
+    feasible = np.ones_like(times, dtype=bool)
+    # Execute
+    arms, pace = paced_assignment(utility, times, feasible, quota=3, fallback=np.zeros(4, dtype=np.int64))
+    # Assert: arm 1 everywhere (1 per 1 s) ties with arm 0 on the fast clients (2 per 2 s): the shorter round wins
+    assert pace == 1.0 and arms.tolist() == [1, 1, 1, 1]
+    # Make the heavy arm clearly better per second on fast clients:
+    utility = np.array([3.0, 1.0])
+    arms, pace = paced_assignment(utility, times, feasible, quota=3, fallback=np.zeros(4, dtype=np.int64))
+    assert pace == 2.0 and arms[:3].tolist() == [0, 0, 0]
+    assert arms[3] == 1  # nothing fits T = 2 on the slow client: its fastest arm
+    # With the slow client needed (quota 4) its time sets the pace: everyone else gets arm 0.
+    arms, pace = paced_assignment(utility, times, feasible, quota=4, fallback=np.zeros(4, dtype=np.int64))
+    assert pace == 4.0 and arms.tolist() == [0, 0, 0, 1]
+
+
+def test_paced_assignment_respects_feasibility_and_fallback():
+    utility = np.array([5.0, 1.0])
+    times = np.array([[1.0, 1.0], [1.0, 1.0]])
+    feasible = np.array([[False, True], [False, False]])
+    arms, _ = paced_assignment(utility, times, feasible, quota=1, fallback=np.array([1, 0]))
+    assert arms.tolist() == [1, 0]  # never the infeasible arm 0; no feasible arm -> fallback
+
+
+def test_arm_utility_prior_shape_is_scaled_to_the_rounds_seen():
+    # Prepare: arm 1 runs half the layers of arm 0; only arm 0 has run, worth 2 a round
+    util = ArmUtility(2, prior_weight=1.0, prior_shape=np.array([1.0, 0.5]))
+    assert util.posterior()[0].tolist() == [1.0, 0.5]  # before any round: the shape itself
+    # Execute
+    for _ in range(3):
+        util.observe(np.array([1.0, 0.0]), 2.0)
+    # Assert: c = 2 fits arm 0 exactly; the unseen arm 1 is expected at 2 * 0.5
+    assert util.posterior()[0] == pytest.approx([2.0, 1.0])
+    with pytest.raises(ValueError):
+        ArmUtility(2, prior_shape=np.ones(3))
+
+
+def test_arm_utility_fits_how_steeply_progress_falls_with_the_shape():
+    # Prepare: true utility = 2 * keep ** 2; rounds mix arms with keep 1, 0.5 and 0.25
+    keep = np.array([1.0, 0.5, 0.25])
+    util = ArmUtility(3, prior_weight=50.0, prior_shape=keep, exponents=(0.5, 1.0, 2.0, 3.0))
+    assert util.prior_fit() == (1.0, 1.0)
+    # Execute
+    for f in ([1, 0, 0], [0.5, 0.5, 0], [0.2, 0.3, 0.5], [0, 0.5, 0.5]):
+        f = np.array(f, dtype=float)
+        util.observe(f, float(f @ (2.0 * keep**2)))
+    # Assert: the pooled fit recovers c and beta; a heavy prior keeps the posterior on it
+    c, beta = util.prior_fit()
+    assert beta == 2.0 and c == pytest.approx(2.0)
+    assert util.posterior()[0] == pytest.approx(2.0 * keep**2, rel=1e-6)
+    with pytest.raises(ValueError):
+        ArmUtility(3, exponents=())

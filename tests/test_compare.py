@@ -47,7 +47,7 @@ def test_run_metrics_sum_rounds_and_take_peak_of_ok_clients(tmp_path):
     assert m["final_accuracy"] == 0.7 and m["oom"] == 3 and m["straggler"] == 2
     assert m["traffic_up_gb"] == 2e9 and m["energy_kj"] == 1000.0
     assert m["peak_mem_gb"] == 1e9  # the 2 GB client failed with oom
-    assert m["time_to_target_h"] == 7200.0 and math.isnan(m["personal_accuracy"])
+    assert m["time_to_target"] == 7200.0 and math.isnan(m["personal_accuracy"])
 
 
 def test_compare_gives_mean_and_std_over_seeds_and_writes_tables(tmp_path):
@@ -61,13 +61,13 @@ def test_compare_gives_mean_and_std_over_seeds_and_writes_tables(tmp_path):
     assert rows["pld"]["n"] == 2 and rows["pld"]["reached"] == 1
     assert rows["pld"]["final_accuracy"] == pytest.approx(0.7)
     assert rows["pld"]["final_accuracy_std"] == pytest.approx(np.std([0.6, 0.8], ddof=1))
-    assert rows["pld"]["time_to_target_h"] == pytest.approx(1.0)  # over the run that reached it
+    assert rows["pld"]["time_to_target"] == pytest.approx(3600.0)  # over the run that reached it
     assert rows["pld"]["oom"] == 1.0 and rows["pld"]["traffic_up_gb"] == pytest.approx(1.0)
     md = to_markdown(list(rows.values()))
-    assert "| pld | 2 | 1.00 (1/2) | 0.700 ± 0.141 |" in md
+    assert "| pld | 2 | 3600 (1/2) | 0.700 ± 0.141 |" in md
     path = write_csv(list(rows.values()), tmp_path / "t.csv")
     got = {r["group"]: r for r in csv.DictReader(open(path))}
-    assert float(got["fedlora"]["time_to_target_h"]) == pytest.approx(0.5)
+    assert float(got["fedlora"]["time_to_target"]) == pytest.approx(1800.0)
 
 
 def test_cli_compare_prints_and_writes(tmp_path, tiny_scenario):

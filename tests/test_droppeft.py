@@ -108,7 +108,8 @@ def _report(method: DropPEFT, plans: RoundPlans, r: int, outcome, acc: float, lo
 def test_method_never_assigns_infeasible_arms_and_credits_rewards():
     # Prepare
     fleet = _fleet()
-    method = DropPEFT(DropPEFTParams(policy="ucb", group_by="none", discount=1.0), SHAPE, BASE)
+    method = DropPEFT(DropPEFTParams(policy="ucb", configurator="group-bandit", group_by="none", discount=1.0),
+                      SHAPE, BASE)
     ctx = _ctx(fleet, 0, deadline_s=60.0)
     ok, _, _ = feasible_arms(fleet, np.arange(8), SHAPE, method.arms, CostCoefficients(), 60.0)
     # Execute: round 0 sets the baseline evaluation; round 1's progress is rewarded
@@ -236,3 +237,38 @@ def test_evaluate_reports_personal_accuracy(tiny_trainer):
     ev = t.evaluate(2)
     assert ev.personal_accuracy is not None and 0.0 <= ev.personal_accuracy <= 1.0
     assert set(t.personal.clients().tolist()) >= {0, 4}
+
+
+@pytest.mark.parametrize("policy", ["ucb", "thompson", "egreedy"])
+def test_paced_configurator_learns_arm_utilities_from_rounds(policy):
+    # Prepare
+    fleet = _fleet()
+    method = DropPEFT(DropPEFTParams(policy=policy, discount=1.0), SHAPE, BASE)
+    ok, _, _ = feasible_arms(fleet, np.arange(8), SHAPE, method.arms, CostCoefficients(), 60.0)
+    some = ok.any(axis=1)
+    # Execute: three rounds, the eval loss falling by 0.2, then 0.1
+    arms = []
+    for r, loss in enumerate((1.3, 1.1, 1.0)):
+        plans = method.configure_round(RoundContext(
+            round_idx=r, now_s=0.0, device_ids=np.arange(8), fleet=fleet, shape=SHAPE, base_plan=BASE,
+            coefficients=CostCoefficients(), deadline_s=60.0, rng=np.random.default_rng(r), quota=6))
+        arms.append(method._round_arms.copy())
+        method.round_finished(_report(method, plans, r, ["ok"] * 6 + ["surplus", "dropout"], 0.5, loss, 10.0 * (r + 1)))
+    # Assert: feasible arms only; one regression observation per evaluated round after the first
+    assert all(ok[np.arange(8), a][some].all() for a in arms)
+    assert method.utility.rounds_seen == 2
+    shares = method.utility.state_dict()["f"]
+    assert all(sum(f) == pytest.approx(1.0) for f in shares)
+    # The shares count the updates that arrived (the first six clients), not the surplus or drop-outs.
+    assert np.allclose(shares[0], np.bincount(arms[1][:6], minlength=10) / 6)
+    assert method.history[-1]["raw_reward"] == pytest.approx(0.1)  # progress per round (loss drop)
+    assert method.history[-1]["pace_s"] > 0
+    # Resume: a method restored from state_dict plans the next round identically.
+    twin = DropPEFT(DropPEFTParams(policy=policy, discount=1.0), SHAPE, BASE)
+    twin.load_state_dict(method.state_dict())
+    ctx = lambda: RoundContext(round_idx=3, now_s=0.0, device_ids=np.arange(8), fleet=fleet,  # noqa: E731
+                               shape=SHAPE, base_plan=BASE, coefficients=CostCoefficients(), deadline_s=60.0,
+                               rng=np.random.default_rng(3), quota=6)
+    method.configure_round(ctx())
+    twin.configure_round(ctx())
+    assert np.array_equal(method._round_arms, twin._round_arms)

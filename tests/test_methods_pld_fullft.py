@@ -46,4 +46,5 @@ def test_full_finetune_costs_far_more_memory_and_traffic_than_lora():
     assert full_c.peak_mem_bytes > lora_c.peak_mem_bytes + 3 * 4 * MINILM.total_params * 0.9
     assert full_c.bytes_down > 50 * lora_c.bytes_down
     m = FedAvgFull(FedAvgFullParams(), MINILM, base)
-    assert m.plan == full
+    assert m.plan == full.with_(lr=5e-5)  # its own learning rate, not the LoRA one
+    assert FedAvgFull(FedAvgFullParams(lr=None), MINILM, base).plan == full

@@ -56,6 +56,17 @@ def test_full_finetune_trains_every_weight_and_fedavg_moves_them(trainer):
     trainer.fm.load_state(before)
 
 
+def test_plan_learning_rate_overrides_the_scenarios(trainer):
+    # Prepare: the same client and seed at the trainer's lr (5e-3) and at a plan lr 1000x smaller
+    plan = _plan(trainer)
+    # Execute
+    fast = trainer.train(0, np.array([0]), [plan], np.array([7]))[0].delta
+    slow = trainer.train(0, np.array([0]), [plan.with_(lr=5e-6)], np.array([7]))[0].delta
+    # Assert: AdamW's steps scale with the learning rate
+    norm = lambda d: float(torch.sqrt(sum((t.float() ** 2).sum() for t in d.values())))  # noqa: E731
+    assert norm(slow) < 0.01 * norm(fast)
+
+
 def test_legend_ranks_train_only_top_layers_and_slot_aggregation_applies(trainer):
     ranks = (0, 0, 2, 4)
     plan = _plan(trainer).with_(lora_rank=ranks)

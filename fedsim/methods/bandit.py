@@ -33,6 +33,9 @@ __all__ = [
     "ThompsonPolicy",
     "EpsilonGreedyPolicy",
     "assign_arms",
+    "ArmUtility",
+    "utility_scores",
+    "paced_assignment",
 ]
 
 
@@ -270,3 +273,206 @@ def assign_arms(policy: Policy, stats: ArmStats, groups: np.ndarray, feasible: n
         out[i] = a
         pending[g, a] += 1.0
     return out
+
+
+# -- the paced configurator: learnt progress per arm, predicted time per device -----------
+
+class ArmUtility:
+    """Discounted Bayesian linear regression of a round's progress on its arm shares.
+
+    A synchronous round's progress comes from the updates that arrived; model it as
+    ``y_r = sum_a f[r, a] * theta_a + noise``, where ``f[r, a]`` is the share of round
+    ``r``'s arrived updates that used arm ``a`` and ``theta_a`` is what one update with
+    arm ``a`` adds to a round's (scaled) progress. Unlike a per-(group, arm) mean of a
+    shared round reward, the regression separates the arms that shared a round, as the
+    arm mix varies from round to round.
+
+    Prior ``theta ~ N(c * shape ** beta, noise_var / prior_weight * I)``: ``shape`` says
+    how the arms are expected to compare before any evidence (e.g. the share of layers an
+    arm trains; all ones: alike). ``c`` and ``beta`` are fitted to the rounds seen, pooled
+    over all arms: for each ``beta`` of ``exponents`` (1 before any round), ``c`` by
+    weighted least squares of ``y_r`` on ``f_r . shape ** beta``, keeping the pair with
+    the smallest weighted squared error. This parametric prior learns from every round
+    how steeply progress falls with the arm's shape, which a per-arm mean needs many
+    rounds of each arm to see; the per-arm terms then correct it where the data says so. Round ``r``
+    observed ``k`` rounds ago has weight ``discount ** k``; with ``window`` only the last
+    ``window`` rounds are kept (non-stationarity: see :class:`ArmStats`). Posterior::
+
+        A = prior_weight * I + sum_r w_r f_r f_r^T
+        theta = m + A^-1 sum_r w_r f_r (y_r - f_r . m),   m = c * shape,   cov = s2 * A^-1
+
+    with ``s2`` the weighted residual variance, floored at ``noise_floor`` (scaled
+    rewards are O(1)).
+    """
+
+    def __init__(self, num_arms: int, discount: float = 1.0, window: int | None = None,
+                 prior_weight: float = 1.0, noise_floor: float = 0.25, prior_shape: np.ndarray | None = None,
+                 exponents: tuple[float, ...] = (1.0,)) -> None:
+        if not 0.0 < discount <= 1.0:
+            raise ValueError(f"discount must be in (0, 1], got {discount}")
+        if window is not None and window < 1:
+            raise ValueError(f"window must be >= 1 rounds, got {window}")
+        self.num_arms = int(num_arms)
+        self.discount = float(discount)
+        self.window = window
+        self.prior_weight = float(prior_weight)
+        self.noise_floor = float(noise_floor)
+        self.prior_shape = np.ones(self.num_arms) if prior_shape is None else np.asarray(prior_shape, dtype=float)
+        if not exponents or any(not np.isfinite(b) or b < 0 for b in exponents):
+            raise ValueError(f"exponents must be finite and >= 0, got {exponents}")
+        self.exponents = tuple(float(b) for b in exponents)
+        if self.prior_shape.shape != (self.num_arms,):
+            raise ValueError(f"prior_shape must have shape ({self.num_arms},), got {self.prior_shape.shape}")
+        self._f: list[np.ndarray] = []  # arm shares of each kept round, oldest first
+        self._y: list[float] = []
+        self.rounds_seen = 0
+
+    def observe(self, shares: np.ndarray, progress: float) -> None:
+        """Add one round: ``shares`` (``(A,)``, summing to 1) and its scaled progress."""
+        shares = np.asarray(shares, dtype=float)
+        if shares.shape != (self.num_arms,):
+            raise ValueError(f"shares must have shape ({self.num_arms},), got {shares.shape}")
+        self._f.append(shares)
+        self._y.append(float(progress))
+        self.rounds_seen += 1
+        # Forget rounds outside the window, or whose weight no longer matters.
+        keep = len(self._f)
+        if self.window:
+            keep = min(keep, self.window)
+        if self.discount < 1.0:
+            keep = min(keep, int(np.ceil(np.log(1e-6) / np.log(self.discount))) + 1)
+        self._f, self._y = self._f[-keep:], self._y[-keep:]
+
+    def _weights(self) -> np.ndarray:
+        k = len(self._y)
+        return self.discount ** np.arange(k - 1, -1, -1, dtype=float)
+
+    def prior_fit(self) -> tuple[float, float]:
+        """``(c, beta)`` of the prior ``c * shape ** beta``."""
+        if not self._y:
+            return 1.0, (1.0 if 1.0 in self.exponents else self.exponents[0])
+        w = self._weights()
+        F = np.stack(self._f)
+        y = np.asarray(self._y)
+        best = (np.inf, 1.0, self.exponents[0])
+        for beta in self.exponents:
+            x = F @ self.prior_shape**beta
+            den = float(w @ x**2)
+            c = float(w @ (x * y)) / den if den > 1e-12 else 1.0
+            sse = float(w @ (y - c * x) ** 2)
+            if sse < best[0] * (1.0 - 1e-9):
+                best = (sse, c, beta)
+        return best[1], best[2]
+
+    @property
+    def prior_mean(self) -> np.ndarray:
+        """``c * shape ** beta`` fitted to the rounds seen (``shape`` itself before any)."""
+        c, beta = self.prior_fit()
+        return c * self.prior_shape**beta
+
+    def posterior(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(mean, cov)`` of ``theta``."""
+        m = self.prior_mean
+        if not self._y:
+            return m, np.eye(self.num_arms) / self.prior_weight
+        F = np.stack(self._f)
+        y = np.asarray(self._y)
+        w = self._weights()
+        A = self.prior_weight * np.eye(self.num_arms) + (F * w[:, None]).T @ F
+        A_inv = np.linalg.inv(A)
+        theta = m + A_inv @ ((F * w[:, None]).T @ (y - F @ m))
+        resid = y - F @ theta
+        s2 = max(float(w @ resid**2 / w.sum()), self.noise_floor)
+        return theta, s2 * A_inv
+
+    @property
+    def weight(self) -> np.ndarray:
+        """Discounted number of updates (round shares) each arm has been seen with."""
+        if not self._y:
+            return np.zeros(self.num_arms)
+        return self._weights() @ np.stack(self._f)
+
+    def state_dict(self) -> dict:
+        return {"f": [f.tolist() for f in self._f], "y": list(self._y), "rounds_seen": self.rounds_seen}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._f = [np.asarray(f, dtype=float) for f in state["f"]]
+        self._y = [float(v) for v in state["y"]]
+        self.rounds_seen = int(state["rounds_seen"])
+
+
+def utility_scores(utility: ArmUtility, policy: str, rng: np.random.Generator, c: float = 0.5,
+                   epsilon: float = 0.3) -> np.ndarray:
+    """The per-arm utilities a round is planned with, by policy.
+
+    * ``ucb``: posterior mean + ``c * sd * sqrt(2 ln N)`` (N = discounted rounds seen,
+      at least e): optimism for arms seen little;
+    * ``thompson``: one joint draw from the posterior;
+    * ``egreedy``: with probability ``epsilon / sqrt(1 + t)`` uniform random utilities in
+      [0, 2 * max(mean)], else the posterior mean.
+    """
+    mean, cov = utility.posterior()
+    sd = np.sqrt(np.maximum(np.diag(cov), 0.0))
+    if policy == "ucb":
+        n = max(float(utility._weights().sum()) if utility._y else 1.0, np.e)
+        return mean + c * sd * np.sqrt(2.0 * np.log(n))
+    if policy == "thompson":
+        return mean + np.linalg.cholesky(cov + 1e-12 * np.eye(len(mean))) @ rng.standard_normal(len(mean))
+    if policy == "egreedy":
+        if rng.random() < epsilon / np.sqrt(1.0 + utility.rounds_seen):
+            return rng.random(len(mean)) * 2.0 * max(float(mean.max()), 1e-3)
+        return mean
+    raise ValueError(f"unknown policy {policy!r}; expected ucb, thompson or egreedy")
+
+
+def paced_assignment(utility: np.ndarray, times: np.ndarray, feasible: np.ndarray, quota: int,
+                     fallback: np.ndarray, max_candidates: int = 64) -> tuple[np.ndarray, float]:
+    """Arms for one synchronous round that maximise predicted progress per second.
+
+    A round lasts until its ``quota``-th update arrives, so its time is the
+    ``quota``-th smallest client time, and a fast client can afford a heavier arm
+    without delaying it. For each candidate round length ``T`` (quantiles of the
+    feasible predicted times), every client takes the feasible arm of largest utility
+    whose predicted time fits ``T`` (the fastest feasible arm if none does); the round's
+    value is the mean utility of its ``quota`` fastest clients over their ``quota``-th
+    time. The best candidate wins (ties: the shorter round).
+
+    Args:
+        utility: ``(A,)`` progress one update with each arm adds (floored at a small
+            positive value: progress per second is only comparable for progress > 0).
+        times: ``(n, A)`` predicted client time of every arm.
+        feasible: ``(n, A)`` arms the client may get (memory, deadline).
+        quota: updates the round waits for.
+        fallback: ``(n,)`` arm of clients with no feasible arm.
+
+    Returns:
+        ``(arms, T)``: an arm per client and the round's predicted length (the
+        ``quota``-th smallest predicted time of the assignment).
+    """
+    times = np.asarray(times, dtype=float)
+    feasible = np.asarray(feasible, dtype=bool)
+    n, A = times.shape
+    out = np.asarray(fallback, dtype=np.int64).copy()
+    rows = np.flatnonzero(feasible.any(axis=1))
+    if rows.size == 0:
+        return out, float("nan")
+    u = np.asarray(utility, dtype=float)
+    u = np.maximum(u, 1e-3 * max(float(np.abs(u).max()), 1e-12))
+    t, f = times[rows], feasible[rows]
+    cand = np.unique(t[f])
+    if cand.size > max_candidates:
+        cand = np.unique(np.quantile(t[f], np.linspace(0.0, 1.0, max_candidates)))
+    fastest = np.argmin(np.where(f, t, np.inf), axis=1)
+    q = min(max(int(quota), 1), rows.size)
+    best_val, best_arms, best_T = -np.inf, None, float("nan")
+    for T in cand:
+        fits = f & (t <= T)
+        score = np.where(fits, u[None, :], -np.inf)
+        arms = np.where(fits.any(axis=1), np.argmax(score, axis=1), fastest)
+        ct = t[np.arange(rows.size), arms]
+        order = np.argsort(ct, kind="stable")[:q]
+        val = float(u[arms[order]].mean()) / max(float(ct[order[-1]]), 1e-9)
+        if val > best_val * (1.0 + 1e-9):
+            best_val, best_arms, best_T = val, arms, float(ct[order[-1]])
+    out[rows] = best_arms
+    return out, best_T

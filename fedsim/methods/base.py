@@ -42,6 +42,7 @@ class RoundContext:
     coefficients: CostCoefficients
     deadline_s: float | None
     rng: np.random.Generator
+    quota: int | None = None  # updates the round waits for (None: every selected client)
 
 
 @dataclass

@@ -207,7 +207,7 @@ class CaesarCompression:
         up = upload_level(importance(n, div), len(self.up_levels))
         self._down = {int(c): int(d) for c, d in zip(ids, down)}
         self._up = {int(c): int(u) for c, u in zip(ids, up)}
-        return regroup(plans, lambda i, p: p.with_(
+        return plans.regroup(lambda i, p: p.with_(
             down_ratio=self.ratio(p, self.down_levels[down[i]]),
             up_ratio=self.ratio(p, self.up_levels[up[i]]),
             name=f"{p.name}|d-{self.down_levels[down[i]].tag}|u-{self.up_levels[up[i]].tag}",
@@ -250,16 +250,6 @@ class CaesarCompression:
         if self._last_round is not None:
             ok = report.outcome == "ok"
             self._last_round[report.device_ids[ok]] = report.round_idx
-
-
-def regroup(plans: RoundPlans, change) -> RoundPlans:
-    """Apply ``change(i, plan_i)`` to every client's plan and group equal results again."""
-    distinct: dict[ClientPlan, int] = {}
-    index = np.empty(len(plans), dtype=np.int64)
-    for i in range(len(plans)):
-        p = change(i, plans[i])
-        index[i] = distinct.setdefault(p, len(distinct))
-    return RoundPlans(list(distinct), index)
 
 
 # -- the method ------------------------------------------------------------------------
@@ -307,7 +297,7 @@ class Caesar(Method):
         target = float(np.quantile(base_times, self.params.target_quantile))  # type: ignore[attr-defined]
         batch = tune_batch_sizes(comm, fleet.flops_per_s[ids], a[:, 0], a[:, 1], a[:, 2], a[:, 3],
                                  fleet.mem_cap_bytes[ids], b0, self.batch_choices, target)
-        return regroup(plans, lambda i, p: p if batch[i] == p.batch_size else p.with_(batch_size=int(batch[i]), name=f"{p.name}|b{batch[i]}"))
+        return plans.regroup(lambda i, p: p if batch[i] == p.batch_size else p.with_(batch_size=int(batch[i]), name=f"{p.name}|b{batch[i]}"))
 
     def aggregate_fn(self) -> AggregateFn | None:
         return self.compression.aggregate_fn()

@@ -2,18 +2,22 @@
 
 Each round (see docs/droppeft.md):
 
-1. every selected client falls in a *group* of similar devices (quantile bins of the
-   fleet's throughput and memory cap, or its device class);
-2. the *arms* (per-layer dropout configurations) that would run out of memory or miss
-   the round deadline on the client, by the cost model, are masked out;
-3. the group's bandit policy (discounted UCB, Thompson sampling or decaying
-   epsilon-greedy) picks an arm among the feasible ones;
+1. the *arms* (per-layer dropout configurations) that would run out of memory or miss
+   the round deadline on a selected client, by the cost model, are masked out;
+2. the policy (UCB, Thompson sampling or epsilon-greedy) turns the posterior of each
+   arm's *utility* (what one update with it adds to a round's progress) into the
+   utilities the round is planned with;
+3. the paced planner gives every client the arm that maximises the round's predicted
+   progress per second: the round ends at its ``quota``-th update, so fast devices run
+   heavier arms and slow ones drop more to keep the pace;
 4. with PTLS, the ``personal_layers`` layers with the largest gradient norms stay personal
    on the client (the trainer keeps them; they are neither uploaded nor aggregated);
-5. after the round, the progress of the global model per simulated second (eval loss
-   decrease, or accuracy gain, over the round's duration) becomes the reward of the arms
-   the round used, weighted by the clients that used each; clients whose work was lost
-   (out of memory, cut by the deadline) credit their arm with ``failure_reward``.
+5. after the round's evaluation, its eval-loss drop (scaled to O(1)) is regressed on the
+   arm shares of the updates that arrived (discounted Bayesian ridge regression with a
+   fitted ``c * keep ** beta`` prior), which separates the arms that shared the round.
+
+``configurator: group-bandit`` is the first design, kept for ablation: one bandit per
+group of similar devices on the round's shared progress per second.
 """
 
 from __future__ import annotations
@@ -26,12 +30,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from fedsim.costmodel import client_times, plan_cost
 from fedsim.methods.bandit import (
     ArmStats,
+    ArmUtility,
     EpsilonGreedyPolicy,
     Policy,
     RewardScale,
     ThompsonPolicy,
     UCBPolicy,
     assign_arms,
+    paced_assignment,
+    utility_scores,
 )
 from fedsim.methods.base import Method, MethodParams, RoundContext, RoundReport, register
 from fedsim.methods.compose import compressible
@@ -61,6 +68,15 @@ class DropPEFTParams(MethodParams):
     """Parameters of ``method: {name: droppeft}``."""
 
     policy: Literal["ucb", "thompson", "egreedy"] = Field("ucb", description="bandit policy")
+    configurator: Literal["paced", "group-bandit"] = Field(
+        "paced", description="paced: learnt progress per arm x predicted time per device, planned per round; "
+        "group-bandit: one bandit per device group on the shared round reward")
+    prior_weight: float = Field(10.0, gt=0.0, description="paced: ridge prior weight, in rounds, of each arm's utility")
+    prior: Literal["keep", "flat"] = Field(
+        "keep", description="paced: prior shape of the arm utilities: keep = c * (share of layers the arm "
+        "runs) ** beta, c and beta fitted to the rounds; flat = all arms alike")
+    prior_exponents: list[float] = Field([0.5, 1.0, 2.0, 3.0, 4.0], min_length=1,
+                                         description="paced, prior keep: the beta values tried")
     arms: list[ArmSpec] | None = Field(None, description="explicit arm list; default: mean_levels x profiles")
     mean_levels: list[float] = Field([0.0, 0.25, 0.5, 0.75], min_length=1, description="mean drop ratios of the default arms")
     profiles: list[Profile] = Field(["uniform", "rising", "falling"], min_length=1, description="depth profiles of the default arms")
@@ -212,6 +228,11 @@ class DropPEFT(Method):
         self._groups: np.ndarray | None = None  # per device, computed on the first round
         self.stats: ArmStats | None = None
         self.scale = RewardScale(discount=params.discount)
+        shape_ = np.array([float(a.keep_prob.mean()) for a in self.arms]) if params.prior == "keep" else None
+        self.utility = ArmUtility(len(self.arms), discount=params.discount, window=params.window,
+                                  prior_weight=params.prior_weight, prior_shape=shape_,
+                                  exponents=tuple(params.prior_exponents) if shape_ is not None else (1.0,))
+        self._round_pace: float | None = None
         self._last_eval: tuple[float, float] | None = None
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (groups, arms, outcome) since last eval
         self._pending_since_s: float | None = None
@@ -243,6 +264,10 @@ class DropPEFT(Method):
         fallback = np.where(fits.any(axis=1), np.argmin(np.where(fits, total, np.inf), axis=1), np.argmin(mem, axis=1))
         if not p.bandit:
             arms = self._fixed_or_nearest(feasible, fallback)
+        elif p.configurator == "paced":
+            util = utility_scores(self.utility, p.policy, ctx.rng, c=p.ucb_c, epsilon=p.epsilon)
+            quota = ctx.quota if ctx.quota is not None else len(ids)
+            arms, self._round_pace = paced_assignment(util, total, feasible, quota, fallback)
         else:
             arms = assign_arms(self.policy, self.stats, groups, feasible, ctx.rng, fallback)
         return arms, groups, feasible
@@ -275,24 +300,20 @@ class DropPEFT(Method):
     def configure_round(self, ctx: RoundContext) -> RoundPlans:
         arms, groups, feasible = self.choose_arms(ctx)
         self._round_arms = arms
+        used = np.unique(arms)
+        remap = np.zeros(len(self.arms), dtype=np.int64)
+        remap[used] = np.arange(used.size)
+        plans = RoundPlans([self.arms[a] for a in used], remap[arms])
         if not self.params.ptls:
-            used = np.unique(arms)
-            remap = np.zeros(len(self.arms), dtype=np.int64)
-            remap[used] = np.arange(used.size)
-            return RoundPlans([self.arms[a] for a in used], remap[arms])
-        plans: list[ClientPlan] = []
-        index: dict[ClientPlan, int] = {}
-        out = np.empty(len(arms), dtype=np.int64)
-        for i, (cid, a) in enumerate(zip(ctx.device_ids.tolist(), arms.tolist())):
-            personal = self.personal_layers_of(cid)
-            plan = self.arms[a]
-            if personal:
-                plan = plan.with_(personal_layers=personal, name=f"{plan.name}/p{''.join(map(str, personal))}")
-            if plan not in index:
-                index[plan] = len(plans)
-                plans.append(plan)
-            out[i] = index[plan]
-        return RoundPlans(plans, out)
+            return plans
+
+        def personalise(i: int, plan: ClientPlan) -> ClientPlan:
+            personal = self.personal_layers_of(int(ctx.device_ids[i]))
+            if not personal:
+                return plan
+            return plan.with_(personal_layers=personal, name=f"{plan.name}/p{''.join(map(str, personal))}")
+
+        return plans.regroup(personalise)
 
     # -- learning from the round ---------------------------------------------------------
     def round_finished(self, report: RoundReport) -> None:
@@ -311,11 +332,24 @@ class DropPEFT(Method):
         pending, self._pending, self._pending_since_s = self._pending, [], None
         if progress is None:
             return  # first evaluation: nothing to compare with
-        raw = progress / elapsed
-        scaled = self.scale(raw)
         groups = np.concatenate([g for g, _, _ in pending])
         arms = np.concatenate([a for _, a, _ in pending])
         outcome = np.concatenate([o for _, _, o in pending])
+        if self.params.configurator == "paced":
+            # Progress per round, regressed on the arm shares of the updates that arrived;
+            # the planner divides by the predicted round time (bandit.paced_assignment).
+            raw = progress / len(pending)
+            scaled = self.scale(raw)
+            arrived = arms[outcome == "ok"]
+            if self.params.bandit and arrived.size:
+                shares = np.bincount(arrived, minlength=len(self.arms)) / arrived.size
+                self.utility.observe(shares, scaled)
+            self.history.append({"round": report.round_idx, "raw_reward": raw, "scaled_reward": scaled,
+                                 "pace_s": self._round_pace,
+                                 "arms": np.bincount(arms, minlength=len(self.arms)).tolist()})
+            return
+        raw = progress / elapsed
+        scaled = self.scale(raw)
         # Drop-outs and surplus clients say little about their arm: not credited.
         credited = np.isin(outcome, ("ok", "oom", "straggler"))
         rewards = np.where(outcome == "ok", scaled, self.params.failure_reward)
@@ -345,6 +379,7 @@ class DropPEFT(Method):
         return {
             "stats": self.stats.state_dict() if self.stats else None,
             "scale": self.scale.state_dict(),
+            "utility": self.utility.state_dict(),
             "last_eval": self._last_eval,
             "norm_sum": self._norm_sum.tolist(),
             "norm_w": self._norm_w,
@@ -358,6 +393,8 @@ class DropPEFT(Method):
                 self.stats = ArmStats(g.shape[0], g.shape[1], self.params.discount, self.params.window)
             self.stats.load_state_dict(state["stats"])
         self.scale.load_state_dict(state["scale"])
+        if "utility" in state:
+            self.utility.load_state_dict(state["utility"])
         self._last_eval = tuple(state["last_eval"]) if state["last_eval"] is not None else None
         self._norm_sum = np.asarray(state["norm_sum"], dtype=float)
         self._norm_w = float(state["norm_w"])

@@ -40,7 +40,7 @@ class SurrogateSpec(BaseModel):
     acc_max: float = Field(0.9, ge=0.0, le=1.0, description="accuracy the curve saturates at")
     rate: float = Field(0.002, gt=0.0, description="progress per (effective example) ** data_exponent")
     data_exponent: float = Field(0.5, gt=0.0, le=1.0)
-    drop_exponent: float = Field(0.5, ge=0.0, le=2.0)
+    drop_exponent: float = Field(0.5, ge=0.0, le=4.0)
     noise_std: float = Field(0.0, ge=0.0, le=0.2, description="std of evaluation noise")
 
     @model_validator(mode="after")

@@ -166,7 +166,7 @@ def train_client(
                 params[n].mul_(m)
         # A plan may train nothing (head frozen, every rank 0): forward only, empty delta.
         optim = (
-            torch.optim.AdamW([params[n] for n in names], lr=spec.lr, weight_decay=spec.weight_decay)
+            torch.optim.AdamW([params[n] for n in names], lr=plan.lr if plan.lr is not None else spec.lr, weight_decay=spec.weight_decay)
             if names
             else None
         )

