@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "scenarios" / "droppeft" / "base.yaml"
 # DropPEFT's default arms; the mean-0 arm is FedLoRA itself, so the ``fedlora`` row stands for it.
-NONIID_ROUNDS = 15
+NONIID_ROUNDS = 12
 LAST_K = 5
 ARMS = [(m, p) for m in (0.25, 0.5, 0.75) for p in ("uniform", "rising", "falling")]
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 import time
@@ -42,6 +43,34 @@ def done(run_dir: Path) -> bool:
         return json.loads((run_dir / "summary.json").read_text())["status"] == "ok"
     except (OSError, ValueError, KeyError):
         return False
+
+
+def goals(rows: list[dict]) -> str:
+    """The issue's goals on one scenario's table (a method that missed the target in any
+    seed counts as not reaching it)."""
+    by = {r["group"]: r for r in rows}
+
+    def ttt(r: dict) -> float:
+        return r["time_to_target"] if r["reached"] == r["n"] else math.inf
+
+    def traffic(r: dict) -> float:
+        return r["traffic_up_gb"] + r["traffic_down_gb"]
+
+    lines = []
+    d, f = by.get("droppeft"), by.get("fedlora")
+    others = {g: ttt(r) for g, r in by.items() if not g.startswith("droppeft")}
+    if d is not None and others:
+        best = min(others, key=others.get)
+        verdict = "yes" if ttt(d) < others[best] else "no"
+        lines.append(f"droppeft {ttt(d):.0f} s to target; fastest other method {best} {others[best]:.0f} s: "
+                     f"droppeft beats every other method: {verdict}")
+    if f is not None and "legend" in by:
+        lines.append(f"legend vs fedlora, time to target: {ttt(f) / ttt(by['legend']):.2f}x (papers: 1.5-2.8x)")
+    if f is not None and "caesar" in by:
+        same = ttt(by["caesar"]) < math.inf and ttt(f) < math.inf
+        lines.append(f"caesar vs fedlora, traffic up+down to the target: {1 - traffic(by['caesar']) / traffic(f):.0%} less"
+                     + ("" if same else " (not both at the target in every seed)") + " (papers: 25-38%)")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         md = to_markdown(rows)
         write_csv(rows, root / "compare.csv")
         (root / "compare.md").write_text(md, encoding="utf-8")
-        print(f"\n## {variants[0].scenario.name} ({args.trainer}, {len(ok)} runs)\n\n{md}", flush=True)
+        print(f"\n## {variants[0].scenario.name} ({args.trainer}, {len(ok)} runs)\n\n{md}\n{goals(rows)}", flush=True)
     return 0
 
 
