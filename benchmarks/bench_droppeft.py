@@ -22,7 +22,8 @@ fleet of 1,000 phones, data, availability and client selection. Rows:
   the last ``LAST_K`` evaluations, as accuracy under label skew swings from round to round.
 
 Each run writes to ``OUT/<trainer>/<row>/seed<k>/``; a run whose ``summary.json`` says
-``ok`` is not run again, so the command can be stopped and resumed. The table is computed
+``ok`` and whose ``scenario.yaml`` is the one the benchmark would write now is not run
+again, so the command can be stopped and resumed (a changed set-up runs again). The table is computed
 from the runs' ``rounds.csv`` / ``clients.csv`` only: time to target = simulated time of
 the first evaluation at or above ``--target``; peak memory = the largest predicted peak
 among the clients that trained; traffic = bytes up + down until the target (or the whole
@@ -89,12 +90,7 @@ def run_one(out_dir: Path, method: dict, partition: dict, seed: int, trainer: st
     from fedsim.simulate import simulate
 
     summary_path = out_dir / "summary.json"
-    if summary_path.exists():
-        summary = json.loads(summary_path.read_text())
-        if summary.get("status") == "ok":
-            return summary
     raw = yaml.safe_load(BASE.read_text())
-    raw = copy.deepcopy(raw)
     raw["method"] = method
     raw["seed"] = seed
     raw["trainer"]["kind"] = trainer
@@ -105,8 +101,12 @@ def run_one(out_dir: Path, method: dict, partition: dict, seed: int, trainer: st
     if partition:
         raw["engine"]["target_accuracy"] = None
         raw["engine"]["max_rounds"] = min(raw["engine"]["max_rounds"], NONIID_ROUNDS)
-    out_dir.mkdir(parents=True, exist_ok=True)
     scenario_file = out_dir / "scenario.yaml"
+    if summary_path.exists() and scenario_file.exists():
+        summary = json.loads(summary_path.read_text())
+        if summary.get("status") == "ok" and _same_setup(yaml.safe_load(scenario_file.read_text()), raw):
+            return summary
+    out_dir.mkdir(parents=True, exist_ok=True)
     scenario_file.write_text(yaml.safe_dump(raw, sort_keys=False))
     variant = load_scenario(scenario_file)[0]
     t0 = time.perf_counter()
@@ -116,6 +116,16 @@ def run_one(out_dir: Path, method: dict, partition: dict, seed: int, trainer: st
         print(f"  failed: {exc}", file=sys.stderr)
     print(f"  {out_dir.relative_to(out_dir.parents[2])}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     return json.loads(summary_path.read_text())
+
+
+def _same_setup(old: dict, new: dict) -> bool:
+    """Whether a finished run was made from the scenario the benchmark would write now
+    (the surrogate's curve is ignored for real-training runs, which do not use it)."""
+    old, new = copy.deepcopy(old), copy.deepcopy(new)
+    for raw in (old, new):
+        if raw.get("trainer", {}).get("kind") == "torch":
+            raw["trainer"].pop("surrogate", None)
+    return old == new
 
 
 def _read_csv(path: Path) -> dict[str, list[str]]:

@@ -6,8 +6,9 @@ Usage::
     python benchmarks/bench_methods.py                              # real training (hours on a CPU)
     python benchmarks/bench_methods.py --set engine.max_rounds=8 --set 'sweep.seed=[0]' --only fedlora,caesar
 
-Incremental: a run whose ``summary.json`` says ``status: ok`` is skipped, so an
-interrupted benchmark resumes where it stopped. Run folders are named by method, method
+Incremental: a run whose ``summary.json`` says ``status: ok`` and whose ``config.yaml``
+matches the scenario as resolved now is skipped, so an interrupted benchmark resumes
+where it stopped, and a changed scenario is run again. Run folders are named by method, method
 parameters and seed (not by sweep index), so a run keeps its folder when the sweep grows
 or shrinks: ``<out>/<trainer>/<scenario>/<method[params]>_seed-<n>/``. After the runs,
 one table per scenario is written to ``<out>/<trainer>/<scenario>/compare.{csv,md}``.
@@ -22,6 +23,8 @@ import re
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -38,11 +41,16 @@ def run_dir_name(variant) -> str:
     return re.sub(r"[^A-Za-z0-9_.=,-]+", "-", key).strip("-") + f"_seed-{sc.seed}"
 
 
-def done(run_dir: Path) -> bool:
+def done(run_dir: Path, variant) -> bool:
+    """The run finished, from the same resolved scenario (else it is stale: run it again)."""
     try:
-        return json.loads((run_dir / "summary.json").read_text())["status"] == "ok"
-    except (OSError, ValueError, KeyError):
+        if json.loads((run_dir / "summary.json").read_text())["status"] != "ok":
+            return False
+        stored = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, ValueError, KeyError, yaml.YAMLError):
         return False
+    stored.pop("variant", None)
+    return stored == json.loads(json.dumps(variant.scenario.model_dump(mode="json", exclude={"sweep"})))
 
 
 def goals(rows: list[dict]) -> str:
@@ -94,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             run_dir = root / run_dir_name(v)
             dirs.append(run_dir)
-            if done(run_dir):
+            if done(run_dir, v):
                 print(f"skip {run_dir.relative_to(args.out)} (done)", flush=True)
                 continue
             t0 = time.perf_counter()
