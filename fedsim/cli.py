@@ -22,6 +22,15 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2)
 
 
+
+def duration(seconds: float) -> str:
+    """A simulated duration in the unit that reads best: ``82 s``, ``12.5 min``, ``3.42 h``."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
 @app.command()
 def run(
     scenario: Annotated[Path, typer.Argument(help="scenario YAML file")],
@@ -57,7 +66,7 @@ def run(
 
             def on_round(row, task=task):
                 acc = row["accuracy"]
-                status = f"t={row['sim_time_s'] / 3600:.2f} h" + (f" acc={acc:.3f}" if acc is not None else "")
+                status = f"t={duration(row['sim_time_s'])}" + (f" acc={acc:.3f}" if acc is not None else "")
                 progress.update(task, advance=1, status=status)
 
             try:
@@ -71,16 +80,16 @@ def run(
                 raise typer.Exit(130)
         results.append(res)
     table = Table(title=f"{variants[0].scenario.name}: {root}")
-    for col in ("variant", "rounds", "sim h", "acc", "to target h", "stop", "wall s", "overhead"):
+    for col in ("variant", "rounds", "sim time", "acc", "to target", "stop", "wall s", "overhead"):
         table.add_column(col, no_wrap=col in ("stop", "variant"))
     for v, res in zip(variants, results):
         if res is None:
             table.add_row(v.label, "-", "-", "-", "-", "failed", "-", "-")
             continue
-        tta = "-" if res.time_to_target_s is None else f"{res.time_to_target_s / 3600:.2f}"
+        tta = "-" if res.time_to_target_s is None else duration(res.time_to_target_s)
         acc = "-" if res.final_accuracy is None else f"{res.final_accuracy:.3f}"
         outside = (res.wall_s - res.train_wall_s) / res.wall_s if res.wall_s > 0 else 0.0
-        table.add_row(v.label, str(res.rounds), f"{res.sim_time_s / 3600:.2f}", acc, tta, res.stop_reason, f"{res.wall_s:.0f}", f"{outside:.1%}")
+        table.add_row(v.label, str(res.rounds), duration(res.sim_time_s), acc, tta, res.stop_reason, f"{res.wall_s:.0f}", f"{outside:.1%}")
     console.print(table)
     ok_dirs = [d for d, r in zip(dirs, results) if r is not None]
     if ok_dirs:

@@ -144,3 +144,9 @@ def test_plot_bad_axis(cli, tiny_scenario, tmp_path):
 
     assert res.exit_code == 2
     assert "--x" in res.stderr
+
+
+def test_durations_read_in_the_best_unit():
+    from fedsim.cli import duration
+
+    assert [duration(s) for s in (82.4, 750.0, 12_312.0)] == ["82 s", "12.5 min", "3.42 h"]
