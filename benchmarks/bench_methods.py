@@ -5,6 +5,7 @@ Usage::
     python benchmarks/bench_methods.py --trainer surrogate          # minutes: timing model + analytic curve
     python benchmarks/bench_methods.py                              # real training (hours on a CPU)
     python benchmarks/bench_methods.py --set engine.max_rounds=8 --set 'sweep.seed=[0]' --only fedlora,caesar
+    python benchmarks/bench_methods.py --only 'droppeft,droppeft[compression=caesar]'   # rows by their table name
 
 Incremental: a run whose ``summary.json`` says ``status: ok`` and whose ``config.yaml``
 matches the scenario as resolved now is skipped, so an interrupted benchmark resumes
@@ -87,18 +88,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trainer", choices=("torch", "surrogate"), default="torch")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_methods")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="dotted.key=value (repeatable)")
-    ap.add_argument("--only", default="", help="comma-separated method names to run (default: all)")
+    ap.add_argument("--only", default="",
+                    help="comma-separated runs to run, as the table names them: a method without parameters "
+                    "(fedlora) or with them (droppeft[compression=caesar]); default: all")
     args = ap.parse_args(argv)
 
     files = args.scenarios or sorted((ROOT / "scenarios" / "paper").glob("*.yaml"))
-    only = {m for m in args.only.split(",") if m}
+    only = set(re.findall(r"[^,\[]+(?:\[[^\]]*\])?", args.only))
     overrides = [f"trainer.kind={args.trainer}", *args.overrides]
     for file in files:
         variants = load_scenario(file, overrides=overrides)
         root = args.out / args.trainer / variants[0].scenario.name
         dirs = []
         for v in variants:
-            if only and v.scenario.method.name not in only:
+            label = group_key({}, {"method": {"name": v.scenario.method.name, "params": v.scenario.method.params}})
+            if only and label not in only:
                 continue
             run_dir = root / run_dir_name(v)
             dirs.append(run_dir)
@@ -110,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 res = simulate(v.scenario, run_dir, label=run_dir.name)
                 acc = "-" if res.final_accuracy is None else f"{res.final_accuracy:.3f}"
                 print(f"ran  {run_dir.relative_to(args.out)}: {res.rounds} rounds, acc {acc}, "
-                      f"{res.sim_time_s / 3600:.2f} h simulated, {time.perf_counter() - t0:.1f} s wall", flush=True)
+                      f"{res.sim_time_s:.0f} s simulated, {time.perf_counter() - t0:.1f} s wall", flush=True)
             except Exception as exc:  # the records say what happened; go on with the others
                 print(f"FAIL {run_dir.relative_to(args.out)}: {exc}", flush=True)
         ok = [d for d in dirs if (d / "summary.json").is_file() and (d / "rounds.csv").is_file()]

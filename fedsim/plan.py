@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-__all__ = ["ClientPlan", "RoundPlans", "draw_layers"]
+__all__ = ["ClientPlan", "RoundPlans", "draw_layers", "depth_weighted_keep"]
 
 
 @dataclass(frozen=True)
@@ -156,3 +156,14 @@ def draw_layers(keep_prob: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     # Layer l is kept if a tooth offset + k falls in [edges[l], edges[l+1]).
     first_tooth = np.ceil(edges[:-1] - offset)
     return first_tooth + offset < edges[1:]
+
+
+def depth_weighted_keep(keep_prob: np.ndarray, depth_exponent: float) -> float:
+    """Share of the network a plan runs, with layer ``l`` (0 = nearest the input) weighted
+    ``(l + 1) ** depth_exponent``: 0 gives the plain mean keep ratio; larger values say
+    the layers near the output matter more (on MiniLM-L6, dropping deep layers costs far
+    more accuracy than dropping shallow ones; docs/droppeft.md).
+    """
+    keep_prob = np.asarray(keep_prob, dtype=float)
+    w = (np.arange(keep_prob.size) + 1.0) ** float(depth_exponent)
+    return float(w @ keep_prob / w.sum())

@@ -228,7 +228,7 @@ def test_paced_assignment_respects_feasibility_and_fallback():
 
 def test_arm_utility_prior_shape_is_scaled_to_the_rounds_seen():
     # Prepare: arm 1 runs half the layers of arm 0; only arm 0 has run, worth 2 a round
-    util = ArmUtility(2, prior_weight=1.0, prior_shape=np.array([1.0, 0.5]))
+    util = ArmUtility(2, prior_weight=1.0, shapes=np.array([1.0, 0.5]))
     assert util.posterior()[0].tolist() == [1.0, 0.5]  # before any round: the shape itself
     # Execute
     for _ in range(3):
@@ -236,21 +236,24 @@ def test_arm_utility_prior_shape_is_scaled_to_the_rounds_seen():
     # Assert: c = 2 fits arm 0 exactly; the unseen arm 1 is expected at 2 * 0.5
     assert util.posterior()[0] == pytest.approx([2.0, 1.0])
     with pytest.raises(ValueError):
-        ArmUtility(2, prior_shape=np.ones(3))
+        ArmUtility(2, shapes=np.ones(3))
 
 
-def test_arm_utility_fits_how_steeply_progress_falls_with_the_shape():
-    # Prepare: true utility = 2 * keep ** 2; rounds mix arms with keep 1, 0.5 and 0.25
-    keep = np.array([1.0, 0.5, 0.25])
-    util = ArmUtility(3, prior_weight=50.0, prior_shape=keep, exponents=(0.5, 1.0, 2.0, 3.0))
-    assert util.prior_fit() == (1.0, 1.0)
+def test_arm_utility_fits_which_shape_and_how_steeply_progress_falls():
+    # Prepare: two candidate shapes of four arms; the truth is 2 * shape_1 ** 2
+    shapes = np.array([[1.0, 0.5, 0.5, 0.25], [1.0, 0.8, 0.3, 0.25]])
+    util = ArmUtility(4, prior_weight=50.0, shapes=shapes, exponents=(0.5, 1.0, 2.0, 3.0), initial=(0, 1.0))
+    assert util.prior_fit() == (1.0, 0, 1.0)
     # Execute
-    for f in ([1, 0, 0], [0.5, 0.5, 0], [0.2, 0.3, 0.5], [0, 0.5, 0.5]):
+    truth = 2.0 * shapes[1] ** 2
+    for f in ([1, 0, 0, 0], [0.5, 0.5, 0, 0], [0.2, 0.3, 0.5, 0], [0, 0.5, 0, 0.5], [0, 0, 0.5, 0.5]):
         f = np.array(f, dtype=float)
-        util.observe(f, float(f @ (2.0 * keep**2)))
-    # Assert: the pooled fit recovers c and beta; a heavy prior keeps the posterior on it
-    c, beta = util.prior_fit()
-    assert beta == 2.0 and c == pytest.approx(2.0)
-    assert util.posterior()[0] == pytest.approx(2.0 * keep**2, rel=1e-6)
+        util.observe(f, float(f @ truth))
+    # Assert: the pooled fit recovers the shape, beta and c; a heavy prior keeps the posterior on it
+    c, g, beta = util.prior_fit()
+    assert (g, beta) == (1, 2.0) and c == pytest.approx(2.0)
+    assert util.posterior()[0] == pytest.approx(truth, rel=1e-6)
     with pytest.raises(ValueError):
         ArmUtility(3, exponents=())
+    with pytest.raises(ValueError):
+        ArmUtility(4, shapes=shapes, initial=(2, 1.0))

@@ -272,3 +272,15 @@ def test_paced_configurator_learns_arm_utilities_from_rounds(policy):
     method.configure_round(ctx())
     twin.configure_round(ctx())
     assert np.array_equal(method._round_arms, twin._round_arms)
+
+
+def test_prior_initial_must_come_from_the_grids():
+    with pytest.raises(ValueError):
+        DropPEFTParams(prior_initial=(5.0, 2.0))
+    method = DropPEFT(DropPEFTParams(prior_initial=(0.0, 1.0)), SHAPE, BASE)
+    # Before any round the prior is the plain mean keep ratio of each arm.
+    assert np.allclose(method.utility.prior_mean, [a.keep_prob.mean() for a in method.arms])
+    deep = DropPEFT(DropPEFTParams(), SHAPE, BASE)
+    names = [a.name for a in deep.arms]
+    prior = dict(zip(names, deep.utility.prior_mean))
+    assert prior["falling-0.5"] > prior["uniform-0.5"] > prior["rising-0.5"]  # deep layers weigh more

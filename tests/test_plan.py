@@ -147,3 +147,26 @@ def test_keep_prob_of_a_plan_feeds_draw_layers():
     masks = _draws(plan.keep_prob, 20_000, seed=4)
 
     np.testing.assert_allclose(masks.mean(axis=0), [1.0, 0.5, 0.1], atol=0.015)
+
+
+def test_depth_weighted_keep_weights_the_layers_near_the_output():
+    from fedsim.plan import depth_weighted_keep
+
+    keep_deep = np.array([0.0, 0.0, 1.0, 1.0])  # the two top layers run
+    keep_shallow = keep_deep[::-1]
+    assert depth_weighted_keep(keep_deep, 0.0) == depth_weighted_keep(keep_shallow, 0.0) == 0.5
+    assert depth_weighted_keep(keep_deep, 1.0) == pytest.approx(7 / 10)
+    assert depth_weighted_keep(keep_shallow, 2.0) == pytest.approx(5 / 30)
+
+
+def test_surrogate_progress_follows_the_depth_weighted_keep():
+    from fedsim.trainers.surrogate import SurrogateSpec, SurrogateTrainer
+
+    spec = SurrogateSpec(drop_exponent=2.0, depth_exponent=2.0)
+    trainer = SurrogateTrainer(spec, 4, np.full(2, 10), seed=0)
+    full = ClientPlan.uniform(4, lora_rank=8, batch_size=8, local_steps=2)
+    shallow_dropped = full.with_(drop_prob=(1.0 - 1e-9, 0.5, 0.0, 0.0))
+    deep_dropped = full.with_(drop_prob=(0.0, 0.0, 0.5, 1.0 - 1e-9))
+    e = [trainer.effective_examples(p) for p in (full, shallow_dropped, deep_dropped)]
+    assert e[0] == pytest.approx(16.0)
+    assert e[0] > e[1] > e[2]  # same mean drop; dropping deep layers costs more

@@ -287,14 +287,16 @@ class ArmUtility:
     shared round reward, the regression separates the arms that shared a round, as the
     arm mix varies from round to round.
 
-    Prior ``theta ~ N(c * shape ** beta, noise_var / prior_weight * I)``: ``shape`` says
-    how the arms are expected to compare before any evidence (e.g. the share of layers an
-    arm trains; all ones: alike). ``c`` and ``beta`` are fitted to the rounds seen, pooled
-    over all arms: for each ``beta`` of ``exponents`` (1 before any round), ``c`` by
-    weighted least squares of ``y_r`` on ``f_r . shape ** beta``, keeping the pair with
-    the smallest weighted squared error. This parametric prior learns from every round
-    how steeply progress falls with the arm's shape, which a per-arm mean needs many
-    rounds of each arm to see; the per-arm terms then correct it where the data says so. Round ``r``
+    Prior ``theta ~ N(c * shape_g ** beta, noise_var / prior_weight * I)``: the candidate
+    ``shapes`` say how the arms may compare (e.g. the share of layers an arm runs, with the
+    deep layers weighted more or less; all ones: alike). ``g``, ``beta`` and ``c`` are
+    fitted to the rounds seen, pooled over all arms: for each shape ``g`` and each
+    ``beta`` of ``exponents``, ``c`` by weighted least squares of ``y_r`` on
+    ``f_r . shape_g ** beta``, keeping the triple with the smallest weighted squared error
+    (``initial`` = ``(g, beta)`` before any round, and on ties). This parametric prior
+    learns from every round how steeply progress falls with dropout and where in depth
+    it hurts, which a per-arm mean needs many rounds of each arm to see; the per-arm
+    terms then correct it where the data says so. Round ``r``
     observed ``k`` rounds ago has weight ``discount ** k``; with ``window`` only the last
     ``window`` rounds are kept (non-stationarity: see :class:`ArmStats`). Posterior::
 
@@ -306,8 +308,8 @@ class ArmUtility:
     """
 
     def __init__(self, num_arms: int, discount: float = 1.0, window: int | None = None,
-                 prior_weight: float = 1.0, noise_floor: float = 0.25, prior_shape: np.ndarray | None = None,
-                 exponents: tuple[float, ...] = (1.0,)) -> None:
+                 prior_weight: float = 1.0, noise_floor: float = 0.25, shapes: np.ndarray | None = None,
+                 exponents: tuple[float, ...] = (1.0,), initial: tuple[int, float] | None = None) -> None:
         if not 0.0 < discount <= 1.0:
             raise ValueError(f"discount must be in (0, 1], got {discount}")
         if window is not None and window < 1:
@@ -317,12 +319,16 @@ class ArmUtility:
         self.window = window
         self.prior_weight = float(prior_weight)
         self.noise_floor = float(noise_floor)
-        self.prior_shape = np.ones(self.num_arms) if prior_shape is None else np.asarray(prior_shape, dtype=float)
+        self.shapes = np.ones((1, self.num_arms)) if shapes is None else np.atleast_2d(np.asarray(shapes, dtype=float))
+        if self.shapes.ndim != 2 or self.shapes.shape[1] != self.num_arms or self.shapes.shape[0] < 1:
+            raise ValueError(f"shapes must have shape (n_shapes, {self.num_arms}), got {np.shape(shapes)}")
         if not exponents or any(not np.isfinite(b) or b < 0 for b in exponents):
             raise ValueError(f"exponents must be finite and >= 0, got {exponents}")
         self.exponents = tuple(float(b) for b in exponents)
-        if self.prior_shape.shape != (self.num_arms,):
-            raise ValueError(f"prior_shape must have shape ({self.num_arms},), got {self.prior_shape.shape}")
+        self.initial = (0, self.exponents[0] if 1.0 not in self.exponents else 1.0) if initial is None else \
+            (int(initial[0]), float(initial[1]))
+        if not 0 <= self.initial[0] < self.shapes.shape[0]:
+            raise ValueError(f"initial shape index {self.initial[0]} is not one of the {self.shapes.shape[0]} shapes")
         self._f: list[np.ndarray] = []  # arm shares of each kept round, oldest first
         self._y: list[float] = []
         self.rounds_seen = 0
@@ -347,28 +353,30 @@ class ArmUtility:
         k = len(self._y)
         return self.discount ** np.arange(k - 1, -1, -1, dtype=float)
 
-    def prior_fit(self) -> tuple[float, float]:
-        """``(c, beta)`` of the prior ``c * shape ** beta``."""
+    def prior_fit(self) -> tuple[float, int, float]:
+        """``(c, g, beta)`` of the prior ``c * shapes[g] ** beta``."""
+        g0, b0 = self.initial
         if not self._y:
-            return 1.0, (1.0 if 1.0 in self.exponents else self.exponents[0])
+            return 1.0, g0, b0
         w = self._weights()
         F = np.stack(self._f)
         y = np.asarray(self._y)
-        best = (np.inf, 1.0, self.exponents[0])
-        for beta in self.exponents:
-            x = F @ self.prior_shape**beta
+        candidates = [(g0, b0)] + [(g, b) for g in range(self.shapes.shape[0]) for b in self.exponents]
+        best = (np.inf, 1.0, g0, b0)
+        for g, beta in candidates:  # the initial pair first: it wins ties
+            x = F @ self.shapes[g] ** beta
             den = float(w @ x**2)
             c = float(w @ (x * y)) / den if den > 1e-12 else 1.0
             sse = float(w @ (y - c * x) ** 2)
-            if sse < best[0] * (1.0 - 1e-9):
-                best = (sse, c, beta)
-        return best[1], best[2]
+            if sse < best[0] * (1.0 - 1e-9) - 1e-15:
+                best = (sse, c, g, beta)
+        return best[1], best[2], best[3]
 
     @property
     def prior_mean(self) -> np.ndarray:
-        """``c * shape ** beta`` fitted to the rounds seen (``shape`` itself before any)."""
-        c, beta = self.prior_fit()
-        return c * self.prior_shape**beta
+        """``c * shapes[g] ** beta`` fitted to the rounds seen (``shapes[g0] ** beta0`` before any)."""
+        c, g, beta = self.prior_fit()
+        return c * self.shapes[g] ** beta
 
     def posterior(self) -> tuple[np.ndarray, np.ndarray]:
         """``(mean, cov)`` of ``theta``."""

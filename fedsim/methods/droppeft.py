@@ -43,7 +43,7 @@ from fedsim.methods.bandit import (
 from fedsim.methods.base import Method, MethodParams, RoundContext, RoundReport, register
 from fedsim.methods.compose import compressible
 from fedsim.methods.stld_fixed import Profile, profile_ratios
-from fedsim.plan import ClientPlan, RoundPlans
+from fedsim.plan import ClientPlan, RoundPlans, depth_weighted_keep
 
 __all__ = ["DropPEFT", "DropPEFTParams", "ArmSpec", "make_arms", "feasible_arms", "device_groups",
            "select_personal_layers", "round_progress"]
@@ -73,10 +73,15 @@ class DropPEFTParams(MethodParams):
         "group-bandit: one bandit per device group on the shared round reward")
     prior_weight: float = Field(10.0, gt=0.0, description="paced: ridge prior weight, in rounds, of each arm's utility")
     prior: Literal["keep", "flat"] = Field(
-        "keep", description="paced: prior shape of the arm utilities: keep = c * (share of layers the arm "
-        "runs) ** beta, c and beta fitted to the rounds; flat = all arms alike")
+        "keep", description="paced: prior of the arm utilities: keep = c * keep_gamma ** beta, keep_gamma the "
+        "share of layers the arm runs with layer l weighted (l + 1) ** gamma, (c, gamma, beta) fitted to the "
+        "rounds; flat = all arms alike")
+    prior_depth: list[float] = Field([0.0, 1.0, 2.0, 3.0], min_length=1, description="paced, prior keep: gammas tried")
     prior_exponents: list[float] = Field([0.5, 1.0, 2.0, 3.0, 4.0], min_length=1,
-                                         description="paced, prior keep: the beta values tried")
+                                         description="paced, prior keep: betas tried")
+    prior_initial: tuple[float, float] = Field(
+        (2.0, 2.0), description="paced, prior keep: (gamma, beta) before any round (measured on MiniLM-L6, "
+        "docs/droppeft.md); each must be in its list")
     arms: list[ArmSpec] | None = Field(None, description="explicit arm list; default: mean_levels x profiles")
     mean_levels: list[float] = Field([0.0, 0.25, 0.5, 0.75], min_length=1, description="mean drop ratios of the default arms")
     profiles: list[Profile] = Field(["uniform", "rising", "falling"], min_length=1, description="depth profiles of the default arms")
@@ -103,6 +108,10 @@ class DropPEFTParams(MethodParams):
         if any(not 0.0 <= m < 1.0 for m in self.mean_levels):
             raise ValueError(f"every mean_levels entry must be in [0, 1), got {self.mean_levels}")
         n_arms = len(self.arms) if self.arms is not None else None
+        g0, b0 = self.prior_initial
+        if g0 not in self.prior_depth or b0 not in self.prior_exponents:
+            raise ValueError(f"prior_initial {self.prior_initial} must take its gamma from prior_depth "
+                             f"{self.prior_depth} and its beta from prior_exponents {self.prior_exponents}")
         if n_arms is not None and self.fixed_arm >= n_arms:
             raise ValueError(f"fixed_arm {self.fixed_arm} is not an arm index; there are {n_arms} arms")
         return self
@@ -228,10 +237,14 @@ class DropPEFT(Method):
         self._groups: np.ndarray | None = None  # per device, computed on the first round
         self.stats: ArmStats | None = None
         self.scale = RewardScale(discount=params.discount)
-        shape_ = np.array([float(a.keep_prob.mean()) for a in self.arms]) if params.prior == "keep" else None
+        if params.prior == "keep":
+            shapes = np.array([[depth_weighted_keep(a.keep_prob, g) for a in self.arms] for g in params.prior_depth])
+            exponents = tuple(params.prior_exponents)
+            initial = (params.prior_depth.index(params.prior_initial[0]), params.prior_initial[1])
+        else:
+            shapes, exponents, initial = None, (1.0,), None
         self.utility = ArmUtility(len(self.arms), discount=params.discount, window=params.window,
-                                  prior_weight=params.prior_weight, prior_shape=shape_,
-                                  exponents=tuple(params.prior_exponents) if shape_ is not None else (1.0,))
+                                  prior_weight=params.prior_weight, shapes=shapes, exponents=exponents, initial=initial)
         self._round_pace: float | None = None
         self._last_eval: tuple[float, float] | None = None
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (groups, arms, outcome) since last eval

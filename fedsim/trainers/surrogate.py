@@ -12,10 +12,13 @@ in round r::
     accuracy   = acc_max - (acc_max - acc_start) * exp(-progress)
     observed   = accuracy + Normal(0, noise_std)        (evaluation noise)
 
-``q(plan) = mean_keep ** drop_exponent``: a step with layers dropped learns a little less
-than a full step (``drop_exponent < 1`` says dropout hurts less than proportionally, as
-STLD's authors report). ``data_exponent < 1`` gives diminishing returns to more data per
-round, as averaging more clients reduces variance but not bias.
+``q(plan) = keep ** drop_exponent``: a step with layers dropped learns less than a full
+step (``drop_exponent < 1`` says dropout hurts less than proportionally, as STLD's
+authors report; on MiniLM-L6 it hurts far more, see docs/droppeft.md). ``keep`` is the
+share of layers the plan runs, layer ``l`` weighted ``(l + 1) ** depth_exponent``
+(:func:`fedsim.plan.depth_weighted_keep`; 0: the plain mean). ``data_exponent < 1``
+gives diminishing returns to more data per round, as averaging more clients reduces
+variance but not bias.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fedsim.plan import ClientPlan
+from fedsim.plan import ClientPlan, depth_weighted_keep
 from fedsim.trainers.base import AggregateFn, ClientResult, EvalResult
 
 __all__ = ["SurrogateSpec", "SurrogateTrainer"]
@@ -41,6 +44,7 @@ class SurrogateSpec(BaseModel):
     rate: float = Field(0.002, gt=0.0, description="progress per (effective example) ** data_exponent")
     data_exponent: float = Field(0.5, gt=0.0, le=1.0)
     drop_exponent: float = Field(0.5, ge=0.0, le=4.0)
+    depth_exponent: float = Field(0.0, ge=0.0, le=4.0, description="weight of layer l in keep: (l + 1) ** this")
     noise_std: float = Field(0.0, ge=0.0, le=0.2, description="std of evaluation noise")
 
     @model_validator(mode="after")
@@ -61,7 +65,7 @@ class SurrogateTrainer:
         self.progress = 0.0
 
     def effective_examples(self, plan: ClientPlan) -> float:
-        q = float(plan.keep_prob.mean()) ** self.spec.drop_exponent
+        q = depth_weighted_keep(plan.keep_prob, self.spec.depth_exponent) ** self.spec.drop_exponent
         return plan.batch_size * plan.local_steps * q
 
     def train(self, round_idx: int, client_ids: np.ndarray, plans: Sequence[ClientPlan], seeds: np.ndarray) -> list[ClientResult]:
