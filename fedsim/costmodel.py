@@ -283,13 +283,18 @@ def plan_cost(shape: ModelShape, plan: ClientPlan, coef: CostCoefficients = Cost
     activations = act_layer * n_act + bpv * b * s * shape.hidden  # + embeddings output
     peak = weights + grads + optim + activations + coef.runtime_overhead_bytes
 
-    # Traffic: the global trainable state down; the shared trained part up.
-    sent_layers = [l for l in range(shape.num_layers) if l not in plan.personal_layers]
+    # Traffic: the global trainable state down; the shared trained part up. Personal
+    # layers (and head) stay on the device once it holds a copy of them: the server
+    # neither receives nor sends them (a newcomer, share_personal, still exchanges them).
+    personal = () if plan.share_personal else plan.personal_layers
+    head_personal = plan.personal_head and not plan.share_personal
+    sent_layers = [l for l in range(shape.num_layers) if l not in personal]
     p_trained = 1.0 - (1.0 - keep) ** steps  # the layer ran at least once
-    # Personal layers stay on the device: the server neither receives nor sends them.
-    down_params = trainable - float(sum(train_layer[l] for l in plan.personal_layers if 0 <= l < shape.num_layers))
+    down_params = trainable - float(sum(train_layer[l] for l in personal if 0 <= l < shape.num_layers))
+    if plan.train_head and head_personal:
+        down_params -= shape.head_params
     up_params = float(sum(train_layer[l] * p_trained[l] for l in sent_layers))
-    if plan.train_head:
+    if plan.train_head and not head_personal:
         up_params += shape.head_params
     if plan.full_finetune:
         up_params += shape.embedding_params

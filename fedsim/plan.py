@@ -37,8 +37,13 @@ class ClientPlan:
         down_ratio: Fraction of the dense model bytes actually downloaded (1.0 = no
             compression).
         up_ratio: Fraction of the dense update bytes actually uploaded.
-        personal_layers: Layers kept personal on the device (never uploaded), for
-            personalized layer sharing.
+        personal_layers: Layers whose adapters the device keeps a personal copy of
+            (personalized layer sharing): it trains from its copy and keeps the result.
+        personal_head: Keep a personal copy of the classification head too.
+        share_personal: The device has no personal copy yet (its first round with
+            these layers): it starts them from the global model, keeps what it trains
+            *and* sends it, so the global copies still learn from newcomers. When false,
+            the personal layers (and head) are neither downloaded nor uploaded.
         lr: Local learning rate, or ``None`` for the scenario's ``train.lr`` (full
             fine-tuning wants a much smaller one than LoRA).
         name: Short label written to the records (e.g. the arm of a configurator).
@@ -55,6 +60,8 @@ class ClientPlan:
     down_ratio: float = 1.0
     up_ratio: float = 1.0
     personal_layers: tuple[int, ...] = ()
+    personal_head: bool = False
+    share_personal: bool = False
     lr: float | None = None
     name: str = field(default="", compare=True)
 

@@ -166,8 +166,32 @@ def test_ptls_plans_carry_personal_layers_from_gradient_norms():
     plans = method.configure_round(_ctx(fleet, 1))
     # Assert
     assert plans[3].personal_layers == (4, 5) and plans[0].personal_layers == (4, 5)
-    assert plan_cost(SHAPE, plans[3]).bytes_up < plan_cost(SHAPE, method.arms[0].with_(drop_prob=plans[3].drop_prob)).bytes_up
+    # Nobody holds a personal copy yet: the layers are trained, kept and still sent.
+    assert all(plans[i].share_personal for i in range(8))
+    shared = method.arms[0].with_(drop_prob=plans[3].drop_prob)
+    assert plan_cost(SHAPE, plans[3]).bytes_up == plan_cost(SHAPE, shared).bytes_up
     assert method.state_dict()["client_norms"][3][4] == pytest.approx(1.0)
+    # After a round with PTLS plans the clients hold copies: personal layers stay home.
+    outcome = ["ok"] * 7 + ["oom"]
+    method.round_finished(_report(method, plans, 1, outcome, 0.4, 1.2, 10.0, results))
+    plans = method.configure_round(_ctx(fleet, 2))
+    assert not plans[3].share_personal and plans[7].share_personal  # 7 ran out of memory: no copy
+    assert plan_cost(SHAPE, plans[3]).bytes_up < plan_cost(SHAPE, shared).bytes_up
+    assert plan_cost(SHAPE, plans[3]).bytes_down < plan_cost(SHAPE, shared).bytes_down
+
+
+def test_ptls_personal_head_stays_on_the_device_once_held():
+    method = DropPEFT(DropPEFTParams(ptls=True, personal_layers=0, personal_head=True), SHAPE, BASE)
+    fleet = _fleet()
+    plans = method.configure_round(_ctx(fleet, 0))
+    assert all(plans[i].personal_head and plans[i].share_personal for i in range(8))
+    method.round_finished(_report(method, plans, 0, ["ok"] * 8, 0.3, 1.3, 10.0))
+    plans = method.configure_round(_ctx(fleet, 1))
+    shared = plans[0].with_(personal_head=False, share_personal=False)
+    assert not plans[0].share_personal
+    head_bytes = SHAPE.head_params * 4
+    assert plan_cost(SHAPE, shared).bytes_up - plan_cost(SHAPE, plans[0]).bytes_up == pytest.approx(head_bytes)
+    assert plan_cost(SHAPE, shared).bytes_down - plan_cost(SHAPE, plans[0]).bytes_down == pytest.approx(head_bytes)
 
 
 def test_droppeft_runs_end_to_end_with_the_surrogate(tiny_scenario, tmp_path):
@@ -228,6 +252,29 @@ def test_personal_layers_stay_on_the_client_and_are_reused(tiny_trainer):
     assert all(torch.equal(t.global_state()[n], after[n]) for n in names)  # global state restored
     assert any(not torch.equal(t.personal.get(2)[n], stored[n]) for n in names)
     assert res2[0].grad_norms.shape == (t.num_layers,)
+
+
+def test_newcomer_shares_its_personal_layers_and_head_but_keeps_copies(tiny_trainer):
+    # Prepare
+    from fedsim.training.personal import personal_names
+
+    t = tiny_trainer
+    plan = ClientPlan.uniform(t.num_layers, lora_rank=4, batch_size=4, local_steps=3, seq_len=16,
+                              personal_layers=(3,), personal_head=True, share_personal=True)
+    names = personal_names(t.fm, (3,), head=True)
+    head = [n for n in names if "lora_" not in n]
+    assert head and set(head) <= set(t.fm.base_trainable) and all(t.fm.param_layer[n] is None for n in head)
+    before = t.global_state()
+    # Execute
+    res = t.train(0, np.array([1]), [plan], np.array([5]))
+    # Assert: the copies are sent (newcomer) and kept, equal to the global state plus the delta
+    assert set(names) <= set(res[0].delta)
+    kept = t.personal.get(1)
+    assert set(kept) == set(names)
+    assert all(torch.allclose(kept[n], before[n] + res[0].delta[n]) for n in names)
+    # Execute: next time the same client keeps them home
+    res2 = t.train(1, np.array([1]), [plan.with_(share_personal=False)], np.array([6]))
+    assert not set(names) & set(res2[0].delta)
 
 
 def test_evaluate_reports_personal_accuracy(tiny_trainer):

@@ -90,6 +90,7 @@ class DropPEFTParams(MethodParams):
     ptls: bool = Field(False, description="personalised transformer layer sharing")
     personal_layers: int | Literal["auto"] = Field(2, description="layers kept personal, or auto (by gradient-norm mass)")
     personal_mass: float = Field(0.5, gt=0.0, lt=1.0, description="auto: smallest set holding this share of the squared grad norm")
+    personal_head: bool = Field(False, description="PTLS: keep the classification head personal too (as FedPer does)")
     discount: float = Field(0.9, gt=0.0, le=1.0, description="per-round discount of past rewards (1 = none)")
     window: int | None = Field(None, ge=1, description="keep only the last this many rounds of rewards")
     group_by: Literal["quantiles", "device_class", "none"] = Field("quantiles", description="how devices are grouped")
@@ -254,6 +255,7 @@ class DropPEFT(Method):
         self._norm_sum = np.zeros(shape.num_layers)
         self._norm_w = 0.0
         self._client_norms: dict[int, np.ndarray] = {}
+        self._has_copy: set[int] = set()  # clients whose trainer holds personal tensors
         self.history: list[dict[str, Any]] = []
 
     # -- planning ------------------------------------------------------------------------
@@ -306,9 +308,24 @@ class DropPEFT(Method):
         norms = self._client_norms.get(int(client_id))
         if norms is None:
             if self._norm_w <= 0:
-                return ()  # nothing measured yet: share everything
+                return ()  # nothing measured yet: no layer is personal
             norms = self._norm_sum / self._norm_w
         return select_personal_layers(norms, p.personal_layers, p.personal_mass)
+
+    def personalise(self, plan: ClientPlan, client_id: int) -> ClientPlan:
+        """The plan with the client's PTLS set. A client that holds no personal copy yet
+        (it has not trained with PTLS before) shares its personal layers this time
+        (``share_personal``): with thousands of devices most updates come from
+        newcomers, and the global copies of the personal layers would stop learning if
+        newcomers kept them."""
+        layers = self.personal_layers_of(client_id)
+        head = self.params.ptls and self.params.personal_head
+        if not layers and not head:
+            return plan
+        share = int(client_id) not in self._has_copy
+        tag = "".join(map(str, layers)) + ("h" if head else "") + ("+" if share else "")
+        return plan.with_(personal_layers=layers, personal_head=head, share_personal=share,
+                          name=f"{plan.name}/p{tag}")
 
     def configure_round(self, ctx: RoundContext) -> RoundPlans:
         arms, groups, feasible = self.choose_arms(ctx)
@@ -320,13 +337,7 @@ class DropPEFT(Method):
         if not self.params.ptls:
             return plans
 
-        def personalise(i: int, plan: ClientPlan) -> ClientPlan:
-            personal = self.personal_layers_of(int(ctx.device_ids[i]))
-            if not personal:
-                return plan
-            return plan.with_(personal_layers=personal, name=f"{plan.name}/p{''.join(map(str, personal))}")
-
-        return plans.regroup(personalise)
+        return plans.regroup(lambda i, plan: self.personalise(plan, int(ctx.device_ids[i])))
 
     # -- learning from the round ---------------------------------------------------------
     def round_finished(self, report: RoundReport) -> None:
@@ -372,7 +383,13 @@ class DropPEFT(Method):
                              "arms": np.bincount(arms, minlength=len(self.arms)).tolist()})
 
     def _observe_norms(self, report: RoundReport) -> None:
-        if not self.params.ptls or not report.results:
+        if not self.params.ptls:
+            return
+        for i in np.flatnonzero(np.asarray(report.outcome) == "ok"):  # they trained and kept copies
+            plan = report.plans[int(i)]
+            if plan.personal_layers or plan.personal_head:
+                self._has_copy.add(int(report.device_ids[i]))
+        if not report.results:
             return
         d = self.params.discount
         self._norm_sum *= d
@@ -397,6 +414,7 @@ class DropPEFT(Method):
             "norm_sum": self._norm_sum.tolist(),
             "norm_w": self._norm_w,
             "client_norms": {k: v.tolist() for k, v in self._client_norms.items()},
+            "has_copy": sorted(self._has_copy),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -412,3 +430,4 @@ class DropPEFT(Method):
         self._norm_sum = np.asarray(state["norm_sum"], dtype=float)
         self._norm_w = float(state["norm_w"])
         self._client_norms = {int(k): np.asarray(v, dtype=float) for k, v in state["client_norms"].items()}
+        self._has_copy = {int(c) for c in state.get("has_copy", [])}

@@ -65,10 +65,14 @@ class PersonalStore:
         self._state = {int(k): {n: t.clone() for n, t in v.items()} for k, v in state.items()}
 
 
-def personal_names(fm: FedModel, layers: Sequence[int]) -> list[str]:
-    """Names of the LoRA parameters of ``layers`` (the tensors a personal layer keeps)."""
+def personal_names(fm: FedModel, layers: Sequence[int], head: bool = False) -> list[str]:
+    """Names of the tensors a client keeps personal: the LoRA parameters of ``layers``,
+    and with ``head`` the classification head's (the trainable parameters outside the
+    transformer layers)."""
     wanted = set(int(l) for l in layers)
-    return [n for n in fm.base_trainable if "lora_" in n and fm.param_layer.get(n) in wanted]
+    return [n for n in fm.base_trainable
+            if ("lora_" in n and fm.param_layer.get(n) in wanted)
+            or (head and "lora_" not in n and fm.param_layer.get(n) is None)]
 
 
 @contextmanager
@@ -100,18 +104,21 @@ def train_personal(
     """:func:`~fedsim.training.local.train_client` with the plan's personal layers kept local.
 
     The client starts from its stored personal tensors (the global ones for layers it has
-    none of), trains, stores the new personal tensors (dropping those of layers that are
-    no longer personal) and returns a delta without them: they are neither uploaded nor
-    aggregated. The model holds the global state again on return.
+    none of), trains and stores the new personal tensors (dropping those of layers that
+    are no longer personal). Its delta leaves them out (they are neither uploaded nor
+    aggregated), except with ``plan.share_personal``: a newcomer's trained copies are
+    also sent, so the global copies of those layers go on learning. The model holds the
+    global state again on return.
     """
-    names = personal_names(fm, plan.personal_layers)
+    names = personal_names(fm, plan.personal_layers, plan.personal_head)
     params = dict(fm.model.named_parameters())
     stored = store.get(client_id)
     start = {n: (stored[n] if n in stored else params[n].detach()).clone() for n in names}
     with swapped_in(fm, {n: stored[n] for n in names if n in stored}):
         result = train_client(fm, data, indices, plan, spec, seed=seed, client_id=client_id)
     delta = result.delta or {}
-    new = {n: start[n] + delta.pop(n) if n in delta else start[n] for n in names}
+    new = {n: start[n] + (delta[n] if plan.share_personal else delta.pop(n)) if n in delta else start[n]
+           for n in names}
     store.put(client_id, new)
     result.extras["personal_tensors"] = float(len(new))
     return result

@@ -1,0 +1,52 @@
+"""Running independent simulations side by side on one machine.
+
+``run_all(fn, tasks, jobs)`` calls ``fn(*task)`` for every task, in worker processes
+when ``jobs > 1``, and yields ``(task, result)`` as each finishes. Runs share nothing:
+each builds its own fleet, trainer and recorder from its scenario and writes its own
+folder, so the order they finish in changes no result. Workers are *spawned*, not
+forked (a forked child inherits torch's thread pool in an undefined state), and each
+sets its own torch thread count from its scenario (``train.threads``). An exception in
+one run comes back as its result (the run's ``summary.json`` already says
+``status: failed``); the others go on.
+
+This is the single-machine seam that a distributed backend (e.g. Ray tasks over the
+same ``fn`` and ``tasks``) can replace.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from typing import Any, TypeVar
+
+__all__ = ["run_all"]
+
+T = TypeVar("T", bound=Sequence[Any])
+
+
+def run_all(fn: Callable[..., Any], tasks: Iterable[T], jobs: int = 1) -> Iterator[tuple[T, Any]]:
+    """``(task, fn(*task))`` for every task, ``jobs`` at a time, in the order they finish.
+
+    With ``jobs == 1`` the tasks run in this process, in order. A task that raises
+    yields its exception object as the result.
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    tasks = list(tasks)
+    if jobs == 1:
+        for task in tasks:
+            try:
+                yield task, fn(*task)
+            except Exception as exc:  # noqa: BLE001 - failures are results here
+                yield task, exc
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)) or 1, mp_context=ctx) as pool:
+        pending: dict[Future, T] = {pool.submit(fn, *task): task for task in tasks}
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                task = pending.pop(fut)
+                exc = fut.exception()
+                yield task, (exc if exc is not None else fut.result())
