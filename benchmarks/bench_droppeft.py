@@ -78,7 +78,7 @@ def rows(groups: set[str]) -> list[tuple[str, dict, dict]]:
             # The planner told the surrogate's true curve (base.yaml: drop_exponent 2.4, depth_exponent 2):
             # what pacing alone can do.
             ("droppeft-oracle", {"name": "droppeft", "params": {
-                "prior_depth": [2.0], "prior_exponents": [2.4], "prior_initial": [2.0, 2.4], "prior_weight": 1e4,
+                "prior_depth": [2.0], "prior_exponents": [2.4], "prior_initial": [2.0, 2.4], "prior_sd": 1e-3,
                 "ucb_c": 0.0}}, {}),
         ]
     if "noniid" in groups:

@@ -30,6 +30,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fedsim.compare import compare_runs, group_key, to_markdown, write_csv  # noqa: E402
+from fedsim.parallel import run_all  # noqa: E402
 from fedsim.scenario import load_scenario  # noqa: E402
 from fedsim.simulate import simulate  # noqa: E402
 
@@ -52,6 +53,18 @@ def done(run_dir: Path, variant) -> bool:
         return False
     stored.pop("variant", None)
     return stored == json.loads(json.dumps(variant.scenario.model_dump(mode="json", exclude={"sweep"})))
+
+
+def run_variant(scenario, run_dir: Path, root: Path) -> str:
+    """Run one variant into ``run_dir``; a line for the log (failures are in its records)."""
+    t0 = time.perf_counter()
+    try:
+        res = simulate(scenario, run_dir, label=run_dir.name)
+    except Exception as exc:  # the records say what happened; go on with the others
+        return f"FAIL {run_dir.relative_to(root)}: {exc}"
+    acc = "-" if res.final_accuracy is None else f"{res.final_accuracy:.3f}"
+    return (f"ran  {run_dir.relative_to(root)}: {res.rounds} rounds, acc {acc}, "
+            f"{res.sim_time_s:.0f} s simulated, {time.perf_counter() - t0:.1f} s wall")
 
 
 def goals(rows: list[dict]) -> str:
@@ -91,11 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="",
                     help="comma-separated runs to run, as the table names them: a method without parameters "
                     "(fedlora) or with them (droppeft[compression=caesar]); default: all")
+    ap.add_argument("--jobs", type=int, default=1, help="runs side by side (the scenarios use one torch thread each)")
     args = ap.parse_args(argv)
 
     files = args.scenarios or sorted((ROOT / "scenarios" / "paper").glob("*.yaml"))
     only = set(re.findall(r"[^,\[]+(?:\[[^\]]*\])?", args.only))
     overrides = [f"trainer.kind={args.trainer}", *args.overrides]
+    scenario_dirs = []
+    tasks = []
     for file in files:
         variants = load_scenario(file, overrides=overrides)
         root = args.out / args.trainer / variants[0].scenario.name
@@ -109,14 +125,11 @@ def main(argv: list[str] | None = None) -> int:
             if done(run_dir, v):
                 print(f"skip {run_dir.relative_to(args.out)} (done)", flush=True)
                 continue
-            t0 = time.perf_counter()
-            try:
-                res = simulate(v.scenario, run_dir, label=run_dir.name)
-                acc = "-" if res.final_accuracy is None else f"{res.final_accuracy:.3f}"
-                print(f"ran  {run_dir.relative_to(args.out)}: {res.rounds} rounds, acc {acc}, "
-                      f"{res.sim_time_s:.0f} s simulated, {time.perf_counter() - t0:.1f} s wall", flush=True)
-            except Exception as exc:  # the records say what happened; go on with the others
-                print(f"FAIL {run_dir.relative_to(args.out)}: {exc}", flush=True)
+            tasks.append((v.scenario, run_dir, args.out))
+        scenario_dirs.append((variants[0].scenario.name, root, dirs))
+    for _, line in run_all(run_variant, tasks, args.jobs):
+        print(line, flush=True)
+    for name, root, dirs in scenario_dirs:
         ok = [d for d in dirs if (d / "summary.json").is_file() and (d / "rounds.csv").is_file()]
         if not ok:
             continue
@@ -124,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         md = to_markdown(rows)
         write_csv(rows, root / "compare.csv")
         (root / "compare.md").write_text(md, encoding="utf-8")
-        print(f"\n## {variants[0].scenario.name} ({args.trainer}, {len(ok)} runs)\n\n{md}\n{goals(rows)}", flush=True)
+        print(f"\n## {name} ({args.trainer}, {len(ok)} runs)\n\n{md}\n{goals(rows)}", flush=True)
     return 0
 
 

@@ -17,6 +17,7 @@ from fedsim.methods.bandit import (
     paced_assignment,
     thompson_scores,
     ucb_scores,
+    PRIOR_FLOOR,
     utility_scores,
 )
 
@@ -218,6 +219,17 @@ def test_paced_assignment_lets_fast_clients_run_heavier_arms():
     assert pace == 4.0 and arms.tolist() == [0, 0, 0, 1]
 
 
+def test_paced_assignment_slow_client_gets_the_best_of_its_near_fastest_arms():
+    # Prepare: arms 1 and 2 drop as much (about as fast), arm 2 keeps the layers that matter
+    utility = np.array([3.0, 0.2, 1.0])
+    times = np.array([[2.0, 1.0, 1.0]] * 3 + [[8.0, 4.0, 4.05]])
+    feasible = np.ones_like(times, dtype=bool)
+    # Execute
+    arms, pace = paced_assignment(utility, times, feasible, quota=3, fallback=np.zeros(4, dtype=np.int64))
+    # Assert: nothing fits T = 2 on the slow client; 4.05 s is within the tolerance of 4 s
+    assert pace == 2.0 and arms.tolist() == [0, 0, 0, 2]
+
+
 def test_paced_assignment_respects_feasibility_and_fallback():
     utility = np.array([5.0, 1.0])
     times = np.array([[1.0, 1.0], [1.0, 1.0]])
@@ -257,3 +269,23 @@ def test_arm_utility_fits_which_shape_and_how_steeply_progress_falls():
         ArmUtility(3, exponents=())
     with pytest.raises(ValueError):
         ArmUtility(4, shapes=shapes, initial=(2, 1.0))
+
+
+def test_net_negative_progress_keeps_the_prior_order():
+    # Prepare: label skew makes the global eval loss swing; a window of net-negative progress
+    keep = np.array([1.0, 0.75, 0.5, 0.25])
+    u = ArmUtility(4, discount=0.9, prior_weight=10.0, shapes=keep[None, :], exponents=(2.0,), initial=(0, 2.0))
+    rng = np.random.default_rng(0)
+    # Execute
+    for _ in range(8):
+        f = rng.dirichlet(np.ones(4))
+        u.observe(f, -1.0 + 0.1 * rng.standard_normal())
+    c, _, _ = u.prior_fit()
+    # Assert: the scale is floored (never an inverted prior) and every policy keeps the order
+    assert c == pytest.approx(u.min_scale)
+    assert np.all(np.diff(u.prior_mean) < 0)
+    for policy in ("ucb", "thompson"):
+        scores = utility_scores(u, policy, np.random.default_rng(1), c=0.5)
+        assert np.all(scores >= PRIOR_FLOOR * u.prior_mean - 1e-12)
+    mean = utility_scores(u, "ucb", np.random.default_rng(1), c=0.0)
+    assert np.all(np.diff(mean) < 0)  # all floored: the prior's order, not a tie

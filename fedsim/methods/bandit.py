@@ -304,12 +304,21 @@ class ArmUtility:
         theta = m + A^-1 sum_r w_r f_r (y_r - f_r . m),   m = c * shape,   cov = s2 * A^-1
 
     with ``s2`` the weighted residual variance, floored at ``noise_floor`` (scaled
-    rewards are O(1)).
+    rewards are O(1)). ``c`` is at least ``min_scale``; the fitted ``(g, beta)`` replaces
+    ``initial`` only if its error is at least ``fit_margin`` (a share) below initial's.
+
+    With ``prior_sd`` the prior is relative instead: arm ``a``'s prior sd is
+    ``prior_sd * m_a`` whatever the noise, i.e. a precision of
+    ``s2_0 / (prior_sd * m_a) ** 2`` rounds (``s2_0``: the residual variance of the rounds
+    about the prior mean) in place of ``prior_weight``. Noisy progress (label skew) then
+    moves the arms off their fitted curve less than clean progress does, and the arms
+    the curve rates low need more evidence to rise.
     """
 
     def __init__(self, num_arms: int, discount: float = 1.0, window: int | None = None,
                  prior_weight: float = 1.0, noise_floor: float = 0.25, shapes: np.ndarray | None = None,
-                 exponents: tuple[float, ...] = (1.0,), initial: tuple[int, float] | None = None) -> None:
+                 exponents: tuple[float, ...] = (1.0,), initial: tuple[int, float] | None = None,
+                 min_scale: float = 0.1, prior_sd: float | None = None, fit_margin: float = 0.0) -> None:
         if not 0.0 < discount <= 1.0:
             raise ValueError(f"discount must be in (0, 1], got {discount}")
         if window is not None and window < 1:
@@ -319,6 +328,15 @@ class ArmUtility:
         self.window = window
         self.prior_weight = float(prior_weight)
         self.noise_floor = float(noise_floor)
+        if not min_scale > 0:
+            raise ValueError(f"min_scale must be > 0, got {min_scale}")
+        self.min_scale = float(min_scale)
+        if prior_sd is not None and not prior_sd > 0:
+            raise ValueError(f"prior_sd must be > 0 or None, got {prior_sd}")
+        self.prior_sd = None if prior_sd is None else float(prior_sd)
+        if not 0.0 <= fit_margin < 1.0:
+            raise ValueError(f"fit_margin must be in [0, 1), got {fit_margin}")
+        self.fit_margin = float(fit_margin)
         self.shapes = np.ones((1, self.num_arms)) if shapes is None else np.atleast_2d(np.asarray(shapes, dtype=float))
         if self.shapes.ndim != 2 or self.shapes.shape[1] != self.num_arms or self.shapes.shape[0] < 1:
             raise ValueError(f"shapes must have shape (n_shapes, {self.num_arms}), got {np.shape(shapes)}")
@@ -362,14 +380,22 @@ class ArmUtility:
         F = np.stack(self._f)
         y = np.asarray(self._y)
         candidates = [(g0, b0)] + [(g, b) for g in range(self.shapes.shape[0]) for b in self.exponents]
-        best = (np.inf, 1.0, g0, b0)
+        fits = []
         for g, beta in candidates:  # the initial pair first: it wins ties
             x = F @ self.shapes[g] ** beta
             den = float(w @ x**2)
-            c = float(w @ (x * y)) / den if den > 1e-12 else 1.0
-            sse = float(w @ (y - c * x) ** 2)
-            if sse < best[0] * (1.0 - 1e-9) - 1e-15:
-                best = (sse, c, g, beta)
+            # c >= min_scale: running more of the network never makes progress negative in
+            # expectation. Without the floor a stretch of noisy, net-negative progress
+            # (label skew makes the global eval loss swing) gives c < 0, which inverts the
+            # prior: the arms that drop most would look best.
+            c = max(float(w @ (x * y)) / den if den > 1e-12 else 1.0, self.min_scale)
+            fits.append((float(w @ (y - c * x) ** 2), c, g, beta))
+        best = min(fits, key=lambda f: f[0])
+        # Leave the initial shape only for a clearly better fit: on noisy rounds the
+        # candidates' errors differ by chance, and a flat shape chosen by chance would send
+        # heavy arms everywhere.
+        if best[0] >= (1.0 - self.fit_margin) * fits[0][0]:
+            best = fits[0]
         return best[1], best[2], best[3]
 
     @property
@@ -382,16 +408,24 @@ class ArmUtility:
         """``(mean, cov)`` of ``theta``."""
         m = self.prior_mean
         if not self._y:
-            return m, np.eye(self.num_arms) / self.prior_weight
+            return m, self.noise_floor * np.linalg.inv(self._prior_precision(m, self.noise_floor))
         F = np.stack(self._f)
         y = np.asarray(self._y)
         w = self._weights()
-        A = self.prior_weight * np.eye(self.num_arms) + (F * w[:, None]).T @ F
+        s2_prior = max(float(w @ (y - F @ m) ** 2 / w.sum()), self.noise_floor)
+        A = self._prior_precision(m, s2_prior) + (F * w[:, None]).T @ F
         A_inv = np.linalg.inv(A)
         theta = m + A_inv @ ((F * w[:, None]).T @ (y - F @ m))
         resid = y - F @ theta
         s2 = max(float(w @ resid**2 / w.sum()), self.noise_floor)
         return theta, s2 * A_inv
+
+    def _prior_precision(self, m: np.ndarray, s2: float) -> np.ndarray:
+        """Prior precision in rounds of evidence: ``prior_weight`` for every arm, or with
+        ``prior_sd`` the precision that makes each arm's prior sd ``prior_sd * m_a``."""
+        if self.prior_sd is None:
+            return self.prior_weight * np.eye(self.num_arms)
+        return np.diag(s2 / np.maximum(self.prior_sd * m, 1e-9) ** 2)
 
     @property
     def weight(self) -> np.ndarray:
@@ -409,6 +443,10 @@ class ArmUtility:
         self.rounds_seen = int(state["rounds_seen"])
 
 
+PRIOR_FLOOR = 0.05  # utility_scores: least utility of an arm, as a share of its prior mean
+FASTEST_TOLERANCE = 0.1  # paced_assignment: arms this close to a client's fastest count as fastest
+
+
 def utility_scores(utility: ArmUtility, policy: str, rng: np.random.Generator, c: float = 0.5,
                    epsilon: float = 0.3) -> np.ndarray:
     """The per-arm utilities a round is planned with, by policy.
@@ -423,14 +461,20 @@ def utility_scores(utility: ArmUtility, policy: str, rng: np.random.Generator, c
     sd = np.sqrt(np.maximum(np.diag(cov), 0.0))
     if policy == "ucb":
         n = max(float(utility._weights().sum()) if utility._y else 1.0, np.e)
-        return mean + c * sd * np.sqrt(2.0 * np.log(n))
-    if policy == "thompson":
-        return mean + np.linalg.cholesky(cov + 1e-12 * np.eye(len(mean))) @ rng.standard_normal(len(mean))
-    if policy == "egreedy":
+        u = mean + c * sd * np.sqrt(2.0 * np.log(n))
+    elif policy == "thompson":
+        u = mean + np.linalg.cholesky(cov + 1e-12 * np.eye(len(mean))) @ rng.standard_normal(len(mean))
+    elif policy == "egreedy":
         if rng.random() < epsilon / np.sqrt(1.0 + utility.rounds_seen):
             return rng.random(len(mean)) * 2.0 * max(float(mean.max()), 1e-3)
-        return mean
-    raise ValueError(f"unknown policy {policy!r}; expected ucb, thompson or egreedy")
+        u = mean
+    else:
+        raise ValueError(f"unknown policy {policy!r}; expected ucb, thompson or egreedy")
+    # Progress per second only compares positive progress. Where the data push an arm's
+    # utility to or below zero (noise: no arm makes negative progress in expectation),
+    # keep a small share of its prior, so such arms keep the prior's order instead of
+    # all tying, which would hand the round to whichever arms are fastest.
+    return np.maximum(u, PRIOR_FLOOR * utility.prior_mean)
 
 
 def paced_assignment(utility: np.ndarray, times: np.ndarray, feasible: np.ndarray, quota: int,
@@ -441,7 +485,8 @@ def paced_assignment(utility: np.ndarray, times: np.ndarray, feasible: np.ndarra
     ``quota``-th smallest client time, and a fast client can afford a heavier arm
     without delaying it. For each candidate round length ``T`` (quantiles of the
     feasible predicted times), every client takes the feasible arm of largest utility
-    whose predicted time fits ``T`` (the fastest feasible arm if none does); the round's
+    whose predicted time fits ``T`` (if none does, the arm of largest utility among its
+    feasible arms within ``FASTEST_TOLERANCE`` of its fastest); the round's
     value is the mean utility of its ``quota`` fastest clients over their ``quota``-th
     time. The best candidate wins (ties: the shorter round).
 
@@ -470,7 +515,12 @@ def paced_assignment(utility: np.ndarray, times: np.ndarray, feasible: np.ndarra
     cand = np.unique(t[f])
     if cand.size > max_candidates:
         cand = np.unique(np.quantile(t[f], np.linspace(0.0, 1.0, max_candidates)))
-    fastest = np.argmin(np.where(f, t, np.inf), axis=1)
+    # A client no arm of which fits T runs its best arm among the (near-)fastest: arms of
+    # the same mean drop cost about the same, and the exact fastest would pick among them
+    # by a few bytes of upload instead of by utility.
+    t_min = np.min(np.where(f, t, np.inf), axis=1, keepdims=True)
+    near = f & (t <= t_min * (1.0 + FASTEST_TOLERANCE))
+    fastest = np.argmax(np.where(near, u[None, :], -np.inf), axis=1)
     q = min(max(int(quota), 1), rows.size)
     best_val, best_arms, best_T = -np.inf, None, float("nan")
     for T in cand:

@@ -71,7 +71,12 @@ class DropPEFTParams(MethodParams):
     configurator: Literal["paced", "group-bandit"] = Field(
         "paced", description="paced: learnt progress per arm x predicted time per device, planned per round; "
         "group-bandit: one bandit per device group on the shared round reward")
-    prior_weight: float = Field(10.0, gt=0.0, description="paced: ridge prior weight, in rounds, of each arm's utility")
+    prior_sd: float | None = Field(
+        0.2, gt=0.0, description="paced: prior sd of each arm's utility relative to its prior mean (noisier "
+        "progress then moves arms less); null = a fixed prior_weight")
+    prior_weight: float = Field(10.0, gt=0.0, description="paced, prior_sd null: ridge prior weight, in rounds")
+    fit_margin: float = Field(0.05, ge=0.0, lt=1.0, description="paced: the fitted prior shape replaces "
+                              "prior_initial only if its squared error is this share lower")
     prior: Literal["keep", "flat"] = Field(
         "keep", description="paced: prior of the arm utilities: keep = c * keep_gamma ** beta, keep_gamma the "
         "share of layers the arm runs with layer l weighted (l + 1) ** gamma, (c, gamma, beta) fitted to the "
@@ -245,7 +250,8 @@ class DropPEFT(Method):
         else:
             shapes, exponents, initial = None, (1.0,), None
         self.utility = ArmUtility(len(self.arms), discount=params.discount, window=params.window,
-                                  prior_weight=params.prior_weight, shapes=shapes, exponents=exponents, initial=initial)
+                                  prior_weight=params.prior_weight, shapes=shapes, exponents=exponents, initial=initial,
+                                  prior_sd=params.prior_sd, fit_margin=params.fit_margin)
         self._round_pace: float | None = None
         self._last_eval: tuple[float, float] | None = None
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (groups, arms, outcome) since last eval
