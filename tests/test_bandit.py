@@ -289,3 +289,34 @@ def test_net_negative_progress_keeps_the_prior_order():
         assert np.all(scores >= PRIOR_FLOOR * u.prior_mean - 1e-12)
     mean = utility_scores(u, "ucb", np.random.default_rng(1), c=0.0)
     assert np.all(np.diff(mean) < 0)  # all floored: the prior's order, not a tie
+
+
+def test_relative_prior_moves_arms_less_when_progress_is_noisier():
+    # Prepare: two arms on the curve [1, 0.5]; the rounds say arm 1 is as good as arm 0,
+    # once cleanly and once with large round-to-round noise of the same mean.
+    shapes = np.array([[1.0, 0.5]])
+    rng = np.random.default_rng(0)
+
+    def fitted(noise: float) -> np.ndarray:
+        u = ArmUtility(2, shapes=shapes, prior_sd=0.2, noise_floor=0.01)
+        for _ in range(20):
+            f = rng.dirichlet(np.ones(2))
+            u.observe(f, 1.0 + noise * rng.standard_normal())
+        mean, _ = u.posterior()
+        return mean / u.prior_mean  # how far each arm moved off its curve
+
+    # Execute
+    clean, noisy = fitted(0.01), fitted(2.0)
+    # Assert: clean evidence lifts arm 1 well above its curve; noise barely moves it
+    assert clean[1] > 1.3
+    assert abs(noisy[1] - 1.0) < abs(clean[1] - 1.0) / 2
+
+
+def test_fit_margin_keeps_the_initial_shape_unless_clearly_better():
+    shapes = np.array([[1.0, 0.5], [1.0, 0.9]])
+    u = ArmUtility(2, shapes=shapes, exponents=(1.0,), initial=(0, 1.0), fit_margin=0.999)
+    for f, y in (([0.5, 0.5], 0.95), ([1.0, 0.0], 1.0), ([0.0, 1.0], 0.85)):
+        u.observe(np.array(f), y)
+    assert u.prior_fit()[1] == 0  # shape 1 fits 60x better, but the margin asks for 1000x
+    u.fit_margin = 0.5
+    assert u.prior_fit()[1] == 1
