@@ -185,7 +185,8 @@ def compare(
     dest = out or (run_dirs[0] if run_dirs[0].is_dir() else run_dirs[0].parent)
     write_csv(rows, dest / "compare.csv")
     (dest / "compare.md").write_text(md, encoding="utf-8")
-    console.print(md, highlight=False, soft_wrap=True)
+    # markup=False: method labels such as droppeft[compression=caesar] are not rich tags.
+    console.print(md, highlight=False, soft_wrap=True, markup=False)
     console.print(f"wrote {dest / 'compare.csv'} and {dest / 'compare.md'} ({len(dirs)} runs)")
 
 

@@ -80,3 +80,17 @@ def test_cli_compare_prints_and_writes(tmp_path, tiny_scenario):
     assert "| legend | 2 |" in res.output and "| pld | 2 |" in res.output
     assert (tmp_path / "c" / "compare.csv").is_file() and (tmp_path / "c" / "compare.md").is_file()
     assert json.loads((tmp_path / "r" / "pld_seed-1" / "summary.json").read_text())["seed"] == 1
+
+
+def test_cli_compare_prints_method_parameters_in_brackets(tmp_path):
+    # Prepare: a label with brackets must not be eaten as console markup
+    rec = RunRecorder(tmp_path / "r" / "a", {"method": {"name": "stld-fixed", "params": {"mean_drop": 0.5}}})
+    rec.round({"round": 0, "sim_time_s": 10.0, "accuracy": 0.5, "oom": 0, "straggler": 0, "dropout": 0,
+               "bytes_up": 1.0, "bytes_down": 1.0, "energy_j": 1.0, "personal_accuracy": None})
+    rec.summary({"method": "stld-fixed", "seed": 0, "variant": "a", "status": "ok", "final_accuracy": 0.5})
+    rec.close()
+    # Execute
+    res = CliRunner().invoke(app, ["compare", str(tmp_path / "r")])
+    # Assert
+    assert res.exit_code == 0, res.output
+    assert "stld-fixed[mean_drop=0.5]" in res.output
