@@ -103,6 +103,11 @@ class ClientPlan:
         return 1.0 - np.asarray(self.drop_prob, dtype=float)
 
     @property
+    def has_personal(self) -> bool:
+        """Whether the device keeps personal copies of some layers or of the head."""
+        return bool(self.personal_layers) or self.personal_head
+
+    @property
     def mean_drop(self) -> float:
         return float(np.mean(self.drop_prob)) if self.drop_prob else 0.0
 

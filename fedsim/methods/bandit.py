@@ -404,9 +404,9 @@ class ArmUtility:
         c, g, beta = self.prior_fit()
         return c * self.shapes[g] ** beta
 
-    def posterior(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(mean, cov)`` of ``theta``."""
-        m = self.prior_mean
+    def posterior(self, prior_mean: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(mean, cov)`` of ``theta`` (``prior_mean``: :attr:`prior_mean` if the caller has it)."""
+        m = self.prior_mean if prior_mean is None else prior_mean
         if not self._y:
             return m, self.noise_floor * np.linalg.inv(self._prior_precision(m, self.noise_floor))
         F = np.stack(self._f)
@@ -457,7 +457,8 @@ def utility_scores(utility: ArmUtility, policy: str, rng: np.random.Generator, c
     * ``egreedy``: with probability ``epsilon / sqrt(1 + t)`` uniform random utilities in
       [0, 2 * max(mean)], else the posterior mean.
     """
-    mean, cov = utility.posterior()
+    prior = utility.prior_mean  # the fit loops over every candidate shape: once a round
+    mean, cov = utility.posterior(prior)
     sd = np.sqrt(np.maximum(np.diag(cov), 0.0))
     if policy == "ucb":
         n = max(float(utility._weights().sum()) if utility._y else 1.0, np.e)
@@ -474,7 +475,7 @@ def utility_scores(utility: ArmUtility, policy: str, rng: np.random.Generator, c
     # utility to or below zero (noise: no arm makes negative progress in expectation),
     # keep a small share of its prior, so such arms keep the prior's order instead of
     # all tying, which would hand the round to whichever arms are fastest.
-    return np.maximum(u, PRIOR_FLOOR * utility.prior_mean)
+    return np.maximum(u, PRIOR_FLOOR * prior)
 
 
 def paced_assignment(utility: np.ndarray, times: np.ndarray, feasible: np.ndarray, quota: int,

@@ -392,8 +392,7 @@ class DropPEFT(Method):
         if not self.params.ptls:
             return
         for i in np.flatnonzero(np.asarray(report.outcome) == "ok"):  # they trained and kept copies
-            plan = report.plans[int(i)]
-            if plan.personal_layers or plan.personal_head:
+            if report.plans[int(i)].has_personal:
                 self._has_copy.add(int(report.device_ids[i]))
         if not report.results:
             return

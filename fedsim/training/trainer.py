@@ -94,7 +94,7 @@ class TorchTrainer:
         for cid, plan, seed in zip(client_ids, plans, seeds):
             if global_now is not None:
                 self.fm.load_state(self.download_transform(int(cid), plan, global_now))
-            if plan.personal_layers or plan.personal_head:
+            if plan.has_personal:
                 results.append(train_personal(self.fm, self.data.train, self.partition.train[int(cid)], plan,
                                               self.train_spec, seed=int(seed), client_id=int(cid), store=self.personal))
                 continue
