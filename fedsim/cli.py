@@ -17,8 +17,14 @@ err_console = Console(stderr=True)
 console = Console()
 
 
+def say(message: str, err: bool = False) -> None:
+    """Print a message as plain text: no console markup (a ``[/x]`` in a path or value
+    must print as it is), no wrapping at the terminal's width."""
+    typer.echo(message, err=err)
+
+
 def _fail(exc: Exception) -> None:
-    err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+    say(f"error: {exc}", err=True)
     raise typer.Exit(2)
 
 
@@ -72,11 +78,11 @@ def run(
             try:
                 res = simulate(v.scenario, run_dir, label=v.label, on_round=on_round)
             except FedsimError as exc:
-                err_console.print(f"[bold red]error[/bold red] in {v.label}: {exc} (records in {run_dir})", highlight=False)
+                say(f"error in {v.label}: {exc} (records in {run_dir})", err=True)
                 failed = True
                 res = None
             except KeyboardInterrupt:
-                err_console.print(f"interrupted; records so far are in {run_dir}")
+                say(f"interrupted; records so far are in {run_dir}", err=True)
                 raise typer.Exit(130)
         results.append(res)
     table = Table(title=f"{variants[0].scenario.name}: {root}")
@@ -94,7 +100,7 @@ def run(
     ok_dirs = [d for d, r in zip(dirs, results) if r is not None]
     if ok_dirs:
         fig = plot_time_to_accuracy(ok_dirs, root / "time_to_accuracy.png")
-        console.print(f"plot: {fig}")
+        say(f"plot: {fig}")
     if failed:
         raise typer.Exit(1)
 
@@ -109,10 +115,10 @@ def validate(files: Annotated[list[Path], typer.Argument(help="scenario YAML fil
         try:
             variants = load_scenario(f)
         except FedsimError as exc:
-            err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+            say(f"error: {exc}", err=True)
             bad += 1
             continue
-        console.print(f"{f}: OK ({len(variants)} run{'s' if len(variants) != 1 else ''}: {', '.join(v.label for v in variants)})")
+        say(f"{f}: OK ({len(variants)} run{'s' if len(variants) != 1 else ''}: {', '.join(v.label for v in variants)})")
     if bad:
         raise typer.Exit(2)
 
@@ -135,7 +141,7 @@ def profiles(
         cls = ps.devices.get(name) or ps.networks.get(name)
         if cls is None:
             _fail(FedsimError(f"no device or network class named {name!r} in {ps.directory}; known: {sorted(ps.devices) + sorted(ps.networks)}"))
-        console.print(f"# {name} (from {ps.files[name]})")
+        say(f"# {name} (from {ps.files[name]})")
         console.print(yaml.safe_dump(cls.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False), highlight=False)
         return
     t = Table(title=f"device classes ({ps.directory})")
@@ -166,7 +172,7 @@ def plot(
             _fail(FedsimError(f"{d} is not a run directory (no rounds.csv); give folders written by 'fedsim run'"))
     if x not in ("time", "round"):
         _fail(FedsimError(f"--x must be 'time' or 'round', got {x!r}"))
-    console.print(f"wrote {plot_time_to_accuracy(run_dirs, out, x=x)}")
+    say(f"wrote {plot_time_to_accuracy(run_dirs, out, x=x)}")
 
 
 @app.command()
@@ -187,14 +193,14 @@ def compare(
     (dest / "compare.md").write_text(md, encoding="utf-8")
     # markup=False: method labels such as droppeft[compression=caesar] are not rich tags.
     console.print(md, highlight=False, soft_wrap=True, markup=False)
-    console.print(f"wrote {dest / 'compare.csv'} and {dest / 'compare.md'} ({len(dirs)} runs)")
+    say(f"wrote {dest / 'compare.csv'} and {dest / 'compare.md'} ({len(dirs)} runs)")
 
 
 def main() -> None:
     try:
         app()
     except FedsimError as exc:  # anything not caught by a command
-        err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        say(f"error: {exc}", err=True)
         sys.exit(2)
 
 
