@@ -271,6 +271,8 @@ class SyncEngine:
         train_seeds = self.seeds.generator("train", r).integers(0, 2**63 - 1, size=n_sel)
         t_train = time.perf_counter()
         results = self.trainer.train(r, ids[ok_idx], [plans[i] for i in ok_idx], train_seeds[ok_idx]) if ok_idx.size else []
+        gain_examples = self.method.update_gain_examples()
+        gains = self.trainer.update_gains(r, results, gain_examples) if gain_examples and results else None
         self.trainer.aggregate(r, results, self.method.aggregate_fn())
         last = r + 1 >= spec.max_rounds or (spec.max_sim_time_s is not None and env.now >= spec.max_sim_time_s)
         evaluation: EvalResult | None = None
@@ -282,7 +284,7 @@ class SyncEngine:
         report = RoundReport(
             round_idx=r, start_s=start, end_s=end, device_ids=ids, plans=plans,
             outcome=np.asarray(OUTCOMES, dtype=object)[outcome], duration_s=elapsed,
-            results=results, evaluation=evaluation,
+            results=results, evaluation=evaluation, update_gains=gains,
         )
         self.method.round_finished(report)
 

@@ -58,6 +58,7 @@ class RoundReport:
     duration_s: np.ndarray
     results: list[ClientResult] = field(default_factory=list)
     evaluation: EvalResult | None = None
+    update_gains: np.ndarray | None = None  # per result: validation-loss drop of that update alone
 
 
 class Method:
@@ -88,6 +89,11 @@ class Method:
         A method may read data statistics from it (e.g. the clients' label counts) or
         install a trainer hook (e.g. ``download_transform``). Default: nothing.
         """
+
+    def update_gain_examples(self) -> int | None:
+        """Validation examples on which the engine should measure each update's gain
+        before aggregation (``RoundReport.update_gains``); ``None``: not needed."""
+        return None
 
     def round_finished(self, report: RoundReport) -> None:
         """Called after aggregation and evaluation of every round."""

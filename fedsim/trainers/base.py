@@ -9,8 +9,11 @@ Round protocol, called by the engine in this order for round ``r``:
 
 1. ``train(r, client_ids, plans, seeds)`` for the clients whose updates reached the
    server in time (clients that failed are never trained: their work is lost anyway);
-2. ``aggregate(r, results, aggregate_fn)`` folds the results into the global model;
-3. ``evaluate(r)`` when the evaluation schedule says so.
+2. ``update_gains(r, results, n)``, only when the method asks for it: each update's gain,
+   the drop in loss on ``n`` validation examples when it alone is applied to the global
+   model (DropPEFT's configurator learns from these);
+3. ``aggregate(r, results, aggregate_fn)`` folds the results into the global model;
+4. ``evaluate(r)`` when the evaluation schedule says so.
 """
 
 from __future__ import annotations
@@ -77,6 +80,8 @@ class Trainer(Protocol):
         plans: Sequence[ClientPlan],
         seeds: np.ndarray,
     ) -> list[ClientResult]: ...
+
+    def update_gains(self, round_idx: int, results: Sequence[ClientResult], num_examples: int) -> np.ndarray: ...
 
     def aggregate(
         self, round_idx: int, results: Sequence[ClientResult], aggregate_fn: AggregateFn | None

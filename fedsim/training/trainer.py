@@ -113,6 +113,27 @@ class TorchTrainer:
             self.fm.load_state(global_now)  # clients' deltas apply to the true global model
         return results
 
+    def update_gains(self, round_idx: int, results: Sequence[ClientResult], num_examples: int) -> np.ndarray:
+        """Drop in validation loss when each update alone is applied to the global model.
+
+        Measured on a fixed seeded subsample of ``num_examples`` of the evaluation split;
+        the global model is left as it was. An update with no delta gets NaN.
+        """
+        idx = eval_indices(len(self.data.test), num_examples, self.data_spec.split_seed + 1)
+        batch = self.train_spec.eval_batch_size
+        base = evaluate_model(self.fm.model, self.data.test, idx, batch).loss
+        params = dict(self.fm.model.named_parameters())
+        gains = np.full(len(results), np.nan)
+        for i, r in enumerate(results):
+            if not r.delta:
+                continue
+            names = [n for n in r.delta if n in params]
+            before = {n: params[n].detach().clone() for n in names}
+            self.fm.load_state({n: before[n] + torch.as_tensor(r.delta[n], dtype=before[n].dtype) for n in names})
+            gains[i] = base - evaluate_model(self.fm.model, self.data.test, idx, batch).loss
+            self.fm.load_state(before)
+        return gains
+
     def aggregate(
         self, round_idx: int, results: Sequence[ClientResult], aggregate_fn: AggregateFn | None
     ) -> None:
