@@ -262,7 +262,7 @@ class DropPEFT(Method):
         self._observe_norms(report)
         entry = {"round": report.round_idx, "pace_s": self._round_pace,
                  "arms": np.bincount(self._round_arms, minlength=len(self.arms)).tolist()}
-        if report.update_gains is not None:
+        if self._learns and report.update_gains is not None:
             arm_of = dict(zip(report.device_ids.tolist(), self._round_arms.tolist()))
             self.model.observe(np.array([arm_of[r.client_id] for r in report.results]), report.update_gains)
             entry["worth"] = self.model.worth().tolist()
