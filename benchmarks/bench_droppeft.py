@@ -319,7 +319,7 @@ def noniid_goals(get, target: float) -> list[str]:
     if pt is not None and fed is not None:
         traffic = mean(pt, "traffic_total_mb") / mean(fed, "traffic_total_mb") - 1
         per_update = mean(pt, "up_mb_per_client") / mean(fed, "up_mb_per_client") - 1
-        lines.append(f"non-IID alpha 0.1: PTLS traffic in the same {NONIID_TIME_S:.0f} simulated s {traffic:+.0%} "
+        lines.append(f"non-IID alpha 0.1: PTLS traffic in the same simulated time {traffic:+.0%} "
                      f"vs fedlora, per update {per_update:+.0%} up")
         own = lambda ms: [m["traffic_to_own_target_mb"] for m in ms]  # noqa: E731
         if has_personal("droppeft-ptls") and has_personal("fedlora") and all(v is not None for v in own(pt) + own(fed)):
