@@ -41,12 +41,12 @@ class PartitionSpec(BaseModel):
         "smaller = more skewed. Ignored by iid.",
     )
     local_test_fraction: float = Field(
-        0.2, ge=0.0, lt=1.0, description="local_test holdout: fraction of each client's shard held out as its local test set."
+        0.2, ge=0.0, lt=1.0, description="Fraction of each client's shard held out as its local test set."
     )
     local_test: Literal["holdout", "test_split"] = Field(
         "holdout",
-        description="Source of each client's local test shard: holdout (local_test_fraction of its shard) or "
-        "test_split (local_test_examples test-split examples with its train label proportions).",
+        description="Source of each client's local test shard: holdout (local_test_fraction of its shard) "
+        "or test_split (local_test_examples test-split examples with its train label proportions).",
     )
     local_test_examples: int = Field(
         20, ge=1, description="local_test test_split: local test examples per client."
