@@ -22,8 +22,11 @@ class PartitionSpec(BaseModel):
     ``iid`` shuffles and deals equal shards; ``dirichlet`` gives each client a label
     distribution drawn from Dirichlet(alpha) (small alpha = strong label skew);
     ``quantity`` keeps labels IID but draws client sizes from Dirichlet(alpha) over the
-    clients (small alpha = very uneven sizes). Each client's shard is then split into a
-    local train and a local test part (for personalised evaluation).
+    clients (small alpha = very uneven sizes). Each client also gets a local test shard
+    (personalised evaluation): ``local_test: holdout`` holds out ``local_test_fraction``
+    of its shard; ``test_split`` keeps the whole shard for training and draws
+    ``local_test_examples`` examples from the test split with the shard's label
+    proportions (see fedsim.training.partition).
     """
 
     model_config = _FROZEN
@@ -39,6 +42,14 @@ class PartitionSpec(BaseModel):
     )
     local_test_fraction: float = Field(
         0.2, ge=0.0, lt=1.0, description="Fraction of each client's shard held out as its local test set."
+    )
+    local_test: Literal["holdout", "test_split"] = Field(
+        "holdout",
+        description="Source of each client's local test shard: holdout (local_test_fraction of its shard) "
+        "or test_split (local_test_examples test-split examples with its train label proportions).",
+    )
+    local_test_examples: int = Field(
+        20, ge=1, description="local_test test_split: local test examples per client."
     )
     min_examples_per_client: int = Field(
         4,
@@ -75,6 +86,12 @@ class DataSpec(BaseModel):
     partition: PartitionSpec = Field(default_factory=PartitionSpec, description="How the data is split across clients.")
     eval_subsample: int | None = Field(
         None, ge=1, description="Evaluate on a fixed seeded subsample of this many test examples; null = whole test split."
+    )
+    personal_eval_clients: int = Field(
+        200,
+        ge=0,
+        description="Personalised accuracy (rounds.csv personal_accuracy, torch trainer) pooled over the local "
+        "test shards of a fixed seeded sample of this many clients, the same for every method; 0 = off.",
     )
     split_seed: int = Field(
         0,

@@ -17,7 +17,7 @@ from fedsim.training.evaluate import eval_indices, evaluate_model
 from fedsim.training.local import train_client
 from fedsim.training.model import FedModel, build_model, load_tokenizer
 from fedsim.training.partition import Partition, make_partition
-from fedsim.training.personal import PersonalStore, evaluate_personal, train_personal
+from fedsim.training.personal import PersonalStore, evaluate_personal, finetuned_tensors, train_personal
 
 __all__ = ["TorchTrainer"]
 
@@ -30,8 +30,8 @@ class TorchTrainer:
         model: Model and LoRA settings.
         train: Optimiser and host settings.
         num_clients: Fleet size; client ``i`` is device ``i``.
-        rng: Source of randomness; two independent streams are spawned from it (the
-            partition and the model's new weights).
+        rng: Source of randomness; three independent streams are spawned from it (the
+            partition, the model's new weights, the clients of personalised evaluation).
     """
 
     def __init__(
@@ -41,10 +41,11 @@ class TorchTrainer:
         self.model_spec = model
         self.train_spec = train
         torch.set_num_threads(train.threads)
-        part_rng, model_rng = rng.spawn(2)
+        part_rng, model_rng, eval_rng = rng.spawn(3)
         tokenizer, tok_name = load_tokenizer(model)
         self.data: TextData = load_data(data, tokenizer, tokenizer_identity(tokenizer, tok_name))
-        self.partition: Partition = make_partition(self.data.train.labels, num_clients, data.partition, part_rng)
+        self.partition: Partition = make_partition(self.data.train.labels, num_clients, data.partition, part_rng,
+                                                   test_labels=self.data.test.labels)
         self.fm: FedModel = build_model(
             model, self.data.num_labels, seed=int(model_rng.integers(0, 2**63 - 1)), vocab_size=len(tokenizer)
         )
@@ -54,7 +55,15 @@ class TorchTrainer:
         self.download_transform: Callable[[int, ClientPlan, dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
         # Personal layers (plan.personal_layers, DropPEFT's PTLS): sparse per-client LoRA tensors.
         self.personal = PersonalStore()
-        self.personal_eval_clients = 200  # personalised accuracy over at most this many (seeded sample)
+        # Personalised accuracy: the same seeded clients whatever the method (the stream
+        # depends on the run's seed only), and a seed for fine-tuning at evaluation.
+        k = min(data.personal_eval_clients, num_clients)
+        self.personal_eval_clients: np.ndarray = np.sort(eval_rng.choice(num_clients, size=k, replace=False))
+        self._eval_seed = int(eval_rng.integers(0, 2**63 - 1))
+        # Optional (FedLoRA's local_finetune): before personalised evaluation each evaluated
+        # client trains this plan from the global model (and its personal tensors) on its
+        # local train shard; the global model is not changed.
+        self.eval_finetune: ClientPlan | None = None
 
     @property
     def model_config(self) -> Any:
@@ -152,20 +161,31 @@ class TorchTrainer:
         self.fm.load_state(fn(state, results))
 
     def evaluate(self, round_idx: int) -> EvalResult:
-        """Accuracy and loss of the global model on the test split (or its fixed subsample)."""
+        """Accuracy and loss of the global model on the test split (or its fixed subsample),
+        and the personalised accuracy (:meth:`evaluate_personal`)."""
         result = evaluate_model(self.fm.model, self.data.test, self._eval_idx, self.train_spec.eval_batch_size)
-        if len(self.personal):
-            result.personal_accuracy = self.evaluate_personal()
+        result.personal_accuracy = self.evaluate_personal(round_idx)
         return result
 
-    def evaluate_personal(self) -> float | None:
-        """Accuracy with personal layers on the local test shards of the clients that have them.
+    def evaluate_personal(self, round_idx: int = 0) -> float | None:
+        """Accuracy over the pooled local test shards of the ``personal_eval_clients``.
 
-        Over at most ``personal_eval_clients`` of them (a sample seeded by the data's split seed).
+        Each client evaluates the model it would use: the global one with its personal
+        tensors swapped in (PTLS; none: the global model), fine-tuned first with
+        ``eval_finetune`` when a method set it (seeded by run, round and client).
+        ``None`` when no client is evaluated or none has local test examples.
         """
-        clients = self.personal.clients()
-        if clients.size > self.personal_eval_clients:
-            rng = np.random.default_rng([self.data_spec.split_seed, clients.size])
-            clients = np.sort(rng.choice(clients, size=self.personal_eval_clients, replace=False))
-        return evaluate_personal(self.fm, self.data.train, self.partition.test, self.personal, clients,
+        if self.personal_eval_clients.size == 0:
+            return None
+        test = self.data.test if self.partition.test_source == "test" else self.data.train
+
+        def tensors(cid: int) -> dict[str, torch.Tensor]:
+            own = self.personal.get(cid)
+            if self.eval_finetune is None:
+                return own
+            seed = int(np.random.default_rng([self._eval_seed, round_idx, cid]).integers(0, 2**63 - 1))
+            return finetuned_tensors(self.fm, self.data.train, self.partition.train[cid], self.eval_finetune,
+                                     self.train_spec, seed, start=own)
+
+        return evaluate_personal(self.fm, test, self.partition.test, self.personal_eval_clients, tensors,
                                  self.train_spec.eval_batch_size)
