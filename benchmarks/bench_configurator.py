@@ -30,7 +30,8 @@ shown with ``>``). Runs go to ``OUT/<trainer>/<env>/<row>/seed<k>/``; a finished
 whose scenario is unchanged is not run again, so the command resumes where it stopped.
 After the tables it prints the goals of the configurator issue as met or missed, DropPEFT's
 mean dropout per device class, and writes ``docs/img/configurator-shift.png`` (mean
-dropout DropPEFT assigns per round against the best fixed arm per phase).
+dropout DropPEFT assigns per round against the best fixed arm per phase) and
+``docs/img/configurator-classes-<trainer>.png`` (its dropout per device class and round).
 """
 
 from __future__ import annotations
@@ -164,15 +165,17 @@ def mean_drop_by_class(base: Path, env: str, row: str, seeds: list[int]) -> dict
     return {k: float(np.mean(v)) for k, v in sorted(acc.items())}
 
 
-def drop_per_round(base: Path, env: str, row: str, seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """(round, mean dropout assigned to the selected clients) averaged over seeds."""
+def drop_per_round(base: Path, env: str, row: str, seeds: list[int],
+                   arrived_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(round, mean dropout of the selected clients, or of the arrived updates) over seeds."""
     per: dict[int, list[float]] = {}
     for s in seeds:
         path = base / env / row / f"seed{s}" / "clients.csv"
         if not path.exists():
             continue
         for r in read_csv(path):
-            per.setdefault(int(r["round"]), []).append(float(r["mean_drop"]))
+            if not arrived_only or r["outcome"] == "ok":
+                per.setdefault(int(r["round"]), []).append(float(r["mean_drop"]))
     rounds = np.array(sorted(per))
     return rounds, np.array([np.mean(per[r]) for r in rounds])
 
@@ -269,62 +272,115 @@ def main(argv: list[str] | None = None) -> int:
             r = summary[e]["fedlora"] / summary[e]["droppeft"]
             line(r >= goal, f"{e}: {r:.2f}x faster than fedlora (goal >= {goal}x)")
 
-    if "minilm-shift" in envs:
+    if "minilm-shift" in envs and args.trainer == "surrogate":
         plot_shift(base, seeds, targets["minilm-shift"], arms, args.plot)
+    if "minilm-iid" in envs:
+        plot_classes(base, "minilm-iid", seeds, args.plot.with_name(f"configurator-classes-{args.trainer}.png"))
     return 0
 
 
-def plot_shift(base: Path, seeds: list[int], target: float, arms: dict[str, dict], dest: Path) -> None:
-    """Mean dropout DropPEFT assigns per round, against the best fixed arm per phase.
+def plot_classes(base: Path, env: str, seeds: list[int], dest: Path) -> None:
+    """Mean dropout of DropPEFT's arrived updates per device class and round (seeds pooled)."""
+    import matplotlib
 
-    Phases are accuracy bands; the best arm of a band is the fixed arm (first seed) that
-    crossed it in the least simulated time.
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per: dict[str, dict[int, list[float]]] = {}
+    for s in seeds:
+        path = base / env / "droppeft" / f"seed{s}" / "clients.csv"
+        if path.exists():
+            for r in read_csv(path):
+                if r["outcome"] == "ok":
+                    per.setdefault(r["device_class"], {}).setdefault(int(r["round"]), []).append(float(r["mean_drop"]))
+    if not per:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for cls, rounds in sorted(per.items()):
+        rs = sorted(rounds)
+        ax.plot(rs, [np.mean(rounds[r]) for r in rs], "o-", label=f"{cls} ({sum(len(v) for v in rounds.values())} updates)")
+    ax.set_xlabel("round")
+    ax.set_ylabel("mean dropout ratio of the updates")
+    ax.set_ylim(-0.05, 0.9)
+    ax.set_title(f"{env}: DropPEFT's dropout per device class ({base.name}, {len(seeds)} seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(dest, dpi=120)
+    print(f"wrote {dest}")
+
+
+def oracle_drop_per_round(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """What the paced planner told the surrogate's true worths would assign, round by round.
+
+    For each round of a recorded run: the same selected devices, the worth of every arm at
+    the phase the run had reached (the surrogate's drop exponent at that accuracy), and the
+    mean dropout of the updates that would arrive. The "best arm per phase" of a fleet in
+    which every device may get its own arm.
     """
+    from fedsim.costmodel import CostCoefficients
+    from fedsim.fleet import sample_fleet
+    from fedsim.methods.configurator import paced_assignment
+    from fedsim.methods.droppeft import DropPEFTParams, feasible_arms, make_arms
+    from fedsim.plan import depth_weighted_keep
+    from fedsim.profiles import load_profiles
+    from fedsim.rng import Seeds
+    from fedsim.scenario import load_scenario
+    from fedsim.simulate import build_base_plan, model_shape_for
+
+    sc = load_scenario(run_dir / "input.yaml")[0].scenario
+    fleet = sample_fleet(sc.fleet, load_profiles(sc.fleet.profiles_dir), Seeds(sc.seed).generator("fleet"))
+    shape = model_shape_for(sc)
+    arms = make_arms(build_base_plan(sc, shape), DropPEFTParams())
+    sur = sc.trainer.surrogate
+    late = sur.drop_exponent if sur.drop_exponent_late is None else sur.drop_exponent_late
+    acc = {int(r["round"]): float(r["accuracy"]) for r in read_csv(run_dir / "rounds.csv")}
+    selected: dict[int, list[int]] = {}
+    for r in read_csv(run_dir / "clients.csv"):
+        selected.setdefault(int(r["round"]), []).append(int(r["device_id"]))
+    out_r, out_d = [], []
+    for rnd in sorted(selected):
+        a = acc.get(rnd - 1, sur.acc_start)
+        gap = min(max((sur.acc_max - a) / (sur.acc_max - sur.acc_start), 1e-6), 1.0)
+        e = sur.drop_exponent + (late - sur.drop_exponent) * (1.0 - gap)  # 1 - exp(-progress) = 1 - gap
+        worth = np.array([depth_weighted_keep(arm.keep_prob, sur.depth_exponent) ** e for arm in arms])
+        ids = np.array(selected[rnd])
+        ok, _, times = feasible_arms(fleet, ids, shape, arms, CostCoefficients(), sc.engine.round_deadline_s)
+        fits = ok.any(axis=1)
+        choice, _ = paced_assignment(worth, times, ok, sc.engine.clients_per_round, np.zeros(ids.size, np.int64))
+        t = np.where(fits, times[np.arange(ids.size), choice], np.inf)
+        first = np.argsort(t, kind="stable")[: sc.engine.clients_per_round]
+        out_r.append(rnd)
+        out_d.append(float(np.mean([arms[choice[i]].mean_drop for i in first])))
+    return np.array(out_r), np.array(out_d)
+
+
+def plot_shift(base: Path, seeds: list[int], target: float, arms: dict[str, dict], dest: Path) -> None:
+    """Mean dropout DropPEFT assigns per round, against the best per phase: the paced
+    planner told the surrogate's true worths at the phase each round had reached (same
+    devices), and the no-learning planner (prior only)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     env = "minilm-shift"
-    bands = [(0.25, 0.55), (0.55, 0.75), (0.75, target)]
-    best = []
-    for lo, hi in bands:
-        spans = {}
-        for row in arms:
-            d = base / env / row / f"seed{seeds[0]}" / "rounds.csv"
-            if not d.exists():
-                continue
-            rows = read_csv(d)
-            t_lo = next((float(r["sim_time_s"]) for r in rows if float(r["accuracy"]) >= lo), None)
-            t_hi = next((float(r["sim_time_s"]) for r in rows if float(r["accuracy"]) >= hi), None)
-            if t_lo is not None and t_hi is not None:
-                spans[row] = t_hi - t_lo
-        if spans:
-            row = min(spans, key=spans.get)
-            best.append((lo, hi, row, arms[row].get("params", {}).get("mean_drop", 0.0)))
-    rounds, drop = drop_per_round(base, env, "droppeft", seeds)
-    acc_by_round: dict[int, list[float]] = {}
-    for s in seeds:
-        p = base / env / "droppeft" / f"seed{s}" / "rounds.csv"
-        if p.exists():
-            for r in read_csv(p):
-                acc_by_round.setdefault(int(r["round"]), []).append(float(r["accuracy"]))
-    if rounds.size == 0:
-        return
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(rounds, drop, "o-", color="C0", label=f"DropPEFT: mean dropout assigned ({len(seeds)} seeds)")
-    acc = np.array([np.mean(acc_by_round.get(int(r), [np.nan])) for r in rounds])
-    for lo, hi, row, mean in best:
-        inside = rounds[(acc >= lo) & (acc < hi)] if np.isfinite(acc).any() else rounds
-        if inside.size:
-            ax.hlines(mean, inside.min() - 0.5, inside.max() + 0.5, colors="C3", linewidth=3)
-            ax.annotate(f"best fixed arm for accuracy {lo:.2f}-{hi:.2f}: {row}", (inside.min() - 0.4, mean + 0.02),
-                        fontsize=8, color="C3")
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for row, style, label in (("droppeft", "o-", "DropPEFT (learning): mean dropout of the arrived updates"),
+                              ("droppeft-no-learning", "s--", "DropPEFT, learning off (prior only)")):
+        rounds, drop = drop_per_round(base, env, row, seeds, arrived_only=True)
+        if rounds.size:
+            ax.plot(rounds, drop, style, markersize=4, label=f"{label}, {len(seeds)} seeds")
+    best = [oracle_drop_per_round(base / env / "droppeft" / f"seed{s}") for s in seeds
+            if (base / env / "droppeft" / f"seed{s}" / "clients.csv").exists()]
+    if best:
+        n = min(len(r) for r, _ in best)
+        ax.plot(best[0][0][:n], np.mean([d[:n] for _, d in best], axis=0), "-", color="C3", linewidth=2.5,
+                label="best per phase: the planner told the true worths (same devices)")
     ax.set_xlabel("round")
     ax.set_ylabel("mean dropout ratio")
     ax.set_ylim(-0.05, 0.9)
-    ax.set_title("minilm-shift (surrogate): dropout cheap early, costly late")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(f"{env} (surrogate): dropout cheap early (keep^0.5), costly late (keep^3.5)")
+    ax.legend(loc="upper right", fontsize=7)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(dest, dpi=120)

@@ -11,11 +11,8 @@ Every row runs ``scenarios/droppeft/base.yaml`` with only the method changed (an
 ``noniid`` rows, the partition set to Dirichlet alpha = 0.1), for the same seeds: the same
 fleet of 1,000 phones, data, availability and client selection. Rows:
 
-* ``core``: ``fedlora``; ``droppeft`` with discounted UCB and with Thompson sampling;
+* ``core``: ``fedlora``; ``droppeft`` as shipped;
 * ``arms``: ``stld-fixed`` with each arm of DropPEFT's default arm set run alone;
-* ``ablation``: DropPEFT with epsilon-greedy, with a flat prior, with the per-group
-  bandit of the first design, and an *oracle* planner that knows the surrogate's true
-  progress curve (meaningful with ``--trainer surrogate`` only);
 * ``noniid`` (Dirichlet alpha = 0.1): ``fedlora``; ``fedlora-ft`` (FedLoRA, then at
   evaluation each evaluated client fine-tunes the 2 layers nearest the output and the
   head on its own data for one round's local steps); ``droppeft`` without PTLS;
@@ -79,34 +76,22 @@ def rows(groups: set[str]) -> list[tuple[str, dict, dict]]:
     if "core" in groups:
         out += [
             ("fedlora", {"name": "fedlora"}, {}),
-            ("droppeft-ucb", {"name": "droppeft", "params": {"policy": "ucb"}}, {}),
-            ("droppeft-thompson", {"name": "droppeft", "params": {"policy": "thompson"}}, {}),
+            ("droppeft", {"name": "droppeft"}, {}),
         ]
     if "arms" in groups:
         for mean, prof in ARMS:
             label = f"stld-{prof}-{mean:g}"
             out.append((label, {"name": "stld-fixed", "params": {"mean_drop": mean, "profile": prof}}, {}))
-    if "ablation" in groups:
-        out += [
-            ("droppeft-egreedy", {"name": "droppeft", "params": {"policy": "egreedy"}}, {}),
-            ("droppeft-flat-prior", {"name": "droppeft", "params": {"policy": "ucb", "prior": "flat"}}, {}),
-            ("droppeft-group-bandit", {"name": "droppeft", "params": {"policy": "ucb", "configurator": "group-bandit"}}, {}),
-            # The planner told the surrogate's true curve (base.yaml: drop_exponent 2.4, depth_exponent 2):
-            # what pacing alone can do.
-            ("droppeft-oracle", {"name": "droppeft", "params": {
-                "prior_depth": [2.0], "prior_exponents": [2.4], "prior_initial": [2.0, 2.4], "prior_sd": 1e-3,
-                "ucb_c": 0.0}}, {}),
-        ]
     if "noniid" in groups:
         skew = NONIID_PARTITION
         finetune = {"layers": PERSONAL["personal_layers"], "head": PERSONAL["personal_head"]}
         out += [
             ("a0.1-fedlora", {"name": "fedlora"}, skew),
             ("a0.1-fedlora-ft", {"name": "fedlora", "params": {"local_finetune": finetune}}, skew),
-            ("a0.1-droppeft", {"name": "droppeft", "params": {"policy": "ucb"}}, skew),
-            ("a0.1-droppeft-ptls", {"name": "droppeft", "params": {"policy": "ucb", "ptls": True, **PERSONAL}}, skew),
+            ("a0.1-droppeft", {"name": "droppeft"}, skew),
+            ("a0.1-droppeft-ptls", {"name": "droppeft", "params": {"ptls": True, **PERSONAL}}, skew),
             ("a0.1-droppeft-ptls-layers", {"name": "droppeft", "params": {
-                "policy": "ucb", "ptls": True, "personal_layers": PERSONAL["personal_layers"]}}, skew),
+                "ptls": True, "personal_layers": PERSONAL["personal_layers"]}}, skew),
         ]
     return out
 
@@ -274,7 +259,7 @@ def goals(out: Path, trainer: str, seeds: list[int], target: float) -> str:
     arm_ttt = {k: mean_ttt(v) for k, v in arms.items() if v is not None}
     if fed is not None:
         arm_ttt["fedlora (no drop)"] = mean_ttt(fed)
-    for label in ("droppeft-ucb", "droppeft-thompson"):
+    for label in ("droppeft",):
         d = get(label)
         if d is None or fed is None:
             continue
@@ -357,7 +342,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--trainer", choices=["torch", "surrogate"], default="torch")
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated simulation seeds")
     ap.add_argument("--rows", default=None,
-                    help="comma-separated groups: core, arms, ablation, noniid (default: all; torch: all but ablation)")
+                    help="comma-separated groups: core, arms, noniid (default: all)")
     ap.add_argument("--target", type=float, default=None, help="accuracy target (default 0.8)")
     ap.add_argument("--max-rounds", type=int, default=None, help="override engine.max_rounds")
     ap.add_argument("--only", default=None, help="comma-separated row labels to run (default: every row of --rows)")
@@ -370,7 +355,7 @@ def main(argv: list[str] | None = None) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     target = args.target if args.target is not None else 0.8
     if args.rows is None:
-        args.rows = "core,arms,ablation,noniid" if args.trainer == "surrogate" else "core,arms,noniid"
+        args.rows = "core,arms,noniid"
     todo = rows(set(args.rows.split(",")))
     if args.only:
         todo = [r for r in todo if r[0] in set(args.only.split(","))]

@@ -77,7 +77,7 @@ def test_cli_compare_prints_and_writes(tmp_path, tiny_scenario):
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["compare", str(tmp_path / "r"), "--out", str(tmp_path / "c")])
     assert res.exit_code == 0, res.output
-    assert "| legend | 2 |" in res.output and "| pld | 2 |" in res.output
+    assert "| legend [surrogate] | 2 |" in res.output and "| pld [surrogate] | 2 |" in res.output
     assert (tmp_path / "c" / "compare.csv").is_file() and (tmp_path / "c" / "compare.md").is_file()
     assert json.loads((tmp_path / "r" / "pld_seed-1" / "summary.json").read_text())["seed"] == 1
 
@@ -94,3 +94,17 @@ def test_cli_compare_prints_method_parameters_in_brackets(tmp_path):
     # Assert
     assert res.exit_code == 0, res.output
     assert "stld-fixed[mean_drop=0.5]" in res.output
+
+
+def test_surrogate_and_real_training_never_share_a_group(tmp_path):
+    # Prepare: the same method and seed, one run per trainer kind
+    for kind in ("torch", "surrogate"):
+        rec = RunRecorder(tmp_path / kind, {"method": {"name": "fedlora"}, "trainer": {"kind": kind}})
+        rec.round({"round": 0, "sim_time_s": 10.0, "accuracy": 0.5, "oom": 0, "straggler": 0, "dropout": 0,
+                   "bytes_up": 1.0, "bytes_down": 1.0, "energy_j": 1.0, "personal_accuracy": None})
+        rec.summary({"method": "fedlora", "seed": 0, "variant": kind, "status": "ok", "final_accuracy": 0.5})
+        rec.close()
+    # Execute
+    rows = compare_runs([tmp_path / "torch", tmp_path / "surrogate"])
+    # Assert
+    assert sorted(r["group"] for r in rows) == ["fedlora", "fedlora [surrogate]"]
