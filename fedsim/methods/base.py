@@ -54,7 +54,7 @@ class RoundReport:
     end_s: float
     device_ids: np.ndarray
     plans: RoundPlans
-    outcome: np.ndarray  # str codes, see fedsim.engine.OUTCOMES
+    outcome: np.ndarray  # str codes, see fedsim.roundfate.OUTCOMES
     duration_s: np.ndarray
     results: list[ClientResult] = field(default_factory=list)
     evaluation: EvalResult | None = None
