@@ -222,7 +222,7 @@ class SyncEngine:
             p.time_to_target_s = now_s if p.time_to_target_s is None else p.time_to_target_s
             p.stop_reason = "target_accuracy"
         if self.recorder is not None:
-            self.recorder.clients(client_columns(fate, self.fleet))
+            self.recorder.clients(client_columns(fate, self.fleet, self.trainer.num_examples(fate.device_ids)))
             self.recorder.round(row)
         if self.on_round is not None:
             self.on_round(row)
@@ -267,8 +267,8 @@ def round_row(fate: RoundFate, now_s: float, evaluation: EvalResult | None, resu
     }
 
 
-def client_columns(fate: RoundFate, fleet: Fleet) -> dict[str, np.ndarray]:
-    """The ``clients.csv`` columns of a round."""
+def client_columns(fate: RoundFate, fleet: Fleet, num_examples: np.ndarray) -> dict[str, np.ndarray]:
+    """The ``clients.csv`` columns of a round (``num_examples``: each client's training examples)."""
     ids, n, plans = fate.device_ids, fate.size, fate.plans
     plan_names = np.asarray([p.name or f"plan{k}" for k, p in enumerate(plans.plans)], dtype=object)
     plan_drop = np.asarray([p.mean_drop for p in plans.plans])
@@ -290,4 +290,5 @@ def client_columns(fate: RoundFate, fleet: Fleet) -> dict[str, np.ndarray]:
         "energy_j": fate.energy_j,
         "peak_mem_bytes": np.rint(fate.peak_mem_bytes).astype(np.int64),
         "mem_cap_bytes": np.rint(fleet.mem_cap_bytes[ids]).astype(np.int64),
+        "num_examples": np.asarray(num_examples, dtype=np.int64),
     }

@@ -36,7 +36,7 @@ _CLIENT_FORMAT = (
     ("plan", "%s"), ("mean_drop", "%.4g"), ("start_s", "%.10g"), ("end_s", "%.10g"),
     ("download_s", "%.6g"), ("compute_s", "%.6g"), ("upload_s", "%.6g"), ("outcome", "%s"),
     ("bytes_down", "%d"), ("bytes_up", "%d"), ("energy_j", "%.6g"), ("peak_mem_bytes", "%d"),
-    ("mem_cap_bytes", "%d"),
+    ("mem_cap_bytes", "%d"), ("num_examples", "%d"),
 )
 CLIENT_COLUMNS = tuple(name for name, _ in _CLIENT_FORMAT)
 _CLIENT_ROW = ",".join(fmt for _, fmt in _CLIENT_FORMAT) + "\n"
@@ -112,11 +112,14 @@ def read_rounds(run_dir: str | Path) -> dict[str, np.ndarray]:
 
 
 def read_clients(run_dir: str | Path) -> dict[str, np.ndarray]:
-    """``clients.csv`` as columns (numbers as floats, names as strings)."""
+    """``clients.csv`` as columns (numbers as floats, names as strings); a column that
+    records written by an older version lack is left out."""
     with open(Path(run_dir) / "clients.csv", newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+        header = set(reader.fieldnames or ())
     out = {}
-    for k in CLIENT_COLUMNS:
+    for k in (c for c in CLIENT_COLUMNS if c in header):
         vals = [r[k] for r in rows]
         try:
             out[k] = np.array([float(v) for v in vals])

@@ -33,7 +33,7 @@ from fedsim.costmodel import ClientTimes, PlanCost, client_times
 from fedsim.fleet import Fleet
 from fedsim.plan import RoundPlans
 
-__all__ = ["OUTCOMES", "RoundFate", "draw_fate", "draw_failures", "close_round", "selection_size"]
+__all__ = ["OUTCOMES", "RoundFate", "draw_fate", "draw_failures", "close_round", "spent_times", "selection_size"]
 
 OUTCOMES = ("ok", "oom", "dropout", "straggler", "surplus")
 OK, OOM, DROPOUT, STRAGGLER, SURPLUS = range(5)
@@ -55,7 +55,10 @@ class RoundFate:
         plans: Their plans.
         outcome: Codes into :data:`OUTCOMES`.
         duration_s: How long each client worked until it finished, failed or was cut.
-        download_s, compute_s, upload_s: Time each phase took (planned: the cost model's).
+        download_s, compute_s, upload_s: Time spent in each phase. A client that failed
+            (``oom``, ``dropout``) carries the time it actually spent (an ``oom`` client:
+            its download only); one that the server cut (``straggler``, ``surplus``) or
+            that finished carries the cost model's time of every phase.
         bytes_down, bytes_up, energy_j: What the phases that took place moved and spent.
         peak_mem_bytes: Peak memory of each client's plan.
     """
@@ -190,11 +193,23 @@ def draw_fate(
     comp_frac = np.clip((elapsed - times.download_s) / np.maximum(times.compute_s, 1e-12), 0.0, 1.0)
     comp_frac[outcome == OOM] = 0.0
     up_frac = np.clip((elapsed - times.download_s - times.compute_s - lat) / np.maximum(times.upload_s - lat, 1e-12), 0.0, 1.0)
+    download_s, compute_s, upload_s = spent_times(times, outcome, elapsed)
     return RoundFate(
         round_idx=round_idx, model_version=model_version, available=available, start_s=start_s, end_s=end,
         device_ids=np.asarray(ids), plans=plans, outcome=outcome, duration_s=elapsed,
-        download_s=times.download_s, compute_s=times.compute_s, upload_s=times.upload_s,
+        download_s=download_s, compute_s=compute_s, upload_s=upload_s,
         bytes_down=times.bytes_down * down_frac, bytes_up=times.bytes_up * up_frac,
         energy_j=times.energy_j(fleet, ids, comp_frac, down_frac, up_frac),
         peak_mem_bytes=times.peak_mem_bytes,
     )
+
+
+def spent_times(times: ClientTimes, outcome: np.ndarray, elapsed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Download, compute and upload seconds: what failed clients actually spent, planned times otherwise."""
+    failed = (outcome == OOM) | (outcome == DROPOUT)
+    down = np.where(failed, np.minimum(times.download_s, elapsed), times.download_s)
+    comp = np.where(failed, np.clip(elapsed - times.download_s, 0.0, times.compute_s), times.compute_s)
+    comp[outcome == OOM] = 0.0
+    up = np.where(failed, np.clip(elapsed - times.download_s - times.compute_s, 0.0, times.upload_s), times.upload_s)
+    up[outcome == OOM] = 0.0
+    return down, comp, up

@@ -99,6 +99,7 @@ def simulate(
         "variant": label,
         "method": sc.method.name,
         "seed": sc.seed,
+        "trainer": sc.trainer.kind,
         "status": "running",
         "target_accuracy": sc.engine.target_accuracy,
     }

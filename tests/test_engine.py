@@ -141,6 +141,8 @@ def test_oom_device_fails_when_training_would_start(tmp_path, shipped_profiles):
 
     assert c["outcome"][dev[0]] == "oom"
     assert c["end_s"][dev[0]] == TRANSFER_S
+    # It spent its download and nothing else.
+    assert (c["download_s"][dev[0]], c["compute_s"][dev[0]], c["upload_s"][dev[0]]) == (TRANSFER_S, 0.0, 0.0)
     assert c["bytes_down"][dev[0]] == 184 and c["bytes_up"][dev[0]] == 0
     # Energy of the download only: no compute, no upload.
     assert c["energy_j"][dev[0]] == pytest.approx(184 * 1e-2, rel=1e-5)
@@ -191,10 +193,16 @@ def test_bytes_follow_the_phases_that_took_place(tmp_path, shipped_profiles):
 
     elapsed = c["end_s"] - c["start_s"]
     lat = 0.5  # bytes flow only after each transfer's latency
-    down = np.clip((elapsed - lat) / (c["download_s"] - lat), 0, 1)
-    up = np.clip((elapsed - c["download_s"] - c["compute_s"] - lat) / (c["upload_s"] - lat), 0, 1)
+    # A drop-out carries the time it spent; the phases' planned times are those of the hand-made fleet.
+    planned_dl = np.full(elapsed.size, TRANSFER_S)
+    planned_comp = COST.flops / fleet.flops_per_s[c["device_id"].astype(int)]
+    down = np.clip((elapsed - lat) / (planned_dl - lat), 0, 1)
+    up = np.clip((elapsed - planned_dl - planned_comp - lat) / (TRANSFER_S - lat), 0, 1)
     np.testing.assert_allclose(c["bytes_down"], np.rint(184 * down), atol=1)
     np.testing.assert_allclose(c["bytes_up"], np.rint(184 * up), atol=1)
+    dropped = c["outcome"] == "dropout"
+    spent = c["download_s"] + c["compute_s"] + c["upload_s"]
+    np.testing.assert_allclose(spent[dropped], elapsed[dropped], rtol=1e-5)
     ok = c["outcome"] == "ok"
     assert np.all(c["bytes_up"][ok] == 184)
     assert set(c["outcome"]) >= {"ok", "dropout"}
@@ -380,6 +388,7 @@ def test_records_have_the_required_columns(tmp_path, shipped_profiles):
     assert {r["device_class"] for r in crows} == {"phone-mid"}
     assert {r["network_class"] for r in crows} == {"wifi"}
     assert {r["plan"] for r in crows} == {"base"}
+    assert {r["num_examples"] for r in crows} == {"20"}
     assert sorted(float(r["start_s"]) for r in crows) == [0.0] * 4 + [9.0] * 4
     assert all(float(r["energy_j"]) > 0 for r in crows)
     assert (tmp_path / "run" / "config.yaml").read_text().strip() == "name: hand"

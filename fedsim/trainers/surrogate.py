@@ -64,6 +64,9 @@ class SurrogateTrainer:
         self.seed = int(seed)
         self.progress = 0.0
 
+    def num_examples(self, client_ids: np.ndarray) -> np.ndarray:
+        return self.examples_per_client[np.asarray(client_ids, dtype=np.int64)]
+
     def effective_examples(self, plan: ClientPlan) -> float:
         q = depth_weighted_keep(plan.keep_prob, self.spec.depth_exponent) ** self.spec.drop_exponent
         return plan.batch_size * plan.local_steps * q
