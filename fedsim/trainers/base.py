@@ -11,6 +11,9 @@ Round protocol, called by the engine in this order for round ``r``:
    server in time (clients that failed are never trained: their work is lost anyway);
 2. ``aggregate(r, results, aggregate_fn)`` folds the results into the global model;
 3. ``evaluate(r)`` when the evaluation schedule says so.
+
+A checkpoint stores ``state_dict()``; a resumed run builds the trainer again from the
+scenario and loads it.
 """
 
 from __future__ import annotations
@@ -86,4 +89,12 @@ class Trainer(Protocol):
 
     def num_examples(self, client_ids: np.ndarray) -> np.ndarray:
         """Training examples each of the given clients holds."""
+        ...
+
+    def state_dict(self) -> Any:
+        """What changed since the trainer was built (global model, per-client state), picklable."""
+        ...
+
+    def load_state_dict(self, state: Any) -> None:
+        """Restore :meth:`state_dict` into a trainer built from the same scenario."""
         ...
