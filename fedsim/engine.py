@@ -10,8 +10,9 @@ Each round the server
    closes and what every client spent) and waits in simulated time until it closes,
    plus any server overhead;
 4. hands the fate to :meth:`SyncEngine.learn`: train the clients whose updates arrived
-   from the global model's current version, aggregate, evaluate, tell the method, and
-   write the records (``clients.csv`` rows first, then the ``rounds.csv`` row).
+   from the global model's current version, reject (outcome ``rejected``) any update
+   with NaN or infinite values, aggregate the rest, evaluate, tell the method, and write
+   the records (``clients.csv`` rows first, then the ``rounds.csv`` row).
 
 Failures are outcomes in the records, never exceptions. Device state lives in the fleet's
 arrays; nothing per device outlives a round. Between rounds everything the engine knows
@@ -37,8 +38,10 @@ from fedsim.plan import ClientPlan
 from fedsim.profiles import ProfileSet
 from fedsim.records import RunRecorder
 from fedsim.rng import Seeds
-from fedsim.roundfate import DROPOUT, OK, OOM, OUTCOMES, STRAGGLER, SURPLUS, RoundFate, draw_fate, selection_size
-from fedsim.trainers.base import EvalResult, Trainer
+from fedsim.roundfate import (
+    DROPOUT, OK, OOM, OUTCOMES, REJECTED, STRAGGLER, SURPLUS, RoundFate, draw_fate, selection_size,
+)
+from fedsim.trainers.base import EvalResult, Trainer, is_finite
 
 __all__ = ["EngineSpec", "SyncEngine", "RunResult", "Progress", "OUTCOMES"]
 
@@ -203,6 +206,10 @@ class SyncEngine:
         train_seeds = self.seeds.generator("train", r).integers(0, 2**63 - 1, size=fate.size)
         t_train = time.perf_counter()
         results = self.trainer.train(r, fate.device_ids[ok], [fate.plans[i] for i in ok], train_seeds[ok]) if ok.size else []
+        finite = np.array([is_finite(x) for x in results], dtype=bool)
+        if not finite.all():  # the global model never takes a NaN or infinite update
+            fate = fate.reject(ok[~finite])
+            results = [x for x, keep in zip(results, finite) if keep]
         self.trainer.aggregate(r, results, self.method.aggregate_fn())
         p.model_version += 1
         last = r + 1 >= spec.max_rounds or (spec.max_sim_time_s is not None and now_s >= spec.max_sim_time_s)
@@ -252,7 +259,7 @@ def round_row(fate: RoundFate, now_s: float, evaluation: EvalResult | None, resu
         "available": fate.available,
         "selected": fate.size,
         "participants": int(counts[OK]),
-        "failures": int(counts[OOM] + counts[DROPOUT] + counts[STRAGGLER]),
+        "failures": int(counts[OOM] + counts[DROPOUT] + counts[STRAGGLER] + counts[REJECTED]),
         "oom": int(counts[OOM]),
         "dropout": int(counts[DROPOUT]),
         "straggler": int(counts[STRAGGLER]),
@@ -264,6 +271,7 @@ def round_row(fate: RoundFate, now_s: float, evaluation: EvalResult | None, resu
         "bytes_down": float(fate.bytes_down.sum()),
         "energy_j": float(fate.energy_j.sum()),
         "train_loss": float(np.mean([x.train_loss for x in results])) if results else None,
+        "rejected": int(counts[REJECTED]),
     }
 
 

@@ -33,7 +33,7 @@ __all__ = ["RunRecorder", "config_text", "ROUND_COLUMNS", "CLIENT_COLUMNS", "rea
 ROUND_COLUMNS = (
     "round", "start_s", "sim_time_s", "duration_s", "available", "selected", "participants",
     "failures", "oom", "dropout", "straggler", "surplus", "accuracy", "loss",
-    "personal_accuracy", "bytes_up", "bytes_down", "energy_j", "train_loss",
+    "personal_accuracy", "bytes_up", "bytes_down", "energy_j", "train_loss", "rejected",
 )
 
 # (name, printf format) of the per-client columns, in file order.
@@ -139,10 +139,13 @@ def _fmt_cell(v: Any) -> Any:
 
 
 def read_rounds(run_dir: str | Path) -> dict[str, np.ndarray]:
-    """``rounds.csv`` as columns of floats (empty cells are NaN)."""
+    """``rounds.csv`` as columns of floats (empty cells are NaN); a column that records
+    written by an older version lack is left out."""
     with open(Path(run_dir) / "rounds.csv", newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    return {k: np.array([float(r[k]) if r[k] != "" else np.nan for r in rows]) for k in ROUND_COLUMNS}
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+        header = set(reader.fieldnames or ())
+    return {k: np.array([float(r[k]) if r[k] != "" else np.nan for r in rows]) for k in ROUND_COLUMNS if k in header}
 
 
 def read_clients(run_dir: str | Path) -> dict[str, np.ndarray]:

@@ -16,6 +16,9 @@ How a round closes (the server's rules):
   outcome; one still working is ``straggler`` (the deadline cut it) or ``surplus`` (the
   quota was already met).
 
+An update that arrives but holds NaN or infinite values is marked ``rejected`` by the
+engine's learning step, which never aggregates it (:meth:`RoundFate.reject`).
+
 Times are summed phase by phase (``start + download + compute + upload``), in the order
 a discrete-event clock adds them, so a fate closes at exactly the float a SimPy process
 per client would reach.
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -35,8 +38,8 @@ from fedsim.plan import RoundPlans
 
 __all__ = ["OUTCOMES", "RoundFate", "draw_fate", "draw_failures", "close_round", "spent_times", "selection_size"]
 
-OUTCOMES = ("ok", "oom", "dropout", "straggler", "surplus")
-OK, OOM, DROPOUT, STRAGGLER, SURPLUS = range(5)
+OUTCOMES = ("ok", "oom", "dropout", "straggler", "surplus", "rejected")
+OK, OOM, DROPOUT, STRAGGLER, SURPLUS, REJECTED = range(6)
 _OUTCOME_NAMES = np.asarray(OUTCOMES, dtype=object)
 
 
@@ -102,6 +105,12 @@ class RoundFate:
     def client_end_s(self) -> np.ndarray:
         """When each client finished, failed or was cut."""
         return self.start_s + self.duration_s
+
+    def reject(self, positions: np.ndarray) -> RoundFate:
+        """This fate with the arrived clients at ``positions`` marked ``rejected``."""
+        outcome = self.outcome.copy()
+        outcome[positions] = REJECTED
+        return replace(self, outcome=outcome)
 
     def counts(self) -> np.ndarray:
         """Clients per outcome, indexed like :data:`OUTCOMES`."""
@@ -184,7 +193,7 @@ def draw_fate(
     fail, fail_at = draw_failures(rng, fleet, ids, times)
     end, outcome = close_round(start_s, times, fail, fail_at, quota, deadline_s)
 
-    pending = outcome >= STRAGGLER
+    pending = (outcome == STRAGGLER) | (outcome == SURPLUS)
     elapsed = np.where(pending, end - start_s, fail_at)
     # Fractions of each phase that took place, for bytes and energy.
     # Bytes flow after each transfer's latency.

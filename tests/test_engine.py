@@ -404,3 +404,55 @@ def test_clients_csv_rows_match_round_totals(tmp_path, shipped_profiles):
         assert rounds["bytes_down"][r] == c["bytes_down"][sel].sum()
         assert rounds["energy_j"][r] == pytest.approx(c["energy_j"][sel].sum(), rel=1e-5)
         assert rounds["selected"][r] == sel.sum()
+
+
+class PoisonedTrainer(SurrogateTrainer):
+    """The surrogate, except that the devices in ``poisoned`` send NaN or infinite updates."""
+
+    def __init__(self, poisoned, *args):
+        super().__init__(*args)
+        self.poisoned = poisoned
+        self.aggregated: list[list[int]] = []
+
+    def train(self, round_idx, client_ids, plans, seeds):
+        results = super().train(round_idx, client_ids, plans, seeds)
+        for r in results:
+            r.delta = {"w": np.array([self.poisoned.get(r.client_id, 1.0)])}
+        return results
+
+    def aggregate(self, round_idx, results, aggregate_fn):
+        self.aggregated.append([r.client_id for r in results])
+        super().aggregate(round_idx, results, aggregate_fn)
+
+
+def test_nan_and_infinite_updates_are_rejected_and_never_aggregated(tmp_path, shipped_profiles):
+    fleet = make_fleet(compute_s=(2, 4, 6, 8))
+    trainer = PoisonedTrainer({1: np.nan, 2: np.inf}, SurrogateSpec(), 1, np.full(fleet.size, 20), 0)
+    rec = RunRecorder(tmp_path / "run", {"name": "hand"})
+    engine = SyncEngine(spec=EngineSpec(clients_per_round=4, over_selection=1.0, max_rounds=2), fleet=fleet,
+                        profiles=shipped_profiles, availability=AlwaysAvailable(fleet.size),
+                        method=FedLoRA(FedLoRAParams(), SHAPE, PLAN), trainer=trainer, shape=SHAPE, base_plan=PLAN,
+                        seeds=Seeds(0), recorder=rec)
+
+    engine.run()
+    rec.close()
+
+    assert [sorted(ids) for ids in trainer.aggregated] == [[0, 3], [0, 3]]
+    c = read_clients(tmp_path / "run")
+    outcome = {int(d): o for d, o, r in zip(c["device_id"], c["outcome"], c["round"]) if r == 0}
+    assert outcome == {0: "ok", 1: "rejected", 2: "rejected", 3: "ok"}
+    row = engine.history[0]
+    assert (row["participants"], row["rejected"], row["failures"]) == (2, 2, 2)
+    assert row["bytes_up"] == 4 * 184  # they did send their updates
+    assert trainer.progress == pytest.approx(2 * 0.002 * math.sqrt(2))  # two rounds of two clients
+
+
+def test_a_round_where_every_client_fails_is_recorded_and_the_run_goes_on(tmp_path, shipped_profiles):
+    fleet = make_fleet(compute_s=(2, 4, 6, 8), mem_cap=1.0)  # nobody has the memory
+
+    engine, result, c, dev = run_recorded(tmp_path, fleet, shipped_profiles, clients_per_round=2, max_rounds=3)
+
+    assert (result.rounds, result.stop_reason) == (3, "max_rounds")
+    assert set(c["outcome"]) == {"oom"}
+    assert [h["participants"] for h in engine.history] == [0, 0, 0]
+    assert result.final_accuracy == SurrogateSpec().acc_start

@@ -26,7 +26,7 @@ import numpy as np
 
 from fedsim.plan import ClientPlan
 
-__all__ = ["ClientResult", "EvalResult", "Trainer", "AggregateFn"]
+__all__ = ["ClientResult", "EvalResult", "Trainer", "AggregateFn", "is_finite"]
 
 
 @dataclass(slots=True)
@@ -54,6 +54,15 @@ class ClientResult:
     delta: dict[str, Any] | None = None
     compute_s: float = 0.0
     extras: dict[str, float] = field(default_factory=dict)
+
+
+def is_finite(result: ClientResult) -> bool:
+    """Whether every value of the client's update (its ``delta``) is finite."""
+    for value in (result.delta or {}).values():
+        ok = value.isfinite().all() if hasattr(value, "isfinite") else np.isfinite(np.asarray(value)).all()
+        if not bool(ok):
+            return False
+    return True
 
 
 @dataclass
