@@ -39,8 +39,9 @@ from fedsim.profiles import ProfileSet
 from fedsim.records import RunRecorder
 from fedsim.rng import Seeds
 from fedsim.roundfate import (
-    DROPOUT, OK, OOM, OUTCOMES, REJECTED, STRAGGLER, SURPLUS, RoundFate, draw_fate, selection_size,
+    DROPOUT, OK, OOM, OUTCOMES, REJECTED, STRAGGLER, SURPLUS, TRANSFER_FAILED, RoundFate, draw_fate, selection_size,
 )
+from fedsim.retries import TransferSpec
 from fedsim.trainers.base import EvalResult, Trainer, is_finite
 
 __all__ = ["EngineSpec", "SyncEngine", "RunResult", "Progress", "OUTCOMES"]
@@ -62,6 +63,7 @@ class EngineSpec(BaseModel):
     idle_wait_s: float = Field(300.0, gt=0, description="wait before trying again when too few devices are available")
     max_idle_s: float = Field(7 * 86400.0, gt=0, description="give up after this long without a round")
     server_overhead_s: float = Field(0.0, ge=0, description="aggregation time added to every round")
+    transfers: TransferSpec = Field(default_factory=TransferSpec, description="failing transfers and their retries")
 
 
 @dataclass
@@ -192,7 +194,8 @@ class SyncEngine:
             round_idx=r, model_version=self.progress.model_version, available=int(available.size), start_s=now_s,
             ids=ids, plans=plans, costs=[plan_cost(self.shape, p, self.coef) for p in plans.plans],
             fleet=self.fleet, slowdown_dists=self._slowdown_dists, rng=self.seeds.generator("devices", r),
-            quota=spec.clients_per_round, deadline_s=spec.round_deadline_s,
+            quota=spec.clients_per_round, deadline_s=spec.round_deadline_s, transfers=spec.transfers,
+            transfer_rng=self.seeds.generator("transfers", r) if spec.transfers.failure_prob > 0 else None,
         )
 
     def learn(self, fate: RoundFate, now_s: float) -> dict:
@@ -259,7 +262,7 @@ def round_row(fate: RoundFate, now_s: float, evaluation: EvalResult | None, resu
         "available": fate.available,
         "selected": fate.size,
         "participants": int(counts[OK]),
-        "failures": int(counts[OOM] + counts[DROPOUT] + counts[STRAGGLER] + counts[REJECTED]),
+        "failures": int(counts[OOM] + counts[DROPOUT] + counts[STRAGGLER] + counts[REJECTED] + counts[TRANSFER_FAILED]),
         "oom": int(counts[OOM]),
         "dropout": int(counts[DROPOUT]),
         "straggler": int(counts[STRAGGLER]),
@@ -272,6 +275,8 @@ def round_row(fate: RoundFate, now_s: float, evaluation: EvalResult | None, resu
         "energy_j": float(fate.energy_j.sum()),
         "train_loss": float(np.mean([x.train_loss for x in results])) if results else None,
         "rejected": int(counts[REJECTED]),
+        "transfer_failed": int(counts[TRANSFER_FAILED]),
+        "retries": int(fate.retries.sum()),
     }
 
 
@@ -299,4 +304,5 @@ def client_columns(fate: RoundFate, fleet: Fleet, num_examples: np.ndarray) -> d
         "peak_mem_bytes": np.rint(fate.peak_mem_bytes).astype(np.int64),
         "mem_cap_bytes": np.rint(fleet.mem_cap_bytes[ids]).astype(np.int64),
         "num_examples": np.asarray(num_examples, dtype=np.int64),
+        "retries": fate.retries,
     }

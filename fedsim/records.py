@@ -34,6 +34,7 @@ ROUND_COLUMNS = (
     "round", "start_s", "sim_time_s", "duration_s", "available", "selected", "participants",
     "failures", "oom", "dropout", "straggler", "surplus", "accuracy", "loss",
     "personal_accuracy", "bytes_up", "bytes_down", "energy_j", "train_loss", "rejected",
+    "transfer_failed", "retries",
 )
 
 # (name, printf format) of the per-client columns, in file order.
@@ -42,7 +43,7 @@ _CLIENT_FORMAT = (
     ("plan", "%s"), ("mean_drop", "%.4g"), ("start_s", "%.10g"), ("end_s", "%.10g"),
     ("download_s", "%.6g"), ("compute_s", "%.6g"), ("upload_s", "%.6g"), ("outcome", "%s"),
     ("bytes_down", "%d"), ("bytes_up", "%d"), ("energy_j", "%.6g"), ("peak_mem_bytes", "%d"),
-    ("mem_cap_bytes", "%d"), ("num_examples", "%d"),
+    ("mem_cap_bytes", "%d"), ("num_examples", "%d"), ("retries", "%d"),
 )
 CLIENT_COLUMNS = tuple(name for name, _ in _CLIENT_FORMAT)
 _CLIENT_ROW = ",".join(fmt for _, fmt in _CLIENT_FORMAT) + "\n"

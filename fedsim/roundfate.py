@@ -10,7 +10,9 @@ How a round closes (the server's rules):
 
 * a client whose plan needs more memory than its device has fails with ``oom`` when
   training would start (after its download); a client that drops out stops at a
-  uniform random point of its round, unless it ran out of memory first;
+  uniform random point of its round, unless it ran out of memory first; a transfer that
+  fails is retried after a back-off (:mod:`fedsim.retries`), and a client whose retries
+  all fail gives up with ``transfer_failed``, unless one of the others came first;
 * the round closes at the first of: ``quota`` updates have arrived, the deadline, or
   every client has finished. A client that finished at or before that moment keeps its
   outcome; one still working is ``straggler`` (the deadline cut it) or ``surplus`` (the
@@ -35,11 +37,13 @@ import numpy as np
 from fedsim.costmodel import ClientTimes, PlanCost, client_times
 from fedsim.fleet import Fleet
 from fedsim.plan import RoundPlans
+from fedsim.retries import TransferSpec, draw_retries
 
 __all__ = ["OUTCOMES", "RoundFate", "draw_fate", "draw_failures", "close_round", "spent_times", "selection_size"]
 
-OUTCOMES = ("ok", "oom", "dropout", "straggler", "surplus", "rejected")
-OK, OOM, DROPOUT, STRAGGLER, SURPLUS, REJECTED = range(6)
+OUTCOMES = ("ok", "oom", "dropout", "straggler", "surplus", "rejected", "transfer_failed")
+OK, OOM, DROPOUT, STRAGGLER, SURPLUS, REJECTED, TRANSFER_FAILED = range(7)
+_FAILED_ALONE = (OOM, DROPOUT, TRANSFER_FAILED)  # failures a client meets by itself, before the round closes
 _OUTCOME_NAMES = np.asarray(OUTCOMES, dtype=object)
 
 
@@ -64,6 +68,7 @@ class RoundFate:
             that finished carries the cost model's time of every phase.
         bytes_down, bytes_up, energy_j: What the phases that took place moved and spent.
         peak_mem_bytes: Peak memory of each client's plan.
+        retries: Failed transfer attempts (download and upload) each client began.
     """
 
     round_idx: int
@@ -82,6 +87,7 @@ class RoundFate:
     bytes_up: np.ndarray
     energy_j: np.ndarray
     peak_mem_bytes: np.ndarray
+    retries: np.ndarray
 
     def __post_init__(self) -> None:
         for value in vars(self).values():
@@ -136,8 +142,11 @@ def draw_slowdown(rng: np.random.Generator, fleet: Fleet, ids: np.ndarray, slowd
     return slowdown
 
 
-def draw_failures(rng: np.random.Generator, fleet: Fleet, ids: np.ndarray, times: ClientTimes) -> tuple[np.ndarray, np.ndarray]:
-    """Per client, its own fate (``OK``, ``OOM`` or ``DROPOUT``) and when, from its start, it comes."""
+def draw_failures(
+    rng: np.random.Generator, fleet: Fleet, ids: np.ndarray, times: ClientTimes, give_up_s: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per client, its own fate (``OK``, ``OOM``, ``DROPOUT`` or, where ``give_up_s`` is
+    finite, ``TRANSFER_FAILED``) and when, from its start, it comes."""
     n = ids.size
     dropping = rng.random(n) < fleet.dropout_prob[ids]
     drop_frac = rng.random(n)
@@ -151,6 +160,10 @@ def draw_failures(rng: np.random.Generator, fleet: Fleet, ids: np.ndarray, times
     is_drop = dropping & (~times.oom | (drop_t < fail_at))
     fail[is_drop] = DROPOUT
     fail_at[is_drop] = drop_t[is_drop]
+    if give_up_s is not None:
+        gives_up = give_up_s < fail_at
+        fail[gives_up] = TRANSFER_FAILED
+        fail_at[gives_up] = give_up_s[gives_up]
     return fail, fail_at
 
 
@@ -186,36 +199,57 @@ def draw_fate(
     rng: np.random.Generator,
     quota: int,
     deadline_s: float | None,
+    transfers: TransferSpec | None = None,
+    transfer_rng: np.random.Generator | None = None,
 ) -> RoundFate:
-    """The fate of one round: the clients ``ids`` running ``plans`` (priced as ``costs``) from ``start_s``."""
+    """The fate of one round: the clients ``ids`` running ``plans`` (priced as ``costs``)
+    from ``start_s``; ``transfer_rng`` draws failing transfers when ``transfers`` has any."""
     slowdown = draw_slowdown(rng, fleet, ids, slowdown_dists)
-    times = client_times(fleet, ids, list(costs), plans.index, slowdown)
-    fail, fail_at = draw_failures(rng, fleet, ids, times)
+    planned = client_times(fleet, ids, list(costs), plans.index, slowdown)
+    dl, comp, up, n = planned.download_s, planned.compute_s, planned.upload_s, ids.size
+    lat = fleet.latency_s[ids].astype(np.float64)
+    wait_down = wait_up = np.zeros(n)
+    give_up = retry_down = retry_up = None
+    if transfers is not None and transfers.failure_prob > 0:
+        retry_down, retry_up = draw_retries(transfer_rng, dl, transfers), draw_retries(transfer_rng, up, transfers)
+        wait_down, wait_up = retry_down.wait_s, retry_up.wait_s
+        give_up = np.where(retry_down.gave_up, wait_down, np.where(retry_up.gave_up, wait_down + dl + comp + wait_up, np.inf))
+    times = planned if retry_down is None else replace(planned, download_s=wait_down + dl, upload_s=wait_up + up)
+    fail, fail_at = draw_failures(rng, fleet, ids, times, give_up)
     end, outcome = close_round(start_s, times, fail, fail_at, quota, deadline_s)
 
     pending = (outcome == STRAGGLER) | (outcome == SURPLUS)
     elapsed = np.where(pending, end - start_s, fail_at)
-    # Fractions of each phase that took place, for bytes and energy.
+    # Fractions of each phase's last attempt that took place, for bytes and energy.
     # Bytes flow after each transfer's latency.
-    lat = fleet.latency_s[ids].astype(np.float64)
-    down_frac = np.clip((elapsed - lat) / np.maximum(times.download_s - lat, 1e-12), 0.0, 1.0)
-    comp_frac = np.clip((elapsed - times.download_s) / np.maximum(times.compute_s, 1e-12), 0.0, 1.0)
+    down_frac = np.clip((elapsed - wait_down - lat) / np.maximum(dl - lat, 1e-12), 0.0, 1.0)
+    comp_frac = np.clip((elapsed - wait_down - dl) / np.maximum(comp, 1e-12), 0.0, 1.0)
     comp_frac[outcome == OOM] = 0.0
-    up_frac = np.clip((elapsed - times.download_s - times.compute_s - lat) / np.maximum(times.upload_s - lat, 1e-12), 0.0, 1.0)
+    up_frac = np.clip((elapsed - wait_down - dl - comp - wait_up - lat) / np.maximum(up - lat, 1e-12), 0.0, 1.0)
+    bytes_down, bytes_up = planned.bytes_down * down_frac, planned.bytes_up * up_frac
+    energy = planned.energy_j(fleet, ids, comp_frac, down_frac, up_frac)
+    retries = np.zeros(n, dtype=np.int64)
+    if retry_down is not None:
+        up_elapsed = elapsed - wait_down - dl - comp
+        wasted_down = retry_down.moved_bytes(dl, lat, planned.bytes_down, elapsed)
+        wasted_up = retry_up.moved_bytes(up, lat, planned.bytes_up, up_elapsed)
+        bytes_down, bytes_up = bytes_down + wasted_down, bytes_up + wasted_up
+        energy = energy + wasted_down * fleet.joules_per_byte_down[ids] + wasted_up * fleet.joules_per_byte_up[ids]
+        retries = retry_down.started_before(elapsed) + retry_up.started_before(up_elapsed)
     download_s, compute_s, upload_s = spent_times(times, outcome, elapsed)
     return RoundFate(
         round_idx=round_idx, model_version=model_version, available=available, start_s=start_s, end_s=end,
         device_ids=np.asarray(ids), plans=plans, outcome=outcome, duration_s=elapsed,
         download_s=download_s, compute_s=compute_s, upload_s=upload_s,
-        bytes_down=times.bytes_down * down_frac, bytes_up=times.bytes_up * up_frac,
-        energy_j=times.energy_j(fleet, ids, comp_frac, down_frac, up_frac),
-        peak_mem_bytes=times.peak_mem_bytes,
+        bytes_down=bytes_down, bytes_up=bytes_up, energy_j=energy,
+        peak_mem_bytes=planned.peak_mem_bytes, retries=retries,
     )
 
 
 def spent_times(times: ClientTimes, outcome: np.ndarray, elapsed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Download, compute and upload seconds: what failed clients actually spent, planned times otherwise."""
-    failed = (outcome == OOM) | (outcome == DROPOUT)
+    """Download, compute and upload seconds (retries included): what failed clients
+    actually spent, the whole phases otherwise."""
+    failed = np.isin(outcome, _FAILED_ALONE)
     down = np.where(failed, np.minimum(times.download_s, elapsed), times.download_s)
     comp = np.where(failed, np.clip(elapsed - times.download_s, 0.0, times.compute_s), times.compute_s)
     comp[outcome == OOM] = 0.0
