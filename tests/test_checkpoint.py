@@ -281,3 +281,27 @@ def test_real_training_killed_at_random_moments_resumes_to_identical_records(tmp
     assert_same_records(tmp_path / "full" / "caesar", tmp_path / "cut" / "caesar")
     assert stats["kills"] == 3, seed
     print("kills", stats)
+
+
+def test_rounds_csv_is_never_ahead_of_clients_csv_and_resume_cuts_both_back(tiny_scenario, tmp_path, monkeypatch):
+    from fedsim.records import RunRecorder, read_clients, read_rounds
+
+    sc = _scenario(tiny_scenario)
+    simulate(sc, tmp_path / "full")
+    write_round = RunRecorder.round
+
+    def round_(self, row):
+        if row["round"] == 2:
+            raise Stop("between the two logs")
+        write_round(self, row)
+
+    monkeypatch.setattr(RunRecorder, "round", round_)
+    with pytest.raises(Stop):
+        simulate(sc, tmp_path / "cut", checkpoint_every=1)
+    monkeypatch.undo()
+    assert sorted(set(read_clients(tmp_path / "cut")["round"])) == [0, 1, 2]
+    assert read_rounds(tmp_path / "cut")["round"].tolist() == [0, 1]
+
+    simulate(sc, tmp_path / "cut", existing="resume")
+
+    assert_same_records(tmp_path / "full", tmp_path / "cut")
