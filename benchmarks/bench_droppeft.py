@@ -129,7 +129,7 @@ def run_one(out_dir: Path, method: dict, partition: dict, seed: int, trainer: st
     variant = load_scenario(scenario_file)[0]
     t0 = time.perf_counter()
     try:
-        simulate(variant.scenario, out_dir, label=out_dir.parent.name)
+        simulate(variant.scenario, out_dir, label=out_dir.parent.name, existing="overwrite")
     except Exception as exc:  # recorded in summary.json by simulate; keep benchmarking
         print(f"  failed: {exc}", file=sys.stderr)
     print(f"  {out_dir.relative_to(out_dir.parents[2])}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)

@@ -7,8 +7,10 @@ A run directory holds
 * ``clients.csv``: one row per client and round (:data:`CLIENT_COLUMNS`);
 * ``summary.json``: the outcome of the run, written last, also when the run fails.
 
-Rows are flushed as each round ends, so a killed run keeps every finished round. Plots,
-notebooks and ``fedsim compare`` read only these files.
+Rows are appended and flushed as each round ends, ``clients.csv`` before ``rounds.csv``
+(so ``rounds.csv`` is never ahead), and a killed run keeps every finished round;
+``config.yaml`` and ``summary.json`` are replaced atomically. Plots, notebooks and
+``fedsim compare`` read only these files.
 """
 
 from __future__ import annotations
@@ -16,18 +18,23 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
-__all__ = ["RunRecorder", "ROUND_COLUMNS", "CLIENT_COLUMNS", "read_rounds", "read_summary", "read_clients"]
+from fedsim.errors import FedsimError
+from fedsim.rundir import atomic_write
+
+__all__ = ["RunRecorder", "config_text", "ROUND_COLUMNS", "CLIENT_COLUMNS", "read_rounds", "read_summary", "read_clients"]
 
 ROUND_COLUMNS = (
     "round", "start_s", "sim_time_s", "duration_s", "available", "selected", "participants",
     "failures", "oom", "dropout", "straggler", "surplus", "accuracy", "loss",
-    "personal_accuracy", "bytes_up", "bytes_down", "energy_j", "train_loss",
+    "personal_accuracy", "bytes_up", "bytes_down", "energy_j", "train_loss", "rejected",
+    "transfer_failed", "retries",
 )
 
 # (name, printf format) of the per-client columns, in file order.
@@ -36,7 +43,7 @@ _CLIENT_FORMAT = (
     ("plan", "%s"), ("mean_drop", "%.4g"), ("start_s", "%.10g"), ("end_s", "%.10g"),
     ("download_s", "%.6g"), ("compute_s", "%.6g"), ("upload_s", "%.6g"), ("outcome", "%s"),
     ("bytes_down", "%d"), ("bytes_up", "%d"), ("energy_j", "%.6g"), ("peak_mem_bytes", "%d"),
-    ("mem_cap_bytes", "%d"),
+    ("mem_cap_bytes", "%d"), ("num_examples", "%d"), ("retries", "%d"),
 )
 CLIENT_COLUMNS = tuple(name for name, _ in _CLIENT_FORMAT)
 _CLIENT_ROW = ",".join(fmt for _, fmt in _CLIENT_FORMAT) + "\n"
@@ -54,20 +61,40 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-class RunRecorder:
-    """Writes one run directory. Use as a context manager or call :meth:`close`."""
+def config_text(config: dict[str, Any]) -> str:
+    """``config.yaml`` as written for ``config``."""
+    return yaml.safe_dump(_jsonable(config), sort_keys=False)
 
-    def __init__(self, out_dir: str | Path, config: dict[str, Any]) -> None:
+
+class RunRecorder:
+    """Writes one run directory. Use as a context manager or call :meth:`close`.
+
+    With ``resume_offsets`` (the byte sizes of ``rounds.csv`` and ``clients.csv`` that a
+    checkpoint saw) the logs are cut back to those sizes and appended to; the directory's
+    ``config.yaml`` must be the one this run would write.
+    """
+
+    def __init__(self, out_dir: str | Path, config: dict[str, Any], resume_offsets: dict[str, int] | None = None) -> None:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.out_dir / "config.yaml", "w", encoding="utf-8") as fh:
-            yaml.safe_dump(_jsonable(config), fh, sort_keys=False)
-        self._rounds = open(self.out_dir / "rounds.csv", "w", newline="", encoding="utf-8")
+        text = config_text(config)
+        config_path = self.out_dir / "config.yaml"
+        if resume_offsets is None:
+            atomic_write(config_path, text)
+        elif not config_path.is_file() or config_path.read_text(encoding="utf-8") != text:
+            raise FedsimError(f"{self.out_dir} holds a run of another configuration (its config.yaml differs); "
+                              "resume it with the same scenario, overrides and seed, or replace it (--force)")
+        if resume_offsets is not None:
+            for name, size in resume_offsets.items():
+                _truncate(self.out_dir / name, size)
+        self._rounds = open(self.out_dir / "rounds.csv", "a" if resume_offsets else "w", newline="", encoding="utf-8")
         self._round_writer = csv.DictWriter(self._rounds, fieldnames=ROUND_COLUMNS)
-        self._round_writer.writeheader()
-        self._clients = open(self.out_dir / "clients.csv", "w", encoding="utf-8")
-        self._clients.write(",".join(CLIENT_COLUMNS) + "\n")
-        self.rows_written = 0
+        self._clients = open(self.out_dir / "clients.csv", "a" if resume_offsets else "w", encoding="utf-8")
+        if resume_offsets is None:
+            self._round_writer.writeheader()
+            self._clients.write(",".join(CLIENT_COLUMNS) + "\n")
+            self._rounds.flush()
+            self._clients.flush()
 
     def round(self, row: dict[str, Any]) -> None:
         self._round_writer.writerow({k: _fmt_cell(row.get(k)) for k in ROUND_COLUMNS})
@@ -78,12 +105,13 @@ class RunRecorder:
         lists = [np.asarray(columns[name]).tolist() for name in CLIENT_COLUMNS]
         self._clients.write("".join(_CLIENT_ROW % row for row in zip(*lists)))
         self._clients.flush()
-        self.rows_written += len(lists[0])
+
+    def offsets(self) -> dict[str, int]:
+        """Byte sizes of the logs as written so far (what a checkpoint stores)."""
+        return {"clients.csv": os.fstat(self._clients.fileno()).st_size, "rounds.csv": os.fstat(self._rounds.fileno()).st_size}
 
     def summary(self, summary: dict[str, Any]) -> None:
-        with open(self.out_dir / "summary.json", "w", encoding="utf-8") as fh:
-            json.dump(_jsonable(summary), fh, indent=2)
-            fh.write("\n")
+        atomic_write(self.out_dir / "summary.json", json.dumps(_jsonable(summary), indent=2) + "\n")
 
     def close(self) -> None:
         self._rounds.close()
@@ -96,6 +124,13 @@ class RunRecorder:
         self.close()
 
 
+def _truncate(path: Path, size: int) -> None:
+    if not path.is_file() or path.stat().st_size < size:
+        raise FedsimError(f"{path} is shorter than its checkpoint says ({size} bytes); it cannot be resumed, replace it (--force)")
+    with open(path, "r+b") as fh:
+        fh.truncate(size)
+
+
 def _fmt_cell(v: Any) -> Any:
     if v is None:
         return ""
@@ -105,18 +140,24 @@ def _fmt_cell(v: Any) -> Any:
 
 
 def read_rounds(run_dir: str | Path) -> dict[str, np.ndarray]:
-    """``rounds.csv`` as columns of floats (empty cells are NaN)."""
+    """``rounds.csv`` as columns of floats (empty cells are NaN); a column that records
+    written by an older version lack is left out."""
     with open(Path(run_dir) / "rounds.csv", newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    return {k: np.array([float(r[k]) if r[k] != "" else np.nan for r in rows]) for k in ROUND_COLUMNS}
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+        header = set(reader.fieldnames or ())
+    return {k: np.array([float(r[k]) if r[k] != "" else np.nan for r in rows]) for k in ROUND_COLUMNS if k in header}
 
 
 def read_clients(run_dir: str | Path) -> dict[str, np.ndarray]:
-    """``clients.csv`` as columns (numbers as floats, names as strings)."""
+    """``clients.csv`` as columns (numbers as floats, names as strings); a column that
+    records written by an older version lack is left out."""
     with open(Path(run_dir) / "clients.csv", newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+        header = set(reader.fieldnames or ())
     out = {}
-    for k in CLIENT_COLUMNS:
+    for k in (c for c in CLIENT_COLUMNS if c in header):
         vals = [r[k] for r in rows]
         try:
             out[k] = np.array([float(v) for v in vals])

@@ -26,7 +26,7 @@ def _fake_run(path, method, seed, accs, ooms, tta=None, mem=(1e9, 2e9)):
                  "mean_drop": np.zeros(n), "start_s": np.zeros(n), "end_s": np.ones(n), "download_s": np.ones(n),
                  "compute_s": np.ones(n), "upload_s": np.ones(n), "outcome": np.array(["ok", "oom"][:n], dtype=object),
                  "bytes_down": np.ones(n), "bytes_up": np.ones(n), "energy_j": np.ones(n),
-                 "peak_mem_bytes": np.array(mem), "mem_cap_bytes": np.full(n, 1.5e9)})
+                 "peak_mem_bytes": np.array(mem), "mem_cap_bytes": np.full(n, 1.5e9), "num_examples": np.full(n, 20), "retries": np.zeros(n)})
     rec.summary({"method": method, "seed": seed, "variant": f"{method}_seed-{seed}", "status": "ok",
                  "final_accuracy": accs[-1], "best_accuracy": max(accs), "time_to_target_s": tta})
     rec.close()

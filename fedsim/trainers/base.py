@@ -14,6 +14,9 @@ Round protocol, called by the engine in this order for round ``r``:
    model (DropPEFT's configurator learns from these);
 3. ``aggregate(r, results, aggregate_fn)`` folds the results into the global model;
 4. ``evaluate(r)`` when the evaluation schedule says so.
+
+A checkpoint stores ``state_dict()``; a resumed run builds the trainer again from the
+scenario and loads it.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import numpy as np
 
 from fedsim.plan import ClientPlan
 
-__all__ = ["ClientResult", "EvalResult", "Trainer", "AggregateFn"]
+__all__ = ["ClientResult", "EvalResult", "Trainer", "AggregateFn", "is_finite"]
 
 
 @dataclass(slots=True)
@@ -54,6 +57,15 @@ class ClientResult:
     delta: dict[str, Any] | None = None
     compute_s: float = 0.0
     extras: dict[str, float] = field(default_factory=dict)
+
+
+def is_finite(result: ClientResult) -> bool:
+    """Whether every value of the client's update (its ``delta``) is finite."""
+    for value in (result.delta or {}).values():
+        ok = value.isfinite().all() if hasattr(value, "isfinite") else np.isfinite(np.asarray(value)).all()
+        if not bool(ok):
+            return False
+    return True
 
 
 @dataclass
@@ -88,3 +100,15 @@ class Trainer(Protocol):
     ) -> None: ...
 
     def evaluate(self, round_idx: int) -> EvalResult: ...
+
+    def num_examples(self, client_ids: np.ndarray) -> np.ndarray:
+        """Training examples each of the given clients holds."""
+        ...
+
+    def state_dict(self) -> Any:
+        """What changed since the trainer was built (global model, per-client state), picklable."""
+        ...
+
+    def load_state_dict(self, state: Any) -> None:
+        """Restore :meth:`state_dict` into a trainer built from the same scenario."""
+        ...

@@ -68,6 +68,9 @@ class SurrogateTrainer:
         self.seed = int(seed)
         self.progress = 0.0
 
+    def num_examples(self, client_ids: np.ndarray) -> np.ndarray:
+        return self.examples_per_client[np.asarray(client_ids, dtype=np.int64)]
+
     def drop_exponent(self) -> float:
         """The exponent of ``keep`` at the current progress (module docstring)."""
         s = self.spec

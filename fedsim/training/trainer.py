@@ -64,6 +64,9 @@ class TorchTrainer:
         # client trains this plan from the global model (and its personal tensors) on its
         # local train shard; the global model is not changed.
         self.eval_finetune: ClientPlan | None = None
+        # Parameters aggregation has replaced (the trainable ones, and base weights under
+        # full fine-tuning): what a checkpoint must store of the global model.
+        self._aggregated: set[str] = set(self.fm.base_trainable)
 
     @property
     def model_config(self) -> Any:
@@ -158,7 +161,19 @@ class TorchTrainer:
                 names.update(r.delta)
         params = dict(self.fm.model.named_parameters())
         state = {n: params[n].detach().clone() for n in sorted(names)}
+        self._aggregated |= names
         self.fm.load_state(fn(state, results))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The global parameters aggregation has touched, and the personal-layer store."""
+        params = dict(self.fm.model.named_parameters())
+        return {"params": {n: params[n].detach().clone() for n in sorted(self._aggregated)},
+                "personal": self.personal.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._aggregated = set(self.fm.base_trainable) | set(state["params"])
+        self.fm.load_state(state["params"])
+        self.personal.load_state_dict(state["personal"])
 
     def evaluate(self, round_idx: int) -> EvalResult:
         """Accuracy and loss of the global model on the test split (or its fixed subsample),
