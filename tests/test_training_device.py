@@ -96,3 +96,40 @@ def test_auto_falls_back_to_cpu_without_a_gpu(data_spec):
 def test_trainspec_rejects_an_unknown_device():
     with pytest.raises(ValueError, match="device"):
         TrainSpec(device="tpu")
+
+
+@pytest.mark.skipif(not torch.__version__.startswith("2.13.0"), reason="golden values of the locked torch 2.13.0")
+def test_cpu_training_and_evaluation_reproduce_the_values_before_the_device_option():
+    # Prepare: a fixed tokenised split and a tiny BERT; no partition, no engine
+    import hashlib
+
+    from fedsim.training.data import TokenizedSplit
+    from fedsim.training.evaluate import evaluate_model
+    from fedsim.training.local import train_client
+    from fedsim.training.model import build_model
+
+    rng = np.random.default_rng(0)
+    n, width = 40, 12
+    lengths = rng.integers(3, width + 1, size=n).astype(np.int16)
+    ids = rng.integers(1000, 2000, size=(n, width)).astype(np.int16)
+    ids[np.arange(width)[None, :] >= lengths[:, None]] = 0
+    data = TokenizedSplit(ids, lengths, (np.arange(n) % 3).astype(np.int64), 0)
+    fm = build_model(ModelSpec(name_or_path="tiny-bert", lora_rank=4), num_labels=3, seed=1, vocab_size=30522)
+    plan = ClientPlan.uniform(fm.num_layers, drop_prob=0.25, lora_rank=4, batch_size=8, local_steps=3, seq_len=10)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        # Execute
+        res = train_client(fm, data, np.arange(30), plan.with_(lora_rank=(4, 2, 4, 0)), TrainSpec(lr=5e-3), seed=5)
+        ev = evaluate_model(fm.model, data, np.arange(30, 40), batch_size=4)
+    finally:
+        torch.set_num_threads(threads)
+    h = hashlib.sha256()
+    for k in sorted(res.delta):
+        h.update(k.encode())
+        h.update(res.delta[k].numpy().tobytes())
+    # Assert: exactly what the code computed before train.device existed (one float() per step)
+    assert res.train_loss == 1.1092516581217449
+    assert res.grad_norms.tolist() == [0.00218804516775653, 0.0011604111902371473, 0.004445085746890238, 0.0]
+    assert res.layer_steps.tolist() == [1, 2, 3, 3] and h.hexdigest()[:16] == "273b7cd201447fb6"
+    assert (ev.accuracy, ev.loss) == (0.3, 1.0991397857666017)
