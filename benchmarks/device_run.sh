@@ -6,10 +6,11 @@
 #   bash benchmarks/device_run.sh python3 benchmarks/bench_droppeft.py --jobs 16 \
 #       --set train.device=cuda --out runs/gpu/bench_droppeft
 #
-# Steps: (1) install the bundled wheels into /tmp/site (no index, no dependencies);
-# (1b) record the host, GPU and package versions in $OUT/env.txt; (2) point fedsim at the bundled model ($FEDSIM_MODEL_DIR_MINILM_L6, float16 weights
-# loaded as float32) and data ($FEDSIM_ORANGE_DATASETS, .tab.gz read as is), and tokenise
-# the data sets in $DEVRUN_WARM once, so parallel workers all hit the cache; (3) run the
+# Steps: (1) install the bundled wheels into /tmp/site (no index, no dependencies) and
+# record the host, GPU and package versions in $OUT/env.txt; (2) point fedsim at the
+# bundled model ($FEDSIM_MODEL_DIR_MINILM_L6, float16 weights loaded as float32) and data
+# ($FEDSIM_ORANGE_DATASETS, .tab.gz read as is; nothing is unpacked), and tokenise the
+# data sets in $DEVRUN_WARM once, so parallel workers all hit the cache; (3) run the
 # command under `timeout $DEVRUN_TIMEOUT_S` (default 520 s, so packing still happens inside
 # a 600 s call; the benchmarks resume, so a rerun continues); (4) pack every run record
 # under $DEVRUN_RUNS (default runs/) into $OUT/runs.tar.gz (also every minute while the
