@@ -10,7 +10,8 @@
 # record the host, GPU and package versions in $OUT/env.txt; (2) point fedsim at the
 # bundled model ($FEDSIM_MODEL_DIR_MINILM_L6, float16 weights loaded as float32) and data
 # ($FEDSIM_ORANGE_DATASETS, .tab.gz read as is; nothing is unpacked), and tokenise the
-# data sets in $DEVRUN_WARM once, so parallel workers all hit the cache; (3) run the
+# data sets in $DEVRUN_WARM once, so parallel workers all hit the cache, then time one
+# client and one evaluation on the GPU (DEVRUN_SMOKE=0 skips it); (3) run the
 # command under `timeout $DEVRUN_TIMEOUT_S` (default 520 s, so packing still happens inside
 # a 600 s call; the benchmarks resume, so a rerun continues); (4) pack every run record
 # under $DEVRUN_RUNS (default runs/) into $OUT/runs.tar.gz (also every minute while the
@@ -18,7 +19,7 @@
 # Unpack here with `python benchmarks/device_bundle.py unpack <files_at>/runs.tar.gz`.
 #
 # Knobs: DEVRUN_SKIP_INSTALL=1 (use the current interpreter's packages: local rehearsal),
-# DEVRUN_PYTHON (python3), DEVRUN_WARM ("20news4:64"; "" for none; e.g. "20news4:64 r8:64"),
+# DEVRUN_SMOKE (1), DEVRUN_PYTHON (python3), DEVRUN_WARM ("20news4:64"; "" for none; e.g. "20news4:64 r8:64"),
 # DEVRUN_TIMEOUT_S (520), DEVRUN_RUNS (runs; the archive's paths start with it, or with its
 # last part when it is absolute), DEVRUN_BUNDLE (.devbundle), OUT (required; where results go).
 set -uo pipefail
@@ -61,18 +62,49 @@ export TRANSFORMERS_VERBOSITY="${TRANSFORMERS_VERBOSITY:-error}" HF_HUB_DISABLE_
 } >"$OUT/env.txt" 2>&1 || { cat "$OUT/env.txt" >&2; log "environment check failed (env.txt)"; exit 4; }
 cat "$OUT/env.txt" | tee -a "$LOG" >&2
 
+smoke="${DEVRUN_SMOKE:-1}"
 for item in ${DEVRUN_WARM-20news4:64}; do
     log "tokenising ${item%%:*} at max_length ${item##*:} once"
-    "$PY" - "${item%%:*}" "${item##*:}" >>"$LOG" 2>&1 <<'EOF' || log "warm-up of $item failed (see run.log); the runs tokenise themselves"
+    "$PY" - "${item%%:*}" "${item##*:}" "$smoke" 2>&1 <<'EOF' | tee -a "$LOG" >&2 || log "warm-up of $item failed; the runs tokenise themselves"
 import sys
+import time
+
 from fedsim.training.config import DataSpec, ModelSpec
 from fedsim.training.data import load_data, tokenizer_identity
 from fedsim.training.model import load_tokenizer
 
+dataset, max_length, smoke = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
 tok, name = load_tokenizer(ModelSpec())
-data = load_data(DataSpec(dataset=sys.argv[1], max_length=int(sys.argv[2])), tok, tokenizer_identity(tok, name))
-print(f"{sys.argv[1]}: {len(data.train)} train / {len(data.test)} test, {data.num_labels} labels")
+data = load_data(DataSpec(dataset=dataset, max_length=max_length), tok, tokenizer_identity(tok, name))
+print(f"{dataset}: {len(data.train)} train / {len(data.test)} test, {data.num_labels} labels")
+if smoke:  # one MiniLM client (2 steps of 16 x seq 64) and one 300-example evaluation, timed
+    import numpy as np
+    import torch
+
+    from fedsim.plan import ClientPlan
+    from fedsim.training.config import TrainSpec
+    from fedsim.training.evaluate import evaluate_model
+    from fedsim.training.local import train_client
+    from fedsim.training.model import build_model, resolve_device
+
+    torch.set_num_threads(1)
+    device = resolve_device("auto")
+    t0 = time.perf_counter()
+    fm = build_model(ModelSpec(), data.num_labels, seed=0, device=device)
+    built = time.perf_counter() - t0
+    plan = ClientPlan.uniform(fm.num_layers, lora_rank=8, batch_size=16, seq_len=64, local_steps=2)
+    times = []
+    for seed in range(6):
+        t0 = time.perf_counter()
+        res = train_client(fm, data.train, np.arange(seed * 16, seed * 16 + 40), plan, TrainSpec(lr=3e-3), seed=seed)
+        times.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    ev = evaluate_model(fm.model, data.test, np.arange(300), 64)
+    print(f"smoke on {device}: model built in {built:.1f} s; one client (2 steps) {np.median(times[1:]) * 1e3:.0f} ms "
+          f"(first {times[0] * 1e3:.0f} ms); 300-example evaluation {(time.perf_counter() - t0) * 1e3:.0f} ms "
+          f"(accuracy {ev.accuracy:.3f}, untrained head); loss {res.train_loss:.3f}")
 EOF
+    smoke=0
 done
 
 RUNS="${DEVRUN_RUNS:-runs}"
