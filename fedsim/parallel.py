@@ -9,9 +9,9 @@ cannot be used after a fork), and each sets its own torch thread count from its
 scenario (``train.threads``). Workers start with one OpenMP thread and a sequential
 tokenizer unless the environment says otherwise, so N workers do not start N x cores
 threads. With ``train.device: cuda`` every worker opens its own CUDA context on the one
-GPU (a few hundred MB each; MiniLM-L6 runs need well under 1 GB per worker). An exception in
-one run comes back as its result (the run's ``summary.json`` already says
-``status: failed``); the others go on.
+GPU (a few hundred MB each; a MiniLM-L6 run needs well under 1 GB). An exception in one
+run comes back as its result (the run's ``summary.json`` already says ``status:
+failed``); the others go on.
 
 This is the single-machine seam that a distributed backend (e.g. Ray tasks over the
 same ``fn`` and ``tasks``) can replace.
