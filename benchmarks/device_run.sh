@@ -12,7 +12,7 @@
 # ($FEDSIM_ORANGE_DATASETS, .tab.gz read as is; nothing is unpacked), and tokenise the
 # data sets in $DEVRUN_WARM once, so parallel workers all hit the cache, then time one
 # client and one evaluation on the GPU (DEVRUN_SMOKE=0 skips it); (3) run the
-# command under `timeout $DEVRUN_TIMEOUT_S` (default 520 s, so packing still happens inside
+# command under `timeout $DEVRUN_TIMEOUT_S` (default 480 s, so packing still happens inside
 # a 600 s call; the benchmarks resume, so a rerun continues); (4) pack every run record
 # under $DEVRUN_RUNS (default runs/) into $OUT/runs.tar.gz (also every minute while the
 # command runs), with the log in $OUT/run.log and versions in $OUT/env.txt.
@@ -20,7 +20,7 @@
 #
 # Knobs: DEVRUN_SKIP_INSTALL=1 (use the current interpreter's packages: local rehearsal),
 # DEVRUN_SMOKE (1), DEVRUN_PYTHON (python3), DEVRUN_WARM ("20news4:64"; "" for none; e.g. "20news4:64 r8:64"),
-# DEVRUN_TIMEOUT_S (520), DEVRUN_RUNS (runs; the archive's paths start with it, or with its
+# DEVRUN_TIMEOUT_S (480), DEVRUN_RUNS (runs; the archive's paths start with it, or with its
 # last part when it is absolute), DEVRUN_BUNDLE (.devbundle), OUT (required; where results go).
 set -uo pipefail
 
@@ -122,7 +122,7 @@ pack() {  # every run record so far into $OUT/runs.tar.gz, replaced whole (never
 packer=$!
 log "running: $*"
 start=$(date +%s)
-timeout --kill-after=20 "${DEVRUN_TIMEOUT_S:-520}" "$@" 2>&1 | tee -a "$LOG"
+timeout --kill-after=20 "${DEVRUN_TIMEOUT_S:-480}" "$@" 2>&1 | tee -a "$LOG"
 rc=${PIPESTATUS[0]}
 log "command exited with $rc after $(( $(date +%s) - start )) s (124: stopped by DEVRUN_TIMEOUT_S)"
 kill "$packer" 2>/dev/null
