@@ -121,8 +121,9 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def time_to_target(run_dir: Path, target: float) -> tuple[float, bool] | None:
     """``(simulated s, reached)``: first evaluation at or above ``target``, else the last time."""
     path = run_dir / "rounds.csv"
-    if not path.exists() or not (run_dir / "summary.json").exists():
-        return None
+    summary = run_dir / "summary.json"
+    if not path.exists() or not summary.exists() or json.loads(summary.read_text()).get("status") != "ok":
+        return None  # not run, or not finished (a run cut short says "running" or "interrupted")
     rows = read_csv(path)
     for r in rows:
         if r["accuracy"] not in ("", "nan") and float(r["accuracy"]) >= target:
@@ -157,7 +158,7 @@ def mean_drop_by_class(base: Path, env: str, row: str, seeds: list[int]) -> dict
     acc: dict[str, list[float]] = {}
     for s in seeds:
         path = base / env / row / f"seed{s}" / "clients.csv"
-        if not path.exists():
+        if time_to_target(path.parent, 1.0) is None:  # not a finished run
             continue
         for r in read_csv(path):
             if r["outcome"] == "ok":
