@@ -52,7 +52,7 @@ What is compared:
   Both still hold allocator slack (glibc's dynamic mmap threshold keeps freed activation
   blocks in its heaps; ``--malloc-mmap-threshold 131072`` makes RSS track live tensors
   instead, roughly 40% lower for the big rows) and autograd temporaries, as did the RSS
-  peaks the coefficients were fitted to (REFERENCE.md sec. 2).
+  peaks the coefficients were fitted to (measured on the 2-core development host).
 
 ``--fit`` also prints the activation coefficients that would fit these measurements:
 per back-propagated layer and token, ``y = (net measured - grads - optimizer - embedding
