@@ -58,5 +58,8 @@ ConfigError.MISSING = _MISSING
 
 def format_value(value: object, limit: int = 60) -> str:
     """A short printable form of a user-supplied value."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an integer of more than 4300 digits has no repr
+        text = f"<a {type(value).__name__} too large to print>"
     return text if len(text) <= limit else text[: limit - 3] + "..."

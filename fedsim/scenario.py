@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedsim.configio import apply_overrides, read_yaml, validate
+from fedsim.configio import Spec, apply_overrides, read_yaml, validate
 from fedsim.engine import EngineSpec
 from fedsim.errors import ConfigError
 from fedsim.fleet import FleetSpec
@@ -33,38 +33,31 @@ from fedsim.training.config import DataSpec, ModelSpec, TrainSpec
 
 __all__ = ["Scenario", "LocalSpec", "TrainerSpec", "MethodSpec", "Variant", "load_scenario", "expand"]
 
-_FROZEN = ConfigDict(extra="forbid", frozen=True)
-
-
-class LocalSpec(BaseModel):
+class LocalSpec(Spec):
     """Local training per round (the base plan; methods may change it per client)."""
 
-    model_config = _FROZEN
     batch_size: int = Field(16, ge=1, le=4096)
     local_steps: int = Field(10, ge=1, le=100_000)
 
 
-class TrainerSpec(BaseModel):
+class TrainerSpec(Spec):
     """Who produces learning progress: real PyTorch training or the analytic surrogate."""
 
-    model_config = _FROZEN
     kind: Literal["torch", "surrogate"] = "torch"
     surrogate: SurrogateSpec = Field(default_factory=SurrogateSpec)
     examples_per_client: int = Field(20, ge=1, description="surrogate only: examples each client holds")
 
 
-class MethodSpec(BaseModel):
+class MethodSpec(Spec):
     """A registered method and its parameters (validated against the method's schema)."""
 
-    model_config = _FROZEN
     name: str = "fedlora"
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-class Scenario(BaseModel):
+class Scenario(Spec):
     """A whole simulation, validated."""
 
-    model_config = _FROZEN
     name: str = Field("scenario", min_length=1, max_length=100)
     description: str = ""
     seed: int = Field(0, ge=0, le=2**63 - 1)

