@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from fedsim.errors import FedsimError
 
@@ -28,6 +29,16 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2)
 
 
+def _os_error(exc: OSError) -> FedsimError:
+    """A file-system failure (an output folder that is a file, a full disk) as a message."""
+    return FedsimError(f"cannot write {exc.filename or 'the output'} ({exc.strerror or exc})")
+
+
+def _row(*cells: str) -> list[Text]:
+    # Table cells are rich markup unless given as Text: class names, descriptions and
+    # labels come from user files, and "[/x]" in them must print as written.
+    return [Text(str(c)) for c in cells]
+
 
 def duration(seconds: float) -> str:
     """A simulated duration in the unit that reads best: ``82 s``, ``12.5 min``, ``3.42 h``."""
@@ -46,6 +57,7 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Run a scenario (every sweep combination) and write its records."""
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fedsim.plot import plot_time_to_accuracy
@@ -64,7 +76,7 @@ def run(
         dirs.append(run_dir)
         total = v.scenario.engine.max_rounds
         with Progress(
-            TextColumn(f"[bold]{v.label}[/bold]"), BarColumn(), MofNCompleteColumn(),
+            TextColumn(escape(v.label).replace("{", "{{").replace("}", "}}"), style="bold"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
             console=err_console, disable=quiet, transient=False,
         ) as progress:
@@ -81,26 +93,36 @@ def run(
                 say(f"error in {v.label}: {exc} (records in {run_dir})", err=True)
                 failed = True
                 res = None
+            except OSError as exc:
+                say(f"error in {v.label}: {_os_error(exc)}", err=True)
+                failed = True
+                res = None
             except KeyboardInterrupt:
                 say(f"interrupted; records so far are in {run_dir}", err=True)
                 raise typer.Exit(130)
         results.append(res)
-    table = Table(title=f"{variants[0].scenario.name}: {root}")
+    table = Table(title=Text(f"{variants[0].scenario.name}: {root}"))
     for col in ("variant", "rounds", "sim time", "acc", "to target", "stop", "wall s", "overhead"):
         table.add_column(col, no_wrap=col in ("stop", "variant"))
     for v, res in zip(variants, results):
         if res is None:
-            table.add_row(v.label, "-", "-", "-", "-", "failed", "-", "-")
+            table.add_row(*_row(v.label, "-", "-", "-", "-", "failed", "-", "-"))
             continue
         tta = "-" if res.time_to_target_s is None else duration(res.time_to_target_s)
         acc = "-" if res.final_accuracy is None else f"{res.final_accuracy:.3f}"
         outside = (res.wall_s - res.train_wall_s) / res.wall_s if res.wall_s > 0 else 0.0
-        table.add_row(v.label, str(res.rounds), duration(res.sim_time_s), acc, tta, res.stop_reason, f"{res.wall_s:.0f}", f"{outside:.1%}")
+        table.add_row(*_row(v.label, res.rounds, duration(res.sim_time_s), acc, tta, res.stop_reason, f"{res.wall_s:.0f}", f"{outside:.1%}"))
     console.print(table)
     ok_dirs = [d for d, r in zip(dirs, results) if r is not None]
     if ok_dirs:
-        fig = plot_time_to_accuracy(ok_dirs, root / "time_to_accuracy.png")
-        say(f"plot: {fig}")
+        try:
+            say(f"plot: {plot_time_to_accuracy(ok_dirs, root / 'time_to_accuracy.png')}")
+        except FedsimError as exc:
+            say(f"error: {exc}", err=True)
+            failed = True
+        except OSError as exc:
+            say(f"error: {_os_error(exc)}", err=True)
+            failed = True
     if failed:
         raise typer.Exit(1)
 
@@ -142,19 +164,19 @@ def profiles(
         if cls is None:
             _fail(FedsimError(f"no device or network class named {name!r} in {ps.directory}; known: {sorted(ps.devices) + sorted(ps.networks)}"))
         say(f"# {name} (from {ps.files[name]})")
-        console.print(yaml.safe_dump(cls.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False), highlight=False)
+        say(yaml.safe_dump(cls.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False, allow_unicode=True).rstrip("\n"))
         return
-    t = Table(title=f"device classes ({ps.directory})")
+    t = Table(title=Text(f"device classes ({ps.directory})"))
     for col in ("class", "GFLOP/s (mean)", "app memory GB (mean)", "straggle p", "dropout p", "description"):
         t.add_column(col)
     for n, d in ps.devices.items():
-        t.add_row(n, f"{d.train_gflops_per_s.mean():.1f}", f"{d.app_memory_gb.mean():.2f}", f"{d.straggle_prob:g}", f"{d.dropout_prob:g}", d.description)
+        t.add_row(*_row(n, f"{d.train_gflops_per_s.mean():.1f}", f"{d.app_memory_gb.mean():.2f}", f"{d.straggle_prob:g}", f"{d.dropout_prob:g}", d.description))
     console.print(t)
     t = Table(title="network classes")
     for col in ("class", "down Mbit/s (mean)", "up Mbit/s (mean)", "latency ms (mean)", "dropout p", "description"):
         t.add_column(col)
     for n, c in ps.networks.items():
-        t.add_row(n, f"{c.downlink_mbps.mean():.1f}", f"{c.uplink_mbps.mean():.1f}", f"{c.latency_ms.mean():.0f}", f"{c.dropout_prob:g}", c.description)
+        t.add_row(*_row(n, f"{c.downlink_mbps.mean():.1f}", f"{c.uplink_mbps.mean():.1f}", f"{c.latency_ms.mean():.0f}", f"{c.dropout_prob:g}", c.description))
     console.print(t)
 
 
@@ -172,7 +194,12 @@ def plot(
             _fail(FedsimError(f"{d} is not a run directory (no rounds.csv); give folders written by 'fedsim run'"))
     if x not in ("time", "round"):
         _fail(FedsimError(f"--x must be 'time' or 'round', got {x!r}"))
-    say(f"wrote {plot_time_to_accuracy(run_dirs, out, x=x)}")
+    try:
+        say(f"wrote {plot_time_to_accuracy(run_dirs, out, x=x)}")
+    except FedsimError as exc:
+        _fail(exc)
+    except OSError as exc:
+        _fail(_os_error(exc))
 
 
 @app.command()
@@ -186,11 +213,16 @@ def compare(
     dirs = find_runs(run_dirs)
     if not dirs:
         _fail(FedsimError(f"no run directories (summary.json + rounds.csv) at or below {[str(d) for d in run_dirs]}"))
-    rows = compare_runs(dirs)
-    md = to_markdown(rows)
-    dest = out or (run_dirs[0] if run_dirs[0].is_dir() else run_dirs[0].parent)
-    write_csv(rows, dest / "compare.csv")
-    (dest / "compare.md").write_text(md, encoding="utf-8")
+    try:
+        rows = compare_runs(dirs)
+        md = to_markdown(rows)
+        dest = out or (run_dirs[0] if run_dirs[0].is_dir() else run_dirs[0].parent)
+        write_csv(rows, dest / "compare.csv")
+        (dest / "compare.md").write_text(md, encoding="utf-8")
+    except FedsimError as exc:
+        _fail(exc)
+    except OSError as exc:
+        _fail(_os_error(exc))
     # markup=False: method labels such as droppeft[compression=caesar] are not rich tags.
     console.print(md, highlight=False, soft_wrap=True, markup=False)
     say(f"wrote {dest / 'compare.csv'} and {dest / 'compare.md'} ({len(dirs)} runs)")

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from fedsim.configio import read_yaml
 from fedsim.records import read_clients, read_rounds, read_summary
 
 __all__ = ["METRICS", "run_metrics", "group_key", "compare_runs", "to_markdown", "write_csv", "find_runs"]
@@ -51,9 +51,9 @@ def group_key(summary: dict[str, Any], config: dict[str, Any] | None = None) -> 
     From the resolved ``config.yaml`` when there is one (``droppeft[compression=caesar]``),
     else the variant label without its ``seed-N`` part and sweep index.
     """
-    method = (config or {}).get("method")
+    method = config.get("method") if isinstance(config, dict) else None
     if isinstance(method, dict) and method.get("name"):
-        params = method.get("params") or {}
+        params = method.get("params") if isinstance(method.get("params"), dict) else {}
         inner = ",".join(f"{k}={_short(v)}" for k, v in sorted(params.items()))
         return f"{method['name']}[{inner}]" if inner else str(method["name"])
     label = str(summary.get("variant") or summary.get("method") or "run")
@@ -79,10 +79,7 @@ def run_metrics(run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     s = read_summary(run_dir)
     rounds = read_rounds(run_dir)
-    config = None
-    if (run_dir / "config.yaml").is_file():
-        with open(run_dir / "config.yaml", encoding="utf-8") as fh:
-            config = yaml.safe_load(fh)
+    config = read_yaml(run_dir / "config.yaml")[0] if (run_dir / "config.yaml").is_file() else None
     out: dict[str, Any] = {
         "run": str(run_dir),
         "scenario": s.get("scenario"),

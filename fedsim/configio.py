@@ -104,18 +104,22 @@ def read_yaml(path: str | Path) -> tuple[Any, LineMap]:
 
 def parse_yaml(text: str, file: str | Path | None = None) -> tuple[Any, LineMap]:
     """Parse YAML text (from ``file``, for messages); return the data and its line map."""
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)
         node = loader.get_single_node()
         lines: LineMap = {}
         if node is not None:
             _check_size(node, file)
             _collect_lines(node, (), lines)
         data = loader.construct_document(node) if node is not None else None
+    except yaml.reader.ReaderError as exc:
+        line = text[: exc.position].count("\n") + 1
+        raise _problem(file, line, f"is not valid YAML ({exc.reason}: character {exc.character!r}); is this a binary file?") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
+        problem = " ".join((getattr(exc, "problem", None) or str(exc)).split())
         raise _problem(file, line, f"is not valid YAML ({problem})") from None
     except RecursionError:
         raise _problem(file, None, _TOO_DEEP) from None
@@ -124,7 +128,8 @@ def parse_yaml(text: str, file: str | Path | None = None) -> tuple[Any, LineMap]
     except _DuplicateKey as dup:
         raise ConfigError(file, [(dup.path, dup.line, ConfigError.MISSING, "is defined twice in the same mapping; keep one")]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return data, lines
 
 
@@ -272,11 +277,27 @@ def validate(
         for err in exc.errors(include_url=False):
             # Union members show up as extra path parts named after the member type.
             own = tuple(p for p in err["loc"] if not _is_internal(p))
+            if err["type"] != "missing":
+                own = _written(data, own)
             loc = prefix + own
             path = ".".join(str(p) for p in loc)
             value = ConfigError.MISSING if err["type"] == "missing" else err.get("input")
             problems.append((path, _line_for(loc, lines), value, _expected(err, model, own)))
         raise ConfigError(file, problems) from None
+
+
+def _written(data: Any, loc: tuple) -> tuple:
+    """The part of ``loc`` the user wrote: a bare ``5`` standing for ``{dist: constant,
+    value: 5}`` is reported at the field, not at a ``.value`` the file never spells."""
+    node = data
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list | tuple) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            return loc[:i] if i else loc
+    return loc
 
 
 def load_model(model: type[M], path: str | Path, overrides: list[str] | None = None, context: dict | None = None) -> M:

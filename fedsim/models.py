@@ -63,4 +63,11 @@ def model_config_dict(name_or_path: str) -> dict[str, Any]:
     path = model_dir(name_or_path)
     if path is None:
         return dict(TINY_BERT)
-    return json.loads((path / "config.json").read_text(encoding="utf-8"))
+    file = path / "config.json"
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ValueError(f"{file} cannot be read as a JSON model config ({type(exc).__name__}: {exc})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{file} holds a JSON {type(config).__name__}; expected an object (a Hugging Face config)")
+    return config

@@ -27,7 +27,8 @@ def plot_time_to_accuracy(run_dirs: list[str | Path], out_file: str | Path, x: s
         acc = rounds["accuracy"]
         keep = ~np.isnan(acc)
         xs = rounds["sim_time_s"][keep] / 3600.0 if x == "time" else rounds["round"][keep] + 1
-        label = summary.get("variant") or summary.get("method") or Path(run_dir).name
+        # A "$" would start matplotlib mathtext: labels are shown as written.
+        label = (summary.get("variant") or summary.get("method") or Path(run_dir).name).replace("$", r"\$")
         tta = summary.get("time_to_target_s")
         if tta is not None and x == "time":
             label += f" (target at {tta / 3600:.2f} h)"

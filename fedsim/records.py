@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-__all__ = ["RunRecorder", "ROUND_COLUMNS", "CLIENT_COLUMNS", "read_rounds", "read_summary", "read_clients"]
+from fedsim.errors import FedsimError, format_value
+
+__all__ = ["RunRecorder", "RecordError", "ROUND_COLUMNS", "CLIENT_COLUMNS", "read_rounds", "read_summary", "read_clients"]
 
 ROUND_COLUMNS = (
     "round", "start_s", "sim_time_s", "duration_s", "available", "selected", "participants",
@@ -104,27 +106,96 @@ def _fmt_cell(v: Any) -> Any:
     return v
 
 
+class RecordError(FedsimError):
+    """A run record is missing, truncated or corrupt; the message names the file."""
+
+
+# Summary fields that must be numbers (or null) and texts (or null) for readers to trust them.
+_SUMMARY_NUMBERS = (
+    "seed", "rounds", "sim_time_s", "final_accuracy", "best_accuracy", "time_to_target_s",
+    "target_accuracy", "wall_s", "train_wall_s", "overhead_fraction", "fleet_size",
+)
+_SUMMARY_TEXTS = ("scenario", "variant", "method", "status", "error")
+_CLIENT_TEXTS = ("device_class", "network_class", "plan", "outcome")
+
+
+def _read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
+    """Rows of a record CSV; every row complete and every column present."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            missing = [c for c in columns if c not in (reader.fieldnames or ())]
+            if missing:
+                raise RecordError(f"{path} is not a fedsim record: its header lacks {', '.join(missing)}; expected the columns {', '.join(columns)}.")
+            rows = []
+            for row in reader:
+                if None in row.values() or None in row:
+                    raise RecordError(f"{path}, line {reader.line_num}: the row is truncated or has extra cells; expected {len(columns)} cells.")
+                rows.append(row)
+    except FileNotFoundError:
+        raise RecordError(f"{path} does not exist; expected a run directory written by 'fedsim run'.") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise RecordError(f"{path} cannot be read as a UTF-8 CSV record ({exc}).") from None
+    return rows
+
+
+def _number(path: Path, line: int, column: str, text: str) -> float:
+    try:
+        return float(text) if text != "" else np.nan
+    except ValueError:
+        raise RecordError(f"{path}, line {line}: column '{column}' holds {format_value(text)}; expected a number.") from None
+
+
 def read_rounds(run_dir: str | Path) -> dict[str, np.ndarray]:
-    """``rounds.csv`` as columns of floats (empty cells are NaN)."""
-    with open(Path(run_dir) / "rounds.csv", newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    return {k: np.array([float(r[k]) if r[k] != "" else np.nan for r in rows]) for k in ROUND_COLUMNS}
+    """``rounds.csv`` as columns of floats (empty cells are NaN).
+
+    Raises:
+        RecordError: the file is missing, truncated or holds a cell that is not a number.
+    """
+    path = Path(run_dir) / "rounds.csv"
+    rows = _read_csv(path, ROUND_COLUMNS)
+    return {k: np.array([_number(path, i + 2, k, r[k]) for i, r in enumerate(rows)], dtype=float) for k in ROUND_COLUMNS}
 
 
 def read_clients(run_dir: str | Path) -> dict[str, np.ndarray]:
-    """``clients.csv`` as columns (numbers as floats, names as strings)."""
-    with open(Path(run_dir) / "clients.csv", newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+    """``clients.csv`` as columns (numbers as floats, names as strings).
+
+    Raises:
+        RecordError: the file is missing, truncated or holds a bad number.
+    """
+    path = Path(run_dir) / "clients.csv"
+    rows = _read_csv(path, CLIENT_COLUMNS)
     out = {}
     for k in CLIENT_COLUMNS:
-        vals = [r[k] for r in rows]
-        try:
-            out[k] = np.array([float(v) for v in vals])
-        except ValueError:
-            out[k] = np.array(vals, dtype=object)
+        if k in _CLIENT_TEXTS:
+            out[k] = np.array([r[k] for r in rows], dtype=object)
+        else:
+            out[k] = np.array([_number(path, i + 2, k, r[k]) for i, r in enumerate(rows)], dtype=float)
     return out
 
 
 def read_summary(run_dir: str | Path) -> dict[str, Any]:
-    with open(Path(run_dir) / "summary.json", encoding="utf-8") as fh:
-        return json.load(fh)
+    """``summary.json`` as a dict, its numbers and texts checked.
+
+    Raises:
+        RecordError: the file is missing, not JSON, not an object, or a field has the wrong type.
+    """
+    path = Path(run_dir) / "summary.json"
+    try:
+        with open(path, encoding="utf-8") as fh:
+            summary = json.load(fh)
+    except FileNotFoundError:
+        raise RecordError(f"{path} does not exist; expected a run directory written by 'fedsim run'.") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise RecordError(f"{path} cannot be read as JSON ({type(exc).__name__}: {exc}); is it truncated?") from None
+    if not isinstance(summary, dict):
+        raise RecordError(f"{path} holds a JSON {type(summary).__name__}; expected an object.")
+    for key in _SUMMARY_NUMBERS:
+        value = summary.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise RecordError(f"{path}: '{key}' is {format_value(value)}; expected a number or null.")
+    for key in _SUMMARY_TEXTS:
+        value = summary.get(key)
+        if value is not None and not isinstance(value, str):
+            raise RecordError(f"{path}: '{key}' is {format_value(value)}; expected a text or null.")
+    return summary

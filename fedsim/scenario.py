@@ -16,6 +16,7 @@ product, one run per combination (desmod's factorial sweeps)::
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -31,7 +32,10 @@ from fedsim.profiles import ProfileSet, load_profiles
 from fedsim.trainers.surrogate import SurrogateSpec
 from fedsim.training.config import DataSpec, ModelSpec, TrainSpec
 
-__all__ = ["Scenario", "LocalSpec", "TrainerSpec", "MethodSpec", "Variant", "load_scenario", "expand"]
+__all__ = ["Scenario", "LocalSpec", "TrainerSpec", "MethodSpec", "Variant", "load_scenario", "expand", "MAX_SWEEP_POINTS"]
+
+# Counted before any point is built: a sweep is a list of runs, and 10^7 of them is a typo.
+MAX_SWEEP_POINTS = 10_000
 
 class LocalSpec(Spec):
     """Local training per round (the base plan; methods may change it per client)."""
@@ -84,20 +88,82 @@ class Variant(BaseModel):
     scenario: Scenario
 
 
-def _check_semantics(sc: Scenario, file, lines, profiles: ProfileSet) -> None:
+def _check_semantics(sc: Scenario, file, lines, profiles: ProfileSet, label: str = "") -> None:
+    """Every check that needs no training: class names, the model, data files, and the
+    method built against the model's shape (as :func:`fedsim.simulate.simulate` builds it)."""
     problems = []
+    for path, value, expected in sc.fleet.check_classes(profiles):
+        key = tuple(path.split("."))
+        problems.append((path, lines.get(key) or lines.get(key[:-1]), value, expected))
+    problems += _data_problems(sc, lines)
+    shape, model_problems = _model_shape(sc, lines)
+    problems += model_problems
     if sc.method.name not in method_names():
         problems.append(("method.name", lines.get(("method", "name")), sc.method.name, f"one of the registered methods {method_names()}"))
     else:
         try:
-            validate(get_method(sc.method.name).Params, sc.method.params, file=file, lines=lines, prefix=("method", "params"))
+            params = validate(get_method(sc.method.name).Params, sc.method.params, file=file, lines=lines, prefix=("method", "params"))
         except ConfigError as exc:
             problems.extend(exc.problems)
-    for path, value, expected in sc.fleet.check_classes(profiles):
-        key = tuple(path.split("."))
-        problems.append((path, lines.get(key) or lines.get(key[:-1]), value, expected))
+        else:
+            if shape is not None:
+                problems += _method_problems(sc, params, shape, lines)
     if problems:
+        if label:
+            problems = [(path, line, value, f"{expected} (sweep point {label})") for path, line, value, expected in problems]
         raise ConfigError(file, problems)
+
+
+def _model_shape(sc: Scenario, lines):
+    """The model's cost-model shape, or ``None`` and the problems finding it."""
+    from fedsim.simulate import model_shape_for  # simulate builds on this module
+
+    at = ("model.name_or_path", lines.get(("model", "name_or_path")), sc.model.name_or_path)
+    try:
+        shape = model_shape_for(sc)
+    except ConfigError as exc:
+        return None, [(*at, exc.problems[0][3])]
+    except ValueError as exc:
+        return None, [(*at, str(exc))]
+    bad = [f for f in ("num_layers", "hidden", "heads", "ffn", "vocab", "max_positions")
+           if isinstance(getattr(shape, f), bool) or not isinstance(getattr(shape, f), int) or getattr(shape, f) < 1]
+    if bad:
+        return None, [(*at, f"a model config.json with positive integer architecture sizes; {', '.join(bad)} missing or invalid")]
+    return shape, []
+
+
+def _method_problems(sc: Scenario, params, shape, lines) -> list:
+    """Build the method against the model shape, as a run would before its first round."""
+    from fedsim.simulate import build_base_plan
+
+    try:
+        get_method(sc.method.name)(params, shape, build_base_plan(sc, shape))
+    except ValueError as exc:
+        return [("method.params", lines.get(("method", "params")) or lines.get(("method",)), sc.method.params, f"parameters that fit the model ({str(exc).rstrip('.')})")]
+    return []
+
+
+def _data_problems(sc: Scenario, lines) -> list:
+    """Data files and cache folder a torch run will read (the surrogate reads none)."""
+    if sc.trainer.kind != "torch":
+        return []
+    problems = []
+    cache = sc.data.cache_dir
+    if cache is not None and cache.exists() and not cache.is_dir():
+        problems.append(("data.cache_dir", lines.get(("data", "cache_dir")), str(cache), "a folder for tokenised data, but it is a file"))
+    if sc.data.dataset != "file":
+        return problems
+    from fedsim.training.data import DataError, read_table  # no torch: plain file reading
+
+    for key in ("train_file", "test_file"):
+        path = getattr(sc.data, key)
+        if path is None:
+            continue
+        try:
+            read_table(path, sc.data.text_column, sc.data.label_column)
+        except DataError as exc:
+            problems.append((f"data.{key}", lines.get(("data", key)), str(path), f"a readable data file ({str(exc).rstrip('.')})"))
+    return problems
 
 
 def _slug(value: Any) -> str:
@@ -119,6 +185,10 @@ def expand(data: dict, file=None) -> list[tuple[str, dict]]:
     for k in keys:
         if not isinstance(sweep[k], list) or not sweep[k]:
             raise ConfigError(file, [(f"sweep.{k}", None, sweep[k], "a non-empty list of values")])
+    points = math.prod(len(sweep[k]) for k in keys)
+    if points > MAX_SWEEP_POINTS:
+        sizes = " x ".join(str(len(sweep[k])) for k in keys)
+        raise ConfigError(file, [("sweep", None, ConfigError.MISSING, f"has {sizes} = {points:,} points; expected at most {MAX_SWEEP_POINTS:,} runs")])
     out = []
     for combo in itertools.product(*(sweep[k] for k in keys)):
         overrides = [(k, v) for k, v in zip(keys, combo)]
@@ -170,6 +240,6 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None, seed: in
         key = sc.fleet.profiles_dir
         if key not in profiles_cache:
             profiles_cache[key] = load_profiles(key)
-        _check_semantics(sc, path, lines, profiles_cache[key])
+        _check_semantics(sc, path, lines, profiles_cache[key], label)
         variants.append(Variant(label=label or sc.method.name, scenario=sc))
     return variants

@@ -204,3 +204,89 @@ def test_scenario_validation_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
 
     assert out.stdout.strip() == "False"
+
+
+def test_huge_sweep_refused_before_expanding():
+    sweep = {"seed": list(range(10_000)), "engine.max_rounds": list(range(1, 1001))}
+
+    with pytest.raises(ConfigError) as info:
+        expand({"sweep": sweep})
+
+    assert "10000 x 1000 = 10,000,000 points" in str(info.value)
+
+
+def test_largest_allowed_sweep_expands():
+    out = expand({"sweep": {"seed": list(range(100)), "engine.max_rounds": list(range(1, 101))}})
+
+    assert len(out) == 10_000
+
+
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        ("{not json", "cannot be read as a JSON model config"),
+        ("[1, 2]", "expected an object"),
+        ('{"model_type": "bert", "hidden_size": 32}', "num_layers"),
+        ('{"model_type": "gpt2"}', "not supported"),
+    ],
+)
+def test_model_directory_checked_by_validation(write_yaml, tiny_scenario, tmp_path, config, expected):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(config)
+    path = write_yaml("bad.yaml", tiny_scenario.read_text().replace("tiny-bert", str(tmp_path / "m")))
+
+    with pytest.raises(ConfigError) as info:
+        load_scenario(path)
+
+    dotted, line, value, why = _problem(info.value, "model.name_or_path")
+    assert line == _line_of(path, "name_or_path")
+    assert expected in why
+
+
+def test_torch_run_data_files_and_cache_checked_by_validation(write_yaml, tiny_scenario, tmp_path):
+    (tmp_path / "cache").write_text("a file")
+    (tmp_path / "test.csv").write_bytes(b"text,label\n\xff,1\n")
+    text = tiny_scenario.read_text().replace("kind: surrogate", "kind: torch").replace(
+        "max_length: 32",
+        f"max_length: 32\n  dataset: file\n  train_file: {tmp_path / 'nope.csv'}\n  test_file: {tmp_path / 'test.csv'}\n"
+        f"  cache_dir: {tmp_path / 'cache'}",
+    )
+    path = write_yaml("bad.yaml", text)
+
+    with pytest.raises(ConfigError) as info:
+        load_scenario(path)
+
+    assert {"data.train_file", "data.test_file", "data.cache_dir"} <= {p[0] for p in info.value.problems}
+    assert "does not exist" in _problem(info.value, "data.train_file")[3]
+    assert "UTF-8" in _problem(info.value, "data.test_file")[3]
+
+
+def test_surrogate_run_reads_no_data_files(write_yaml, tiny_scenario, tmp_path):
+    text = tiny_scenario.read_text().replace("max_length: 32", f"max_length: 32\n  dataset: file\n  train_file: {tmp_path / 'nope.csv'}")
+    path = write_yaml("ok.yaml", text)
+
+    (variant,) = load_scenario(path)
+
+    assert variant.scenario.data.dataset == "file"
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("fleet.size=true", "fleet.size"),
+        ("engine.max_rounds=.inf", "engine.max_rounds"),
+        ("engine.server_overhead_s=.inf", "engine.server_overhead_s"),
+        ("engine.round_deadline_s=.nan", "engine.round_deadline_s"),
+        ("fleet.devices.phone-high=1e999", "fleet.devices.phone-high"),
+        ("local.batch_size=false", "local.batch_size"),
+        ("method={name: stld-fixed, params: {mean_drop: .nan}}", "method.params.mean_drop"),
+        ("method={name: caesar, params: {staleness_tau: .inf}}", "method.params.staleness_tau"),
+        ("method={name: legend, params: {min_depth: true}}", "method.params.min_depth"),
+        ("method={name: droppeft, params: {prior_weight: .inf}}", "method.params.prior_weight"),
+    ],
+)
+def test_non_finite_and_boolean_values_rejected(tiny_scenario, override, key):
+    with pytest.raises(ConfigError) as info:
+        load_scenario(tiny_scenario, overrides=[override])
+
+    assert key in [p[0] for p in info.value.problems]
