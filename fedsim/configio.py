@@ -313,11 +313,11 @@ def load_model(model: type[M], path: str | Path, overrides: list[str] | None = N
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``'engine.max_rounds=50'`` -> ``(['engine', 'max_rounds'], 50)``; values are YAML."""
     if "=" not in text:
-        raise ConfigError(None, [(text, None, text, "an override of the form dotted.key=value")])
+        raise ConfigError("--set", [(text, None, text, "an override of the form dotted.key=value")])
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
-        raise ConfigError(None, [(key, None, text, "a dotted key such as engine.max_rounds")])
+        raise ConfigError("--set", [(key, None, text, "a dotted key such as engine.max_rounds")])
     if not raw.strip():
         return key.split("."), None
     try:

@@ -36,6 +36,8 @@ __all__ = ["Scenario", "LocalSpec", "TrainerSpec", "MethodSpec", "Variant", "loa
 
 # Counted before any point is built: a sweep is a list of runs, and 10^7 of them is a typo.
 MAX_SWEEP_POINTS = 10_000
+# Retries of an idle server before it gives up (max_idle_s / idle_wait_s): each is a host step.
+MAX_IDLE_TRIES = 100_000
 
 class LocalSpec(Spec):
     """Local training per round (the base plan; methods may change it per client)."""
@@ -92,6 +94,13 @@ def _check_semantics(sc: Scenario, file, lines, profiles: ProfileSet, label: str
     """Every check that needs no training: class names, the model, data files, and the
     method built against the model's shape (as :func:`fedsim.simulate.simulate` builds it)."""
     problems = []
+    engine = sc.engine
+    if engine.max_idle_s / engine.idle_wait_s > MAX_IDLE_TRIES:
+        problems.append((
+            "engine.idle_wait_s", lines.get(("engine", "idle_wait_s")), engine.idle_wait_s,
+            f"at least max_idle_s / {MAX_IDLE_TRIES:,} = {engine.max_idle_s / MAX_IDLE_TRIES:g} s, "
+            "so that a fleet with no available device gives up in reasonable host time",
+        ))
     for path, value, expected in sc.fleet.check_classes(profiles):
         key = tuple(path.split("."))
         problems.append((path, lines.get(key) or lines.get(key[:-1]), value, expected))
@@ -238,6 +247,10 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None, seed: in
     for label, raw in expand(data, file=path):
         sc = validate(Scenario, raw, file=path, lines=lines)
         key = sc.fleet.profiles_dir
+        if key is not None and not Path(key).is_dir():
+            line = lines.get(("fleet", "profiles_dir"))
+            # The path in full (a value would be shortened): the user must see where it looked.
+            raise ConfigError(path, [("fleet.profiles_dir", line, ConfigError.MISSING, f"expected a folder of device profile YAML files; there is none at {key}")])
         if key not in profiles_cache:
             profiles_cache[key] = load_profiles(key)
         _check_semantics(sc, path, lines, profiles_cache[key], label)
