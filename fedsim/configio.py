@@ -8,7 +8,7 @@ naming the file, the line, the dotted path, the bad value and what was expected.
 
 from __future__ import annotations
 
-import math
+import re
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -104,6 +104,8 @@ def read_yaml(path: str | Path) -> tuple[Any, LineMap]:
 
 def parse_yaml(text: str, file: str | Path | None = None) -> tuple[Any, LineMap]:
     """Parse YAML text (from ``file``, for messages); return the data and its line map."""
+    if _bracket_depth(text) > MAX_DEPTH:
+        raise _problem(file, None, _TOO_DEEP)
     loader = None
     try:
         loader = yaml.SafeLoader(text)
@@ -131,6 +133,20 @@ def parse_yaml(text: str, file: str | Path | None = None) -> tuple[Any, LineMap]
         if loader is not None:
             loader.dispose()
     return data, lines
+
+
+def _bracket_depth(text: str) -> int:
+    """Deepest nesting of ``[`` / ``{`` in the text, counted before parsing: PyYAML's
+    scanner takes time quadratic in flow nesting, so a long run of ``[`` would hang it.
+    Brackets inside scalars count too; only an absurd text has 64 unclosed ones."""
+    depth = top = 0
+    for match in _BRACKETS.finditer(text):
+        depth += 1 if match.group() in "[{" else -1
+        top = max(top, depth)
+    return top
+
+
+_BRACKETS = re.compile(r"[\[\]{}]")
 
 
 def _check_size(root: yaml.Node, file) -> None:

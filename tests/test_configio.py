@@ -343,3 +343,16 @@ def test_hostile_override_value_is_a_clean_error_or_text(text):
         assert "--set a" in str(exc)
     else:
         assert parts == ["a"] and isinstance(value, str)
+
+
+def test_long_run_of_open_brackets_is_refused_quickly(tmp_path):
+    import time
+
+    path = tmp_path / "brackets.yaml"
+    path.write_text("a: " + "[" * 200_000 + "\n")
+    start = time.perf_counter()
+
+    with pytest.raises(ConfigError, match="levels deep"):
+        read_yaml(path)
+
+    assert time.perf_counter() - start < 2.0

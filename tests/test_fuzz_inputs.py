@@ -144,11 +144,26 @@ def fuzz_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("fuzz")
 
 
+def _alias_bomb(levels: int, fan_out: int) -> str:
+    """``levels`` anchors, each a list of ``fan_out`` aliases of the one before."""
+    names = [f"l{i}" for i in range(levels)]
+    text = f"{names[0]}: &{names[0]} [{', '.join(['x'] * fan_out)}]\n"
+    for prev, name in zip(names, names[1:]):
+        text += f"{name}: &{name} [{', '.join(['*' + prev] * fan_out)}]\n"
+    return text
+
+
+def _nested(depth: int, kind: str) -> str:
+    return "a: " + ("[" * depth + "]" * depth if kind == "flow" else "{b: " * depth + "1" + "}" * depth)
+
+
 @fuzz(100)
 @given(content=st.one_of(
     st.binary(max_size=400),
     st.binary(max_size=200).map(lambda b: TINY_SCENARIO.encode() + b),
     st.text(max_size=300).map(str.encode),
+    st.builds(_alias_bomb, st.integers(2, 12), st.integers(2, 12)).map(lambda t: (TINY_SCENARIO + t).encode()),
+    st.builds(_nested, st.integers(1, 6000), st.sampled_from(["flow", "map"])).map(lambda t: (TINY_SCENARIO + t).encode()),
 ))
 def test_scenario_file_from_random_bytes(fuzz_dir, fuzz_cases, content):
     _count(fuzz_cases, "scenario bytes")
@@ -333,3 +348,30 @@ def test_data_file(fuzz_dir, fuzz_cases, kind, rows, junk, header):
     assert len(texts) == len(labels) > 0
     assert all(isinstance(t, str) for t in texts + labels)
 
+
+
+@fuzz(60)
+@given(
+    key=st.sampled_from(SCENARIO_KEYS),
+    raw=st.one_of(st.sampled_from(HOSTILE_SCALARS), st.text(max_size=20)),
+    name=st.sampled_from(["s.yaml", "[/x].yaml", "a b[red].yaml"]),
+)
+def test_cli_validate_and_run_exit_cleanly(fuzz_dir, fuzz_cases, key, raw, name):
+    from typer.testing import CliRunner
+
+    from fedsim.cli import app
+
+    _count(fuzz_cases, "cli validate/run")
+    path = fuzz_dir / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(TINY_SCENARIO, encoding="utf-8")
+    runner = CliRunner()
+
+    checked = runner.invoke(app, ["validate", str(path)])
+    ran = runner.invoke(app, ["run", str(path), "-q", "--out", str(fuzz_dir / "cli"), "--set", f"{key}={raw}", "--set", "engine.max_rounds=1"])
+
+    assert checked.exit_code == 0, checked.output
+    assert ran.exit_code in (0, 1, 2), ran.output
+    assert ran.exception is None or isinstance(ran.exception, SystemExit), ran.exception
+    if ran.exit_code:
+        assert ran.stderr.startswith("error") and ran.stderr.count("\n") == 1, ran.stderr

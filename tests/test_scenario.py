@@ -290,3 +290,12 @@ def test_non_finite_and_boolean_values_rejected(tiny_scenario, override, key):
         load_scenario(tiny_scenario, overrides=[override])
 
     assert key in [p[0] for p in info.value.problems]
+
+
+def test_idle_retries_are_bounded(tiny_scenario):
+    with pytest.raises(ConfigError) as info:
+        load_scenario(tiny_scenario, overrides=["engine.idle_wait_s=1e-300"])
+
+    dotted, line, value, expected = _problem(info.value, "engine.idle_wait_s")
+    assert value == 1e-300
+    assert "max_idle_s / 100,000" in expected
