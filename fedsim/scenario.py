@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fedsim.configio import Spec, apply_overrides, read_yaml, validate
 from fedsim.engine import EngineSpec
@@ -76,6 +76,14 @@ class Scenario(Spec):
     method: MethodSpec = Field(default_factory=MethodSpec)
     engine: EngineSpec = Field(default_factory=EngineSpec)
     sweep: dict[str, list[Any]] = Field(default_factory=dict, description="dotted key -> values")
+
+    @field_validator("name")
+    @classmethod
+    def _one_folder_name(cls, name: str) -> str:
+        # The default output folder is runs/<name>: a name, not a path out of runs/.
+        if name in (".", "..") or any(c in name for c in "/\\\0"):
+            raise ValueError("a name usable as one folder name (no '/', '\\' or NUL, not '.' or '..')")
+        return name
 
     def method_params(self):
         """The method's parameters as its own validated model."""
@@ -178,7 +186,8 @@ def _data_problems(sc: Scenario, lines) -> list:
 def _slug(value: Any) -> str:
     if isinstance(value, dict):
         value = value.get("name", "-".join(f"{k}{_slug(v)}" for k, v in value.items()))
-    text = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(value)).strip("-")
+    # Leading dots stripped too: a label is a folder name, and ".." is not one.
+    text = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(value)).strip("-").lstrip(".")
     return text or "x"
 
 

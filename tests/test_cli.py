@@ -189,10 +189,10 @@ def test_profiles_print_markup_in_names_and_descriptions_as_written(cli, write_y
 def test_run_markup_in_scenario_name_and_out_path(cli, tiny_scenario, tmp_path):
     out = tmp_path / "o[/x]"
 
-    res = cli("run", tiny_scenario, "--out", out, "-q", "--set", "name=a[/b]", "--set", "engine.max_rounds=1")
+    res = cli("run", tiny_scenario, "--out", out, "-q", "--set", "name=a[bold]b[red]", "--set", "engine.max_rounds=1")
 
     assert res.exit_code == 0, res.output
-    assert "a[/b]" in res.stdout
+    assert "a[bold]b[red]" in res.stdout
     assert (out / "fedlora" / "summary.json").is_file()
 
 

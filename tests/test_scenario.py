@@ -299,3 +299,17 @@ def test_idle_retries_are_bounded(tiny_scenario):
     dotted, line, value, expected = _problem(info.value, "engine.idle_wait_s")
     assert value == 1e-300
     assert "max_idle_s / 100,000" in expected
+
+
+@pytest.mark.parametrize("name", ["..", ".", "../../etc", "a/b", "a\\\\b"])
+def test_scenario_name_is_one_folder_name(tiny_scenario, name):
+    with pytest.raises(ConfigError) as info:
+        load_scenario(tiny_scenario, overrides=[f"name='{name}'"])
+
+    assert "one folder name" in _problem(info.value, "name")[3]
+
+
+def test_sweep_labels_never_climb_out_of_the_output_folder():
+    out = expand({"sweep": {"description": ["..", "../x", "."]}})
+
+    assert all(label and not label.startswith(".") for label, _ in out)
