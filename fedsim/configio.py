@@ -20,7 +20,7 @@ from fedsim.errors import ConfigError
 
 __all__ = [
     "Spec", "read_yaml", "parse_yaml", "validate", "load_model", "apply_overrides", "parse_override",
-    "MAX_DEPTH", "MAX_NODES",
+    "MAX_DEPTH", "MAX_NODES", "MAX_BYTES",
 ]
 
 M = TypeVar("M", bound=BaseModel)
@@ -30,6 +30,7 @@ LineMap = dict[tuple, int]
 # exhaust Python's stack, and aliases let a few hundred bytes stand for billions of nodes.
 MAX_DEPTH = 64
 MAX_NODES = 200_000
+MAX_BYTES = 16 * 2**20
 _TOO_DEEP = f"is nested more than {MAX_DEPTH} levels deep; expected flatter YAML"
 
 
@@ -87,13 +88,16 @@ def read_yaml(path: str | Path) -> tuple[Any, LineMap]:
     """
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_BYTES + 1)  # bounded: /dev/zero is a path too
     except FileNotFoundError:
         raise _problem(path, None, "the file does not exist") from None
     except IsADirectoryError:
-        raise _problem(path, None, "a YAML file, but this is a directory") from None
+        raise _problem(path, None, "is a directory; expected a YAML file") from None
     except OSError as exc:
         raise _problem(path, None, f"cannot be read ({exc.strerror})") from None
+    if len(raw) > MAX_BYTES:
+        raise _problem(path, None, f"is larger than {MAX_BYTES // 2**20} MiB; expected a configuration file")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -111,10 +115,11 @@ def parse_yaml(text: str, file: str | Path | None = None) -> tuple[Any, LineMap]
         loader = yaml.SafeLoader(text)
         node = loader.get_single_node()
         lines: LineMap = {}
+        data = None
         if node is not None:
             _check_size(node, file)
+            data = loader.construct_document(node)  # refuses keys that are lists or mappings
             _collect_lines(node, (), lines)
-        data = loader.construct_document(node) if node is not None else None
     except yaml.reader.ReaderError as exc:
         line = text[: exc.position].count("\n") + 1
         raise _problem(file, line, f"is not valid YAML ({exc.reason}: character {exc.character!r}); is this a binary file?") from None

@@ -151,6 +151,8 @@ def load_profiles(directory: str | Path | None = None) -> ProfileSet:
         ConfigError: a file is malformed, a value impossible, or a class defined twice.
     """
     directory = Path(directory) if directory is not None else default_profiles_dir()
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(directory, [("", None, ConfigError.MISSING, "is a file; expected a directory of device profile YAML files")])
     if not directory.is_dir():
         raise ConfigError(
             directory,

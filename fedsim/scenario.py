@@ -40,6 +40,7 @@ MAX_SWEEP_POINTS = 10_000
 # Retries of an idle server before it gives up (max_idle_s / idle_wait_s): each is a host step.
 MAX_IDLE_TRIES = 100_000
 
+
 class LocalSpec(Spec):
     """Local training per round (the base plan; methods may change it per client)."""
 

@@ -293,8 +293,11 @@ ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
         (ALIAS_BOMB.encode(), "aliases *name included"),
         (b"a: &a [*a]\n", "contains it"),
         (("seed: " + "9" * 5000 + "\n").encode(), "cannot be read"),
+        (b"? [a, b]\n: 1\n", "unhashable key"),
+        (b"name: !!python/object/apply:os.system ['true']\n", "is not valid YAML"),
     ],
-    ids=["latin-1", "binary", "control-chars", "deep-5000", "deep-80", "alias-bomb", "self-alias", "huge-int"],
+    ids=["latin-1", "binary", "control-chars", "deep-5000", "deep-80", "alias-bomb", "self-alias", "huge-int",
+         "list-as-key", "python-tag"],
 )
 def test_hostile_yaml_is_a_clean_config_error(tmp_path, content, expected):
     path = tmp_path / "hostile.yaml"
@@ -356,3 +359,8 @@ def test_long_run_of_open_brackets_is_refused_quickly(tmp_path):
         read_yaml(path)
 
     assert time.perf_counter() - start < 2.0
+
+
+def test_endless_file_is_read_only_up_to_the_bound():
+    with pytest.raises(ConfigError, match="larger than 16 MiB"):
+        read_yaml("/dev/zero")

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import TINY_SCENARIO
-from fedsim.errors import ConfigError, FedsimError
+from fedsim.errors import FedsimError
 from fedsim.profiles import load_profiles
 from fedsim.records import read_clients, read_rounds, read_summary
 from fedsim.scenario import load_scenario
@@ -164,6 +164,8 @@ def _nested(depth: int, kind: str) -> str:
     st.text(max_size=300).map(str.encode),
     st.builds(_alias_bomb, st.integers(2, 12), st.integers(2, 12)).map(lambda t: (TINY_SCENARIO + t).encode()),
     st.builds(_nested, st.integers(1, 6000), st.sampled_from(["flow", "map"])).map(lambda t: (TINY_SCENARIO + t).encode()),
+    st.sampled_from(["? [a]\n: 1\n", "? {a: 1}\n: 1\n", "--- 1\n--- 2\n", "%YAML 9.9\n---\na: 1\n", "a: !!set {x}\n",
+                     "<<: *x\n", "a: &x 1\nb: {<<: *x}\n", "!!binary AAAA\n"]).map(lambda t: (TINY_SCENARIO + t).encode()),
 ))
 def test_scenario_file_from_random_bytes(fuzz_dir, fuzz_cases, content):
     _count(fuzz_cases, "scenario bytes")

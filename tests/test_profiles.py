@@ -344,3 +344,11 @@ def test_nan_inf_and_booleans_rejected_where_a_finite_number_is_meant(tmp_path, 
 
     assert key in [p[0] for p in info.value.problems], info.value.problems
     assert str(path) in str(info.value)
+
+
+def test_profile_folder_that_is_a_file(tmp_path):
+    path = tmp_path / "profiles"
+    path.write_text("devices: {}\n")
+
+    with pytest.raises(ConfigError, match="is a file; expected a directory"):
+        load_profiles(path)
