@@ -377,3 +377,39 @@ def test_cli_validate_and_run_exit_cleanly(fuzz_dir, fuzz_cases, key, raw, name)
     assert ran.exception is None or isinstance(ran.exception, SystemExit), ran.exception
     if ran.exit_code:
         assert ran.stderr.startswith("error") and ran.stderr.count("\n") == 1, ran.stderr
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from fedsim.training.config import ModelSpec
+    from fedsim.training.data import tokenizer_identity
+    from fedsim.training.model import load_tokenizer
+
+    tok, name = load_tokenizer(ModelSpec(name_or_path="tiny-bert"))
+    return tok, tokenizer_identity(tok, name)
+
+
+@fuzz(80)
+@given(kind=st.sampled_from(["csv", "jsonl"]), rows=st.lists(st.tuples(cells, cells), max_size=6), test_fraction=st.floats(0.01, 0.99))
+def test_data_set_loading(fuzz_dir, fuzz_cases, tokenizer, kind, rows, test_fraction):
+    from fedsim.training.config import DataSpec
+    from fedsim.training.data import load_data
+
+    _count(fuzz_cases, "data set tokenised")
+    path = fuzz_dir / f"set{fuzz_cases['data set tokenised']}.{kind}"  # a new file each time: no stale cache
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        if kind == "csv":
+            csv.writer(fh).writerows([("text", "label"), *rows])
+        else:
+            fh.writelines(json.dumps({"text": t, "label": lab}) + "\n" for t, lab in rows)
+    spec = DataSpec(dataset="file", train_file=path, test_fraction=test_fraction, max_length=8, cache_dir=fuzz_dir / "cache")
+
+    try:
+        data = load_data(spec, *tokenizer)
+    except DataError as exc:
+        _assert_clean(exc, str(path))
+        return
+    assert len(data.train) + len(data.test) == len(rows)
+    labels = np.concatenate([data.train.labels, data.test.labels])
+    assert ((labels >= 0) & (labels < data.num_labels)).all()
+    assert data.num_labels == len({str(lab) for _, lab in rows})

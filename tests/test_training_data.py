@@ -220,3 +220,13 @@ def test_damaged_cache_file_is_tokenised_again(tmp_path, tokenizer):
     second = load_data(spec, *tokenizer)
     # Assert
     assert np.array_equal(first.train.input_ids, second.train.input_ids)
+
+
+@pytest.mark.parametrize("label, match", [("", "an empty label"), ("a\x00", "a NUL character"), ("\x00", "a NUL character")])
+def test_empty_or_nul_label_is_a_data_error(tmp_path, label, match):
+    # Prepare
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"text": "x", "label": "a"}) + "\n" + json.dumps({"text": "y", "label": label}) + "\n")
+    # Execute / Assert
+    with pytest.raises(DataError, match=f"row 2 has {match}"):
+        data_mod.read_table(path, "text", "label")

@@ -212,7 +212,15 @@ def read_table(path: Path, text_column: str, label_column: str) -> tuple[list[st
                 f"Data file {path}: row {missing[0] + 1} has no column '{column}' ({role}); "
                 f"it has {found}. Set {role} to the right column name."
             )
-    return [str(r[text_column]) for r in rows], [str(r[label_column]) for r in rows]
+    labels = [str(r[label_column]) for r in rows]
+    for i, label in enumerate(labels):
+        # NUL would be lost in the token cache's string arrays, merging two classes.
+        if not label.strip() or "\0" in label:
+            raise DataError(
+                f"Data file {path}: row {i + 1} has {'an empty' if not label.strip() else 'a NUL character in its'} "
+                f"label ('{label_column}'); expected a class name or number in every row."
+            )
+    return [str(r[text_column]) for r in rows], labels
 
 
 def label_order(labels: list[str]) -> list[str]:
