@@ -100,6 +100,10 @@ def run(
             except KeyboardInterrupt:
                 say(f"interrupted; records so far are in {run_dir}", err=True)
                 raise typer.Exit(130)
+            except Exception as exc:  # a bug: the other points of a sweep still run
+                say(f"error in {v.label}: unexpected {type(exc).__name__}: {exc}; its traceback is in {run_dir / 'summary.json'}", err=True)
+                failed = True
+                res = None
         results.append(res)
     table = Table(title=Text(f"{variants[0].scenario.name}: {root}"))
     for col in ("variant", "rounds", "sim time", "acc", "to target", "stop", "wall s", "overhead"):

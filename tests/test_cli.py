@@ -233,3 +233,24 @@ def test_validate_checks_what_run_would_refuse(cli, write_yaml, tiny_scenario, a
 
     assert res.exit_code == 2
     assert key in res.stderr
+
+
+def test_a_failing_sweep_point_does_not_stop_the_others(cli, write_yaml, tiny_scenario, tmp_path, monkeypatch):
+    import importlib
+
+    module = importlib.import_module("fedsim.simulate")  # fedsim.simulate is also the function's name
+    real = module.simulate
+
+    def flaky(sc, out_dir, **kw):
+        if sc.method.name == "fedlora":
+            raise RuntimeError("boom")
+        return real(sc, out_dir, **kw)
+
+    monkeypatch.setattr(module, "simulate", flaky)
+    path = write_yaml("sweep.yaml", tiny_scenario.read_text() + "sweep:\n  method: [{name: fedlora}, {name: stld-fixed}]\n")
+
+    res = cli("run", path, "--out", tmp_path / "out", "-q", "--set", "engine.max_rounds=1")
+
+    assert res.exit_code == 1
+    assert "error in fedlora: unexpected RuntimeError: boom" in res.stderr
+    assert (tmp_path / "out" / "stld-fixed" / "summary.json").is_file()
