@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -32,6 +34,26 @@ def _fail(exc: Exception) -> None:
 def _os_error(exc: OSError) -> FedsimError:
     """A file-system failure (an output folder that is a file, a full disk) as a message."""
     return FedsimError(f"cannot write {exc.filename or 'the output'} ({exc.strerror or exc})")
+
+
+@contextmanager
+def _failing_cleanly() -> Iterator[None]:
+    """Bad records or a file-system failure end the command with one line, exit status 2."""
+    try:
+        yield
+    except FedsimError as exc:
+        _fail(exc)
+    except OSError as exc:
+        _fail(_os_error(exc))
+
+
+def _point_error(exc: Exception, run_dir: Path) -> str:
+    """Why one run of a sweep failed: bad input, the file system, or a bug."""
+    if isinstance(exc, FedsimError):
+        return f"{exc} (records in {run_dir})"
+    if isinstance(exc, OSError):
+        return str(_os_error(exc))
+    return f"unexpected {type(exc).__name__}: {exc}; its traceback is in {run_dir / 'summary.json'}"
 
 
 def _row(*cells: str) -> list[Text]:
@@ -89,21 +111,12 @@ def run(
 
             try:
                 res = simulate(v.scenario, run_dir, label=v.label, on_round=on_round)
-            except FedsimError as exc:
-                say(f"error in {v.label}: {exc} (records in {run_dir})", err=True)
-                failed = True
-                res = None
-            except OSError as exc:
-                say(f"error in {v.label}: {_os_error(exc)}", err=True)
-                failed = True
-                res = None
             except KeyboardInterrupt:
                 say(f"interrupted; records so far are in {run_dir}", err=True)
                 raise typer.Exit(130)
-            except Exception as exc:  # a bug: the other points of a sweep still run
-                say(f"error in {v.label}: unexpected {type(exc).__name__}: {exc}; its traceback is in {run_dir / 'summary.json'}", err=True)
-                failed = True
-                res = None
+            except Exception as exc:  # reported; the other points of a sweep still run
+                say(f"error in {v.label}: {_point_error(exc, run_dir)}", err=True)
+                failed, res = True, None
         results.append(res)
     table = Table(title=Text(f"{variants[0].scenario.name}: {root}"))
     for col in ("variant", "rounds", "sim time", "acc", "to target", "stop", "wall s", "overhead"):
@@ -198,12 +211,8 @@ def plot(
             _fail(FedsimError(f"{d} is not a run directory (no rounds.csv); give folders written by 'fedsim run'"))
     if x not in ("time", "round"):
         _fail(FedsimError(f"--x must be 'time' or 'round', got {x!r}"))
-    try:
+    with _failing_cleanly():
         say(f"wrote {plot_time_to_accuracy(run_dirs, out, x=x)}")
-    except FedsimError as exc:
-        _fail(exc)
-    except OSError as exc:
-        _fail(_os_error(exc))
 
 
 @app.command()
@@ -217,16 +226,12 @@ def compare(
     dirs = find_runs(run_dirs)
     if not dirs:
         _fail(FedsimError(f"no run directories (summary.json + rounds.csv) at or below {[str(d) for d in run_dirs]}"))
-    try:
+    with _failing_cleanly():
         rows = compare_runs(dirs)
         md = to_markdown(rows)
         dest = out or (run_dirs[0] if run_dirs[0].is_dir() else run_dirs[0].parent)
         write_csv(rows, dest / "compare.csv")
         (dest / "compare.md").write_text(md, encoding="utf-8")
-    except FedsimError as exc:
-        _fail(exc)
-    except OSError as exc:
-        _fail(_os_error(exc))
     # markup=False: method labels such as droppeft[compression=caesar] are not rich tags.
     console.print(md, highlight=False, soft_wrap=True, markup=False)
     say(f"wrote {dest / 'compare.csv'} and {dest / 'compare.md'} ({len(dirs)} runs)")

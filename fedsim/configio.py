@@ -8,6 +8,7 @@ naming the file, the line, the dotted path, the bad value and what was expected.
 
 from __future__ import annotations
 
+import json
 import re
 import typing
 from pathlib import Path
@@ -19,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, fie
 from fedsim.errors import ConfigError
 
 __all__ = [
-    "Spec", "read_yaml", "parse_yaml", "validate", "load_model", "apply_overrides", "parse_override",
+    "Spec", "read_yaml", "parse_yaml", "read_json_object", "validate", "load_model", "apply_overrides", "parse_override",
     "MAX_DEPTH", "MAX_NODES", "MAX_BYTES",
 ]
 
@@ -104,6 +105,21 @@ def read_yaml(path: str | Path) -> tuple[Any, LineMap]:
         line = raw[: exc.start].count(b"\n") + 1
         raise _problem(path, line, f"is not UTF-8 text (byte {exc.start} is not; is this a binary file?); expected a YAML text file") from None
     return parse_yaml(text, path)
+
+
+def read_json_object(path: str | Path, what: str) -> dict:
+    """A JSON file that holds an object (``what`` it should be, for the message).
+
+    Raises:
+        ValueError: the file is unreadable, not JSON, or not an object; names the file.
+    """
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ValueError(f"{path} cannot be read as {what} ({type(exc).__name__}: {exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}; expected an object ({what})")
+    return data
 
 
 def parse_yaml(text: str, file: str | Path | None = None) -> tuple[Any, LineMap]:

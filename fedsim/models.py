@@ -7,9 +7,10 @@ scenario validation never load weights or torch.
 from __future__ import annotations
 
 import importlib.resources
-import json
 from pathlib import Path
 from typing import Any
+
+from fedsim.configio import read_json_object
 
 __all__ = ["MINILM_NAME", "TINY_BERT_NAME", "TINY_BERT", "model_dir", "model_config_dict", "check_trainable"]
 
@@ -63,14 +64,7 @@ def model_config_dict(name_or_path: str) -> dict[str, Any]:
     path = model_dir(name_or_path)
     if path is None:
         return dict(TINY_BERT)
-    file = path / "config.json"
-    try:
-        config = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ValueError(f"{file} cannot be read as a JSON model config ({type(exc).__name__}: {exc})") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{file} holds a JSON {type(config).__name__}; expected an object (a Hugging Face config)")
-    return config
+    return read_json_object(path / "config.json", "a JSON model config")
 
 
 # Files transformers can build a fast tokenizer from, and the weight files it loads.

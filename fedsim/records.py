@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from fedsim.configio import read_json_object
 from fedsim.errors import FedsimError, format_value
 
 __all__ = ["RunRecorder", "RecordError", "ROUND_COLUMNS", "CLIENT_COLUMNS", "read_rounds", "read_summary", "read_clients"]
@@ -181,15 +182,12 @@ def read_summary(run_dir: str | Path) -> dict[str, Any]:
         RecordError: the file is missing, not JSON, not an object, or a field has the wrong type.
     """
     path = Path(run_dir) / "summary.json"
+    if not path.is_file():
+        raise RecordError(f"{path} does not exist; expected a run directory written by 'fedsim run'.")
     try:
-        with open(path, encoding="utf-8") as fh:
-            summary = json.load(fh)
-    except FileNotFoundError:
-        raise RecordError(f"{path} does not exist; expected a run directory written by 'fedsim run'.") from None
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise RecordError(f"{path} cannot be read as JSON ({type(exc).__name__}: {exc}); is it truncated?") from None
-    if not isinstance(summary, dict):
-        raise RecordError(f"{path} holds a JSON {type(summary).__name__}; expected an object.")
+        summary = read_json_object(path, "a run summary")
+    except ValueError as exc:
+        raise RecordError(f"{exc}; is it truncated?") from None
     for key in _SUMMARY_NUMBERS:
         value = summary.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):

@@ -60,6 +60,17 @@ def shipped_profiles():
     return load_profiles()
 
 
+@pytest.fixture(scope="session")
+def tokenizer():
+    """``(tokenizer, identity)`` of ``tiny-bert`` (MiniLM's), for data loading tests."""
+    from fedsim.training.config import ModelSpec
+    from fedsim.training.data import tokenizer_identity
+    from fedsim.training.model import load_tokenizer
+
+    tok, name = load_tokenizer(ModelSpec(name_or_path="tiny-bert"))
+    return tok, tokenizer_identity(tok, name)
+
+
 @pytest.fixture
 def tiny_ctx():
     """``tiny_ctx(round_idx, n=8)``: a RoundContext over a small hand-made fleet.

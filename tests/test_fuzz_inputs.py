@@ -139,6 +139,13 @@ def _load_or_error(path: Path, **kw):
         return None
 
 
+def _load_and_run(path: Path, fuzz_dir: Path, fuzz_cases, **kw) -> None:
+    """A clean error, or a scenario whose first rounds give finite records."""
+    variants = _load_or_error(path, **kw)
+    if variants is not None:
+        _run_briefly(variants, fuzz_dir, fuzz_cases)
+
+
 @pytest.fixture(scope="module")
 def fuzz_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("fuzz")
@@ -172,10 +179,7 @@ def test_scenario_file_from_random_bytes(fuzz_dir, fuzz_cases, content):
     path = fuzz_dir / "bytes.yaml"
     path.write_bytes(content)
 
-    variants = _load_or_error(path)
-
-    if variants is not None:
-        _run_briefly(variants, fuzz_dir, fuzz_cases)
+    _load_and_run(path, fuzz_dir, fuzz_cases)
 
 
 @fuzz(200)
@@ -196,10 +200,7 @@ def test_scenario_with_a_hostile_yaml_spelling(fuzz_dir, fuzz_cases, key, raw, i
     path = fuzz_dir / "spelling.yaml"
     path.write_text(text, encoding="utf-8")
 
-    variants = _load_or_error(path)
-
-    if variants is not None:
-        _run_briefly(variants, fuzz_dir, fuzz_cases)
+    _load_and_run(path, fuzz_dir, fuzz_cases)
 
 
 @fuzz(250)
@@ -212,10 +213,7 @@ def test_scenario_with_random_values(fuzz_dir, fuzz_cases, changes):
     path = fuzz_dir / "values.yaml"
     path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
 
-    variants = _load_or_error(path)
-
-    if variants is not None:
-        _run_briefly(variants, fuzz_dir, fuzz_cases)
+    _load_and_run(path, fuzz_dir, fuzz_cases)
 
 
 @fuzz(250)
@@ -226,10 +224,7 @@ def test_scenario_with_random_values(fuzz_dir, fuzz_cases, changes):
 def test_set_override(fuzz_dir, fuzz_cases, tiny_path, key, raw):
     _count(fuzz_cases, "--set override")
 
-    variants = _load_or_error(tiny_path, overrides=[f"{key}={raw}"])
-
-    if variants is not None:
-        _run_briefly(variants, fuzz_dir, fuzz_cases)
+    _load_and_run(tiny_path, fuzz_dir, fuzz_cases, overrides=[f"{key}={raw}"])
 
 
 @pytest.fixture(scope="module")
@@ -377,16 +372,6 @@ def test_cli_validate_and_run_exit_cleanly(fuzz_dir, fuzz_cases, key, raw, name)
     assert ran.exception is None or isinstance(ran.exception, SystemExit), ran.exception
     if ran.exit_code:
         assert ran.stderr.startswith("error") and ran.stderr.count("\n") == 1, ran.stderr
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from fedsim.training.config import ModelSpec
-    from fedsim.training.data import tokenizer_identity
-    from fedsim.training.model import load_tokenizer
-
-    tok, name = load_tokenizer(ModelSpec(name_or_path="tiny-bert"))
-    return tok, tokenizer_identity(tok, name)
 
 
 @fuzz(80)

