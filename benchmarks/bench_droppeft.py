@@ -5,21 +5,30 @@ Usage::
     python benchmarks/bench_droppeft.py --trainer surrogate            # every row, 3 seeds, ~1 min
     python benchmarks/bench_droppeft.py                                # real training (long; resumable)
     python benchmarks/bench_droppeft.py --rows core,noniid --seeds 0   # DropPEFT vs FedLoRA only, 1 seed
+    python benchmarks/bench_droppeft.py --rows noniid --jobs 5 --set data.personal_eval_clients=100
+    python benchmarks/bench_droppeft.py --jobs 16 --set train.device=cuda --out runs/gpu/bench_droppeft  # a GPU
 
 Every row runs ``scenarios/droppeft/base.yaml`` with only the method changed (and, for the
 ``noniid`` rows, the partition set to Dirichlet alpha = 0.1), for the same seeds: the same
 fleet of 1,000 phones, data, availability and client selection. Rows:
 
-* ``core``: ``fedlora``; ``droppeft`` with discounted UCB and with Thompson sampling;
+* ``core``: ``fedlora``; ``droppeft`` as shipped;
 * ``arms``: ``stld-fixed`` with each arm of DropPEFT's default arm set run alone;
-* ``ablation``: DropPEFT with epsilon-greedy, with a flat prior, with the per-group
-  bandit of the first design, and an *oracle* planner that knows the surrogate's true
-  progress curve (meaningful with ``--trainer surrogate`` only);
-* ``noniid``: ``fedlora`` and ``droppeft`` + PTLS (2 personal layers) at alpha = 0.1,
-  reporting PTLS's personalised accuracy (clients' local test shards) next to the global
-  accuracy. These rows run a fixed ``NONIID_ROUNDS`` rounds (no early stop at the
-  target: with PTLS the global model is not the one to stop on), and compare the mean of
-  the last ``LAST_K`` evaluations, as accuracy under label skew swings from round to round.
+* ``noniid`` (Dirichlet alpha = 0.1): ``fedlora``; ``fedlora-ft`` (FedLoRA, then at
+  evaluation each evaluated client fine-tunes the 2 layers nearest the output and the
+  head on its own data for one round's local steps); ``droppeft`` without PTLS;
+  ``droppeft-ptls`` (2 personal layers and the personal head); ``droppeft-ptls-layers``
+  (2 personal layers). Every row reports the global accuracy and the personalised one,
+  on the same local test shards (``local_test: test_split``: 20 test-split examples a
+  client with its train label mix) of the same seeded sample of clients
+  (``data.personal_eval_clients``). These rows run for the same ``NONIID_TIME_S``
+  simulated seconds (no early stop at the target: with PTLS the global model is not the
+  one to stop on), and compare the means over the last ``TAIL_FRACTION`` of it, as
+  accuracy under label skew swings from round to round.
+
+``--set dotted.key=value`` (repeatable) changes every row's scenario after the row's own
+settings (e.g. ``--set train.threads=2``); it is part of the scenario a finished run is
+compared with, so changing it runs the rows again.
 
 Each run writes to ``OUT/<trainer>/<row>/seed<k>/``; a run whose ``summary.json`` says
 ``ok`` and whose ``scenario.yaml`` is the one the benchmark would write now is not run
@@ -46,6 +55,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fedsim.configio import apply_overrides  # noqa: E402
 from fedsim.parallel import run_all  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +65,10 @@ NONIID_TIME_S = 300.0  # simulated seconds every non-IID row runs (FedLoRA: abou
 NONIID_MAX_ROUNDS = 100
 TAIL_FRACTION = 1 / 3  # "late" accuracy: mean of the evaluations in this last share of the run
 ARMS = [(m, p) for m in (0.25, 0.5, 0.75) for p in ("uniform", "rising", "falling")]
+# The non-IID rows: label skew, and local test shards of 20 test-split examples a client
+# with its label mix (the same for every row of a seed).
+NONIID_PARTITION = {"scheme": "dirichlet", "alpha": 0.1, "local_test": "test_split", "local_test_examples": 20}
+PERSONAL = {"personal_layers": 2, "personal_head": True}  # what PTLS keeps personal, and the baseline fine-tunes
 
 
 def rows(groups: set[str]) -> list[tuple[str, dict, dict]]:
@@ -63,39 +77,30 @@ def rows(groups: set[str]) -> list[tuple[str, dict, dict]]:
     if "core" in groups:
         out += [
             ("fedlora", {"name": "fedlora"}, {}),
-            ("droppeft-ucb", {"name": "droppeft", "params": {"policy": "ucb"}}, {}),
-            ("droppeft-thompson", {"name": "droppeft", "params": {"policy": "thompson"}}, {}),
+            ("droppeft", {"name": "droppeft"}, {}),
         ]
     if "arms" in groups:
         for mean, prof in ARMS:
             label = f"stld-{prof}-{mean:g}"
             out.append((label, {"name": "stld-fixed", "params": {"mean_drop": mean, "profile": prof}}, {}))
-    if "ablation" in groups:
-        out += [
-            ("droppeft-egreedy", {"name": "droppeft", "params": {"policy": "egreedy"}}, {}),
-            ("droppeft-flat-prior", {"name": "droppeft", "params": {"policy": "ucb", "prior": "flat"}}, {}),
-            ("droppeft-group-bandit", {"name": "droppeft", "params": {"policy": "ucb", "configurator": "group-bandit"}}, {}),
-            # The planner told the surrogate's true curve (base.yaml: drop_exponent 2.4, depth_exponent 2):
-            # what pacing alone can do.
-            ("droppeft-oracle", {"name": "droppeft", "params": {
-                "prior_depth": [2.0], "prior_exponents": [2.4], "prior_initial": [2.0, 2.4], "prior_sd": 1e-3,
-                "ucb_c": 0.0}}, {}),
-        ]
     if "noniid" in groups:
-        skew = {"scheme": "dirichlet", "alpha": 0.1}
+        skew = NONIID_PARTITION
+        finetune = {"layers": PERSONAL["personal_layers"], "head": PERSONAL["personal_head"]}
         out += [
             ("a0.1-fedlora", {"name": "fedlora"}, skew),
-            ("a0.1-droppeft", {"name": "droppeft", "params": {"policy": "ucb"}}, skew),
-            ("a0.1-droppeft-ptls", {"name": "droppeft", "params": {
-                "policy": "ucb", "ptls": True, "personal_layers": 2, "personal_head": True}}, skew),
+            ("a0.1-fedlora-ft", {"name": "fedlora", "params": {"local_finetune": finetune}}, skew),
+            ("a0.1-droppeft", {"name": "droppeft"}, skew),
+            ("a0.1-droppeft-ptls", {"name": "droppeft", "params": {"ptls": True, **PERSONAL}}, skew),
             ("a0.1-droppeft-ptls-layers", {"name": "droppeft", "params": {
-                "policy": "ucb", "ptls": True, "personal_layers": 2}}, skew),
+                "ptls": True, "personal_layers": PERSONAL["personal_layers"]}}, skew),
         ]
     return out
 
 
-def run_one(out_dir: Path, method: dict, partition: dict, seed: int, trainer: str, max_rounds: int | None) -> dict:
-    """Run (or reuse) one row x seed; returns its summary."""
+def run_one(out_dir: Path, method: dict, partition: dict, seed: int, trainer: str, max_rounds: int | None,
+            overrides: list[str] = ()) -> dict:
+    """Run (or reuse) one row x seed; returns its summary. ``overrides`` (``dotted.key=value``)
+    apply last."""
     from fedsim.scenario import load_scenario
     from fedsim.simulate import simulate
 
@@ -113,6 +118,8 @@ def run_one(out_dir: Path, method: dict, partition: dict, seed: int, trainer: st
         raw["engine"]["target_accuracy"] = None
         raw["engine"]["max_rounds"] = NONIID_MAX_ROUNDS
         raw["engine"]["max_sim_time_s"] = NONIID_TIME_S
+    if overrides:
+        raw = apply_overrides(raw, list(overrides), file="--set")
     scenario_file = out_dir / "scenario.yaml"
     if summary_path.exists() and scenario_file.exists():
         summary = json.loads(summary_path.read_text())
@@ -123,7 +130,7 @@ def run_one(out_dir: Path, method: dict, partition: dict, seed: int, trainer: st
     variant = load_scenario(scenario_file)[0]
     t0 = time.perf_counter()
     try:
-        simulate(variant.scenario, out_dir, label=out_dir.parent.name)
+        simulate(variant.scenario, out_dir, label=out_dir.parent.name, existing="overwrite")
     except Exception as exc:  # recorded in summary.json by simulate; keep benchmarking
         print(f"  failed: {exc}", file=sys.stderr)
     print(f"  {out_dir.relative_to(out_dir.parents[2])}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
@@ -186,8 +193,8 @@ def metrics(run_dir: Path, target: float) -> dict | None:
         "mean_mem_gb": float(mem.mean()) / 1e9 if mem.size else float("nan"),
         "traffic_mb": float(round_mb[:upto].sum()),
         "traffic_total_mb": float(round_mb.sum()),
-        # Until the model a user runs (personalised with PTLS, else the global one) first
-        # reaches the target.
+        # Until the model a user runs (the personalised accuracy where recorded, else the
+        # global one) first reaches the target.
         "traffic_to_own_target_mb": _traffic_to(round_mb, pers_all if np.isfinite(pers_all).any() else acc, target),
         "up_mb_per_client": float(up.mean()) / 1e6 if up.size else float("nan"),
         "fail_rate": float(fail.mean()) if fail.size else 0.0,
@@ -253,7 +260,7 @@ def goals(out: Path, trainer: str, seeds: list[int], target: float) -> str:
     arm_ttt = {k: mean_ttt(v) for k, v in arms.items() if v is not None}
     if fed is not None:
         arm_ttt["fedlora (no drop)"] = mean_ttt(fed)
-    for label in ("droppeft-ucb", "droppeft-thompson"):
+    for label in ("droppeft",):
         d = get(label)
         if d is None or fed is None:
             continue
@@ -269,19 +276,42 @@ def goals(out: Path, trainer: str, seeds: list[int], target: float) -> str:
         lines.append(f"  device memory: mean {mem:.0%} below fedlora, largest {peak:.0%} below (goal >= 40%)")
         traffic = statistics.fmean(m["traffic_mb"] for m in d) / statistics.fmean(m["traffic_mb"] for m in fed) - 1
         lines.append(f"  traffic to target: {traffic:+.0%} vs fedlora (PTLS off)")
-    nf, npt = get("a0.1-fedlora"), get("a0.1-droppeft-ptls")
-    if nf is not None and npt is not None and all(m["last_personal_acc"] is not None for m in npt):
-        g = statistics.fmean(m["last_acc"] for m in nf)
-        pa = statistics.fmean(m["last_personal_acc"] for m in npt)
-        traffic = statistics.fmean(m["traffic_total_mb"] for m in npt) / statistics.fmean(m["traffic_total_mb"] for m in nf) - 1
-        lines.append(f"non-IID alpha 0.1: PTLS personalised {pa:.3f} vs fedlora global {g:.3f}: "
-                     f"{100 * (pa - g):+.1f} points (goal >= +2); traffic in the same {NONIID_TIME_S:.0f} simulated s "
-                     f"{traffic:+.0%} vs fedlora, per update {statistics.fmean(m['up_mb_per_client'] for m in npt) / statistics.fmean(m['up_mb_per_client'] for m in nf) - 1:+.0%} up")
-        own = lambda ms: [m["traffic_to_own_target_mb"] for m in ms]  # noqa: E731
-        if all(v is not None for v in own(npt) + own(nf)):
-            lines.append(f"  traffic until the model a client uses reaches {target:g} (PTLS: personalised; fedlora: "
-                         f"global): {statistics.fmean(own(npt)):.1f} vs {statistics.fmean(own(nf)):.1f} MB")
+    lines += noniid_goals(get, target)
     return "\n".join(lines)
+
+
+def noniid_goals(get, target: float) -> list[str]:
+    """The non-IID rows, like for like: every row's personalised accuracy on the same
+    local test shards of the same clients, and PTLS against FedLoRA then local fine-tuning."""
+    labels = ("fedlora", "fedlora-ft", "droppeft", "droppeft-ptls", "droppeft-ptls-layers")
+    runs = {k: get(f"a0.1-{k}") for k in labels}
+    mean = lambda ms, key: statistics.fmean(m[key] for m in ms)  # noqa: E731
+    has_personal = lambda k: runs[k] is not None and all(m["last_personal_acc"] is not None for m in runs[k])  # noqa: E731
+    lines = []
+    if any(has_personal(k) for k in labels):
+        lines.append(f"non-IID alpha 0.1, late means (last {TAIL_FRACTION:.0%} of each run's simulated time), "
+                     "personalised = the same clients' local test shards:")
+        for k in labels:
+            if has_personal(k):
+                lines.append(f"  {k}: personalised {mean(runs[k], 'last_personal_acc'):.3f}, "
+                             f"global {mean(runs[k], 'last_acc'):.3f}")
+    pt, ft, fed = runs["droppeft-ptls"], runs["fedlora-ft"], runs["fedlora"]
+    if has_personal("droppeft-ptls") and has_personal("fedlora-ft"):
+        diffs = [100 * (p["last_personal_acc"] - f["last_personal_acc"]) for p, f in zip(pt, ft)]
+        gain = statistics.fmean(diffs)
+        lines.append(f"PTLS at least 2 points above the FedLoRA-then-local-fine-tuning baseline in personalised "
+                     f"accuracy at Dirichlet 0.1: {gain:+.1f} points (per seed "
+                     + ", ".join(f"{d:+.1f}" for d in diffs) + f"): {'met' if gain >= 2 else 'missed'}")
+    if pt is not None and fed is not None:
+        traffic = mean(pt, "traffic_total_mb") / mean(fed, "traffic_total_mb") - 1
+        per_update = mean(pt, "up_mb_per_client") / mean(fed, "up_mb_per_client") - 1
+        lines.append(f"non-IID alpha 0.1: PTLS traffic in the same simulated time {traffic:+.0%} "
+                     f"vs fedlora, per update {per_update:+.0%} up")
+        own = lambda ms: [m["traffic_to_own_target_mb"] for m in ms]  # noqa: E731
+        if has_personal("droppeft-ptls") and has_personal("fedlora") and all(v is not None for v in own(pt) + own(fed)):
+            lines.append(f"  traffic until the personalised accuracy reaches {target:g}: PTLS "
+                         f"{statistics.fmean(own(pt)):.1f} vs fedlora {statistics.fmean(own(fed)):.1f} MB")
+    return lines
 
 
 def memory_context() -> str:
@@ -313,25 +343,27 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--trainer", choices=["torch", "surrogate"], default="torch")
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated simulation seeds")
     ap.add_argument("--rows", default=None,
-                    help="comma-separated groups: core, arms, ablation, noniid (default: all; torch: all but ablation)")
+                    help="comma-separated groups: core, arms, noniid (default: all)")
     ap.add_argument("--target", type=float, default=None, help="accuracy target (default 0.8)")
     ap.add_argument("--max-rounds", type=int, default=None, help="override engine.max_rounds")
     ap.add_argument("--only", default=None, help="comma-separated row labels to run (default: every row of --rows)")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_droppeft")
     ap.add_argument("--table-only", action="store_true", help="print the table of the runs already finished")
     ap.add_argument("--jobs", type=int, default=1, help="runs side by side (each uses train.threads = 1 torch thread)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    help="dotted.key=value applied to every row's scenario last (repeatable), e.g. train.threads=2")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     target = args.target if args.target is not None else 0.8
     if args.rows is None:
-        args.rows = "core,arms,ablation,noniid" if args.trainer == "surrogate" else "core,arms,noniid"
+        args.rows = "core,arms,noniid"
     todo = rows(set(args.rows.split(",")))
     if args.only:
         todo = [r for r in todo if r[0] in set(args.only.split(","))]
     if not args.table_only:
         # Seed by seed: an interrupted benchmark has whole seeds.
-        tasks = [(args.out / args.trainer / label / f"seed{seed}", method, partition, seed, args.trainer, args.max_rounds)
-                 for seed in seeds for label, method, partition in todo]
+        tasks = [(args.out / args.trainer / label / f"seed{seed}", method, partition, seed, args.trainer, args.max_rounds,
+                  args.overrides) for seed in seeds for label, method, partition in todo]
         for task, result in run_all(run_one, tasks, args.jobs):
             if isinstance(result, Exception):
                 print(f"  {task[0]}: {result}", file=sys.stderr, flush=True)

@@ -59,7 +59,7 @@ def run_variant(scenario, run_dir: Path, root: Path) -> str:
     """Run one variant into ``run_dir``; a line for the log (failures are in its records)."""
     t0 = time.perf_counter()
     try:
-        res = simulate(scenario, run_dir, label=run_dir.name)
+        res = simulate(scenario, run_dir, label=run_dir.name, existing="overwrite")
     except Exception as exc:  # the records say what happened; go on with the others
         return f"FAIL {run_dir.relative_to(root)}: {exc}"
     acc = "-" if res.final_accuracy is None else f"{res.final_accuracy:.3f}"

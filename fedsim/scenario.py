@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from fedsim.configio import Spec, apply_overrides, read_yaml, validate
 from fedsim.engine import EngineSpec
@@ -78,14 +78,6 @@ class Scenario(Spec):
     method: MethodSpec = Field(default_factory=MethodSpec)
     engine: EngineSpec = Field(default_factory=EngineSpec)
     sweep: dict[str, list[Any]] = Field(default_factory=dict, description="dotted key -> values")
-
-    @field_validator("name")
-    @classmethod
-    def _one_folder_name(cls, name: str) -> str:
-        # The default output folder is runs/<name>: a name, not a path out of runs/.
-        if name in (".", "..") or any(c in name for c in "/\\\0"):
-            raise ValueError("a name usable as one folder name (no '/', '\\' or NUL, not '.' or '..')")
-        return name
 
     def method_params(self):
         """The method's parameters as its own validated model."""
@@ -177,11 +169,11 @@ def _data_problems(sc: Scenario, lines, memo: dict) -> list:
     cache = sc.data.cache_dir
     if cache is not None and cache.exists() and not cache.is_dir():
         problems.append(("data.cache_dir", lines.get(("data", "cache_dir")), str(cache), "a folder for tokenised data, but it is a file"))
-    from fedsim.training.data import DataError, newsgroups_file, read_table  # no torch: plain file reading
+    from fedsim.training.data import DataError, packaged_files, read_table  # no torch: plain file reading
 
     if sc.data.dataset != "file":
         try:
-            newsgroups_file("train"), newsgroups_file("test")
+            packaged_files(sc.data.dataset)
         except DataError as exc:
             problems.append(("data.dataset", lines.get(("data", "dataset")), sc.data.dataset, f"a data set that is installed ({str(exc).rstrip('.')})"))
         return problems
@@ -204,8 +196,7 @@ def _data_problems(sc: Scenario, lines, memo: dict) -> list:
 def _slug(value: Any) -> str:
     if isinstance(value, dict):
         value = value.get("name", "-".join(f"{k}{_slug(v)}" for k, v in value.items()))
-    # Leading dots stripped too: a label is a folder name, and ".." is not one.
-    text = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(value)).strip("-").lstrip(".")
+    text = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(value)).strip("-")
     return text or "x"
 
 

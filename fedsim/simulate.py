@@ -2,7 +2,10 @@
 
 The one entry point behind ``fedsim run``, the benchmarks and the notebooks. It always
 writes the resolved configuration first and ``summary.json`` last, also when the run
-fails (``status: failed`` with the error), so no partial result is lost.
+fails (``status: failed`` with the error) or is interrupted (``status: interrupted``),
+so no partial result is lost; while it runs, ``summary.json`` says ``running``. It
+refuses a directory that already holds records unless told to overwrite or resume it
+(:mod:`fedsim.rundir`, :mod:`fedsim.checkpoint`).
 """
 
 from __future__ import annotations
@@ -16,19 +19,24 @@ import numpy as np
 
 from fedsim.availability import DiurnalAvailability
 from fedsim.costmodel import CostCoefficients, ModelShape
-from fedsim.engine import RunResult, SyncEngine
+from fedsim import checkpoint
+from fedsim.checkpoint import Checkpoint
+from fedsim.engine import Progress, RunResult, SyncEngine
 from fedsim.errors import ConfigError, FedsimError
 from fedsim.fleet import sample_fleet
 from fedsim.methods.base import get_method
 from fedsim.models import model_config_dict
 from fedsim.plan import ClientPlan
 from fedsim.profiles import load_profiles
-from fedsim.records import RunRecorder
+from fedsim.records import RunRecorder, config_text, read_summary
 from fedsim.rng import Seeds
+from fedsim.rundir import Existing, Interrupted, clear, finished_ok, prepare
 from fedsim.scenario import Scenario
 from fedsim.trainers.surrogate import SurrogateTrainer
 
-__all__ = ["simulate", "build_base_plan", "model_shape_for"]
+__all__ = ["simulate", "build_base_plan", "model_shape_for", "AUTO_RATIO"]
+
+AUTO_RATIO = 20.0  # automatic checkpoints: run time between two >= this x the time one takes
 
 
 def model_shape_for(sc: Scenario, num_labels: int | None = None) -> ModelShape:
@@ -42,7 +50,7 @@ def model_shape_for(sc: Scenario, num_labels: int | None = None) -> ModelShape:
 
 
 def _default_labels(sc: Scenario) -> int:
-    return {"20news": 20, "20news4": 4}.get(sc.data.dataset, 2)
+    return {"20news": 20, "20news4": 4, "r8": 8}.get(sc.data.dataset, 2)
 
 
 def build_base_plan(sc: Scenario, shape: ModelShape, lora_targets: tuple[str, ...] | None = None) -> ClientPlan:
@@ -84,25 +92,50 @@ def simulate(
     label: str = "",
     on_round: Callable[[dict], None] | None = None,
     coefficients: CostCoefficients = CostCoefficients(),
+    existing: Existing = "refuse",
+    checkpoint_every: int | None = None,
 ) -> RunResult | None:
     """Run one scenario variant and write its records to ``out_dir``.
 
+    ``existing`` says what to do when ``out_dir`` already holds records: ``refuse``
+    (raise :class:`FedsimError`), ``overwrite`` (remove them first) or ``resume``
+    (continue from the last checkpoint; a finished run is left as it is). A checkpoint is
+    written after every ``checkpoint_every`` rounds and after the last, and removed when
+    the run finishes; ``None`` (the default) writes one after a round once the host time
+    since the previous one is at least ``AUTO_RATIO`` times what that one took, so
+    checkpoints cost at most about 1/AUTO_RATIO of the run (every round when rounds train
+    for real; every few dozen rounds of the surrogate, whose rounds take a millisecond).
+
     Returns the :class:`RunResult`, or raises after writing ``summary.json`` with
-    ``status: failed`` (a :class:`FedsimError` for bad input, anything else for a bug).
+    ``status: failed`` (a :class:`FedsimError` for bad input, anything else for a bug)
+    or ``status: interrupted`` (a signal or Ctrl-C).
     """
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     out_dir = Path(out_dir)
     config = sc.model_dump(mode="json", exclude={"sweep"})
     config["variant"] = label
-    recorder = RunRecorder(out_dir, config)
+    if existing == "resume" and finished_ok(out_dir):
+        return _finished_result(out_dir, config)
+    prepare(out_dir, existing)
+    ckpt = checkpoint.load(out_dir) if existing == "resume" else None
+    if existing == "resume" and ckpt is None:
+        clear(out_dir)  # killed before its first checkpoint: nothing to keep
+    recorder = RunRecorder(out_dir, config, resume_offsets=ckpt.offsets if ckpt else None)
     summary = {
         "scenario": sc.name,
         "variant": label,
         "method": sc.method.name,
         "seed": sc.seed,
+        "trainer": sc.trainer.kind,
         "status": "running",
         "target_accuracy": sc.engine.target_accuracy,
     }
+    if ckpt is not None:
+        summary["resumed_at_round"] = ckpt.progress.next_round
+    recorder.summary(summary)
     t0 = time.perf_counter()
+    saved = {"n": 0, "wall_s": 0.0, "bytes": 0, "since": t0, "last_s": 0.0}
     try:
         seeds = Seeds(sc.seed)
         profiles = load_profiles(sc.fleet.profiles_dir)
@@ -110,17 +143,40 @@ def simulate(
         availability = DiurnalAvailability(fleet, seeds.int_seed("availability"), sc.engine.start_hour_utc)
         trainer, shape = _build_trainer(sc, seeds, fleet.size)
         base_plan = build_base_plan(sc, shape, getattr(trainer, "lora_targets", None))
-        method_cls = get_method(sc.method.name)
         try:
-            method = method_cls(sc.method_params(), shape, base_plan)
+            params = sc.method_params()
+            method = get_method(sc.method.name)(params, shape, base_plan) if ckpt is None else None
         except ValueError as exc:
             raise ConfigError(None, [("method.params", None, sc.method.params, str(exc))]) from None
+        if ckpt is not None:
+            method = checkpoint.load_method(ckpt.method, params, trainer)
+
+        def save_checkpoint(progress: Progress) -> None:
+            t = time.perf_counter()
+            last = progress.stop_reason is not None or progress.next_round >= sc.engine.max_rounds
+            if checkpoint_every is None:  # automatic: host time writing checkpoints stays under 1/AUTO_RATIO
+                due = t - saved["since"] >= AUTO_RATIO * saved["last_s"]
+            else:
+                due = progress.next_round % checkpoint_every == 0
+            if not (due or last):
+                return
+            saved["bytes"] = checkpoint.save(out_dir, Checkpoint(
+                progress=progress, trainer_state=trainer.state_dict(), method=checkpoint.dump_method(method, trainer),
+                offsets=recorder.offsets()))
+            saved["since"] = time.perf_counter()
+            saved["last_s"] = saved["since"] - t
+            saved["n"] += 1
+            saved["wall_s"] += saved["last_s"]
+
         engine = SyncEngine(
             spec=sc.engine, fleet=fleet, profiles=profiles, availability=availability, method=method,
             trainer=trainer, shape=shape, base_plan=base_plan, seeds=seeds, recorder=recorder,
-            coefficients=coefficients, on_round=on_round,
+            coefficients=coefficients, on_round=on_round, after_round=save_checkpoint,
         )
-        result = engine.run()
+        if ckpt is not None:
+            trainer.load_state_dict(ckpt.trainer_state)  # after bind_trainer: see Method.bind_trainer
+        result = engine.run(ckpt.progress if ckpt is not None else None)
+        (out_dir / checkpoint.CHECKPOINT).unlink(missing_ok=True)
         summary.update(
             status="ok",
             rounds=result.rounds,
@@ -138,8 +194,10 @@ def simulate(
         )
         return result
     except BaseException as exc:
-        summary.update(status="failed", error=str(exc) or type(exc).__name__, wall_s=time.perf_counter() - t0)
-        if not isinstance(exc, FedsimError):
+        interrupted = isinstance(exc, KeyboardInterrupt | Interrupted)
+        summary.update(status="interrupted" if interrupted else "failed", error=str(exc) or type(exc).__name__,
+                       wall_s=time.perf_counter() - t0)
+        if not isinstance(exc, FedsimError) and not interrupted:
             summary["traceback"] = traceback.format_exc()
         rounds = getattr(locals().get("engine"), "history", [])
         summary["rounds"] = len(rounds)
@@ -150,5 +208,16 @@ def simulate(
         summary.setdefault("time_to_target_s", None)
         raise
     finally:
+        summary.update(checkpoints=saved["n"], checkpoint_wall_s=saved["wall_s"], checkpoint_bytes=saved["bytes"])
         recorder.summary(summary)
         recorder.close()
+
+
+def _finished_result(out_dir: Path, config: dict) -> RunResult:
+    """The result of a run that already finished in ``out_dir`` (resuming it does nothing)."""
+    if (out_dir / "config.yaml").read_text(encoding="utf-8") != config_text(config):
+        raise FedsimError(f"{out_dir} holds a finished run of another configuration (its config.yaml differs)")
+    s = read_summary(out_dir)
+    return RunResult(rounds=s["rounds"], sim_time_s=s["sim_time_s"], final_accuracy=s["final_accuracy"],
+                     best_accuracy=s["best_accuracy"], time_to_target_s=s["time_to_target_s"],
+                     stop_reason=s["stop_reason"], wall_s=s["wall_s"], train_wall_s=s["train_wall_s"])

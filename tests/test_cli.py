@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
@@ -202,7 +204,7 @@ def test_run_out_is_a_file_is_a_clean_error(cli, tiny_scenario, tmp_path):
 
     res = cli("run", tiny_scenario, "--out", blocker, "-q", "--set", "engine.max_rounds=1")
 
-    assert res.exit_code == 1
+    assert res.exit_code == 2
     assert "taken" in res.stderr
     assert not isinstance(res.exception, OSError)
 
@@ -254,3 +256,81 @@ def test_a_failing_sweep_point_does_not_stop_the_others(cli, write_yaml, tiny_sc
     assert res.exit_code == 1
     assert "error in fedlora: unexpected RuntimeError: boom" in res.stderr
     assert (tmp_path / "out" / "stld-fixed" / "summary.json").is_file()
+
+
+def test_run_refuses_an_existing_run_dir(cli, tiny_scenario, tmp_path):
+    cli("run", tiny_scenario, "--out", tmp_path / "out", "-q", "--set", "engine.max_rounds=2")
+    before = (tmp_path / "out" / "fedlora" / "rounds.csv").read_bytes()
+
+    res = cli("run", tiny_scenario, "--out", tmp_path / "out", "-q", "--set", "engine.max_rounds=3")
+
+    assert res.exit_code == 2
+    assert "--resume" in res.stderr and "--force" in res.stderr
+    assert (tmp_path / "out" / "fedlora" / "rounds.csv").read_bytes() == before
+
+
+def test_run_force_replaces_the_records_only(cli, tiny_scenario, tmp_path):
+    cli("run", tiny_scenario, "--out", tmp_path / "out", "-q", "--set", "engine.max_rounds=2")
+    (tmp_path / "out" / "fedlora" / "notes.txt").write_text("mine")
+
+    res = cli("run", tiny_scenario, "--out", tmp_path / "out", "-q", "--force", "--set", "engine.max_rounds=3")
+
+    assert res.exit_code == 0, res.output
+    assert len((tmp_path / "out" / "fedlora" / "rounds.csv").read_text().splitlines()) == 1 + 3
+    assert (tmp_path / "out" / "fedlora" / "notes.txt").read_text() == "mine"
+
+
+def test_resume_of_a_sweep_skips_finished_points(cli, write_yaml, tiny_scenario, tmp_path):
+    path = write_yaml("sweep.yaml", tiny_scenario.read_text() + "sweep:\n  method: [{name: fedlora}, {name: stld-fixed}]\n")
+    cli("run", path, "--out", tmp_path / "out", "-q", "--set", "engine.max_rounds=2")
+    done = (tmp_path / "out" / "fedlora" / "summary.json").read_bytes()
+    (tmp_path / "out" / "stld-fixed" / "summary.json").unlink()  # as if killed before it finished
+    (tmp_path / "out" / "stld-fixed" / "rounds.csv").write_text("garbage")
+
+    res = cli("run", "--resume", tmp_path / "out", "-q")
+
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "out" / "fedlora" / "summary.json").read_bytes() == done  # not run again
+    assert json.loads((tmp_path / "out" / "stld-fixed" / "summary.json").read_text())["status"] == "ok"
+    assert len((tmp_path / "out" / "stld-fixed" / "rounds.csv").read_text().splitlines()) == 1 + 2
+
+
+def test_resume_needs_a_run_there(cli, tmp_path):
+    res = cli("run", "--resume", tmp_path)
+
+    assert res.exit_code == 2
+    assert "no run to resume" in res.stderr
+
+
+def test_sweep_labels_never_leave_out(cli, write_yaml, tiny_scenario, tmp_path):
+    path = write_yaml("sweep.yaml", tiny_scenario.read_text() + "sweep:\n  description: ['..', '../../up', '.hidden']\n")
+
+    res = cli("run", path, "--out", tmp_path / "out", "-q", "--set", "engine.max_rounds=1")
+
+    assert res.exit_code == 0, res.output
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("summary.json"))
+    assert written == ["out/hidden/summary.json", "out/up/summary.json", "out/x/summary.json"]
+
+
+def test_scenario_name_never_leaves_runs(cli, write_yaml, tiny_scenario, tmp_path, monkeypatch):
+    path = write_yaml("evil.yaml", tiny_scenario.read_text().replace("name: tiny", "name: ../../evil"))
+    monkeypatch.chdir(tmp_path)
+
+    res = cli("run", path, "-q", "--set", "engine.max_rounds=1")
+
+    assert res.exit_code == 0, res.output
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("summary.json"))
+    assert written == ["runs/evil/fedlora/summary.json"]
+
+
+def test_compare_skips_unfinished_runs(cli, tiny_scenario, tmp_path):
+    cli("run", tiny_scenario, "--out", tmp_path / "a", "-q", "--set", "engine.max_rounds=2")
+    cli("run", tiny_scenario, "--out", tmp_path / "b", "-q", "--set", "engine.max_rounds=2", "--seed", "4")
+    summary = tmp_path / "b" / "fedlora" / "summary.json"
+    summary.write_text(summary.read_text().replace('"status": "ok"', '"status": "running"'))
+
+    res = cli("compare", tmp_path, "--out", tmp_path)
+
+    assert res.exit_code == 0, res.output
+    assert "(1 runs)" in res.stdout
+    assert "skipped" in res.stderr and str(tmp_path / "b" / "fedlora") in res.stderr

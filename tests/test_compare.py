@@ -26,7 +26,7 @@ def _fake_run(path, method, seed, accs, ooms, tta=None, mem=(1e9, 2e9)):
                  "mean_drop": np.zeros(n), "start_s": np.zeros(n), "end_s": np.ones(n), "download_s": np.ones(n),
                  "compute_s": np.ones(n), "upload_s": np.ones(n), "outcome": np.array(["ok", "oom"][:n], dtype=object),
                  "bytes_down": np.ones(n), "bytes_up": np.ones(n), "energy_j": np.ones(n),
-                 "peak_mem_bytes": np.array(mem), "mem_cap_bytes": np.full(n, 1.5e9)})
+                 "peak_mem_bytes": np.array(mem), "mem_cap_bytes": np.full(n, 1.5e9), "num_examples": np.full(n, 20), "retries": np.zeros(n)})
     rec.summary({"method": method, "seed": seed, "variant": f"{method}_seed-{seed}", "status": "ok",
                  "final_accuracy": accs[-1], "best_accuracy": max(accs), "time_to_target_s": tta})
     rec.close()
@@ -77,7 +77,7 @@ def test_cli_compare_prints_and_writes(tmp_path, tiny_scenario):
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["compare", str(tmp_path / "r"), "--out", str(tmp_path / "c")])
     assert res.exit_code == 0, res.output
-    assert "| legend | 2 |" in res.output and "| pld | 2 |" in res.output
+    assert "| legend [surrogate] | 2 |" in res.output and "| pld [surrogate] | 2 |" in res.output
     assert (tmp_path / "c" / "compare.csv").is_file() and (tmp_path / "c" / "compare.md").is_file()
     assert json.loads((tmp_path / "r" / "pld_seed-1" / "summary.json").read_text())["seed"] == 1
 
@@ -147,3 +147,17 @@ def test_markup_in_labels_prints_as_written(tmp_path):
     assert compared.exit_code == 0, compared.output
     assert "x[/bold]y[a=[/x]]" in compared.stdout
     assert plotted.exit_code == 0, plotted.output
+
+
+def test_surrogate_and_real_training_never_share_a_group(tmp_path):
+    # Prepare: the same method and seed, one run per trainer kind
+    for kind in ("torch", "surrogate"):
+        rec = RunRecorder(tmp_path / kind, {"method": {"name": "fedlora"}, "trainer": {"kind": kind}})
+        rec.round({"round": 0, "sim_time_s": 10.0, "accuracy": 0.5, "oom": 0, "straggler": 0, "dropout": 0,
+                   "bytes_up": 1.0, "bytes_down": 1.0, "energy_j": 1.0, "personal_accuracy": None})
+        rec.summary({"method": "fedlora", "seed": 0, "variant": kind, "status": "ok", "final_accuracy": 0.5})
+        rec.close()
+    # Execute
+    rows = compare_runs([tmp_path / "torch", tmp_path / "surrogate"])
+    # Assert
+    assert sorted(r["group"] for r in rows) == ["fedlora", "fedlora [surrogate]"]

@@ -11,10 +11,8 @@ from fedsim.methods.base import RoundContext, RoundReport, get_method
 from fedsim.methods.droppeft import (
     DropPEFT,
     DropPEFTParams,
-    device_groups,
     feasible_arms,
     make_arms,
-    round_progress,
     select_personal_layers,
 )
 from fedsim.plan import ClientPlan, RoundPlans
@@ -57,7 +55,7 @@ def test_explicit_arms_and_validation():
     with pytest.raises(ValueError):
         DropPEFTParams(arms=[{"mean_drop": 0.5}], fixed_arm=3)
     with pytest.raises(ValueError):
-        DropPEFTParams(policy="softmax")
+        DropPEFTParams(prior="peaked")
     assert get_method("droppeft") is DropPEFT
 
 
@@ -76,25 +74,12 @@ def test_feasibility_masks_memory_and_deadline():
     assert total[0, 0] > total[7, 0] and total[0, 0] > total[0, -1]  # slow device, no dropout = slowest
 
 
-def test_quantile_groups_split_speed_and_memory():
-    groups, n = device_groups(_fleet(), "quantiles", speed_bins=2, mem_bins=2)
-    assert n == 4
-    assert groups.tolist() == [0, 0, 1, 1, 3, 3, 3, 3]  # memory ties share the top bin
-    assert device_groups(_fleet(), "none", 3, 2)[1] == 1
-
-
 def test_personal_layers_are_the_largest_norms():
     norms = np.array([0.1, 0.5, 0.0, 0.9, 0.2, 0.3])
     assert select_personal_layers(norms, 2) == (1, 3)
     assert select_personal_layers(norms, 10) == (0, 1, 3, 4, 5)  # never-run layer 2 stays shared
     assert select_personal_layers(norms, "auto", mass=0.5) == (3,)  # 0.81 of 1.2 squared mass
     assert select_personal_layers(np.zeros(6), 2) == ()
-
-
-def test_round_progress_uses_loss_or_accuracy():
-    assert round_progress(None, (0.5, 1.0), "loss") is None
-    assert round_progress((0.5, 1.2), (0.6, 1.0), "loss") == pytest.approx(0.2)
-    assert round_progress((0.5, 1.2), (0.6, 1.0), "accuracy") == pytest.approx(0.1)
 
 
 def _report(method: DropPEFT, plans: RoundPlans, r: int, outcome, acc: float, loss: float, end_s: float,
@@ -105,34 +90,34 @@ def _report(method: DropPEFT, plans: RoundPlans, r: int, outcome, acc: float, lo
                        results=list(results), evaluation=EvalResult(accuracy=acc, loss=loss))
 
 
-def test_method_never_assigns_infeasible_arms_and_credits_rewards():
+def test_method_never_assigns_infeasible_arms_and_learns_from_the_update_gains():
     # Prepare
     fleet = _fleet()
-    method = DropPEFT(DropPEFTParams(policy="ucb", configurator="group-bandit", group_by="none", discount=1.0),
-                      SHAPE, BASE)
-    ctx = _ctx(fleet, 0, deadline_s=60.0)
+    method = DropPEFT(DropPEFTParams(), SHAPE, BASE)
     ok, _, _ = feasible_arms(fleet, np.arange(8), SHAPE, method.arms, CostCoefficients(), 60.0)
-    # Execute: round 0 sets the baseline evaluation; round 1's progress is rewarded
-    plans = method.configure_round(ctx)
-    arms0 = method._round_arms.copy()
-    method.round_finished(_report(method, plans, 0, ["ok"] * 8, 0.3, 1.3, 10.0))
-    plans = method.configure_round(_ctx(fleet, 1, deadline_s=60.0))
-    arms1 = method._round_arms.copy()
-    outcome = ["ok"] * 6 + ["straggler", "dropout"]
-    method.round_finished(_report(method, plans, 1, outcome, 0.4, 1.1, 20.0))
+    assert method.update_gain_examples() == 128
+    seen = []
+    for r in range(3):
+        # Execute: 6 updates arrive, a straggler and a drop-out bring nothing
+        plans = method.configure_round(_ctx(fleet, r, deadline_s=60.0))
+        arms = method._round_arms.copy()
+        seen.append(arms)
+        results = [ClientResult(i, 4, np.zeros(6), 1.0, np.zeros(6)) for i in range(6)]
+        report = _report(method, plans, r, ["ok"] * 6 + ["straggler", "dropout"], 0.4, 1.1, 10.0 * (r + 1), results)
+        report.update_gains = np.linspace(1.0, 2.0, 6)
+        method.round_finished(report)
     # Assert
     some = ok.any(axis=1)
     assert not some.all() and some[1:].all()  # device 0 is too slow for any arm: it gets the fallback
-    assert ok[np.arange(8), arms0][some].all() and ok[np.arange(8), arms1][some].all()
-    assert [plans[i].name for i in range(8)] == [method.arms[a].name for a in arms1]
-    counts = method.stats.counts[0]
-    assert counts.sum() == 7  # the drop-out is not credited
-    assert counts[arms1[6]] >= 1
-    h = method.history[-1]
-    assert h["raw_reward"] == pytest.approx(0.2 / 10.0) and h["scaled_reward"] == pytest.approx(1.0)
-    ok_arms = np.bincount(arms1[:6], minlength=10)
-    expected = np.divide(ok_arms * 1.0 + (np.arange(10) == arms1[6]) * -1.0, counts, out=np.zeros(10), where=counts > 0)
-    assert np.allclose(method.stats.means[0], expected)
+    assert all(ok[np.arange(8), a][some].all() for a in seen)
+    assert [plans[i].name for i in range(8)] == [method.arms[a].name for a in seen[-1]]
+    assert len(method.model._rows) == 18 and method.model.evidence == pytest.approx(1 + 0.9 + 0.81)
+    assert method.history[-1]["arms"] == np.bincount(seen[-1], minlength=10).tolist()
+
+
+def test_learning_off_asks_for_no_gains():
+    assert DropPEFT(DropPEFTParams(learning=False), SHAPE, BASE).update_gain_examples() is None
+    assert DropPEFT(DropPEFTParams(bandit=False), SHAPE, BASE).update_gain_examples() is None
 
 
 def test_bandit_off_uses_the_fixed_arm_where_feasible():
@@ -148,14 +133,14 @@ def test_bandit_off_uses_the_fixed_arm_where_feasible():
 
 def test_same_seed_same_assignment():
     def run():
-        m = DropPEFT(DropPEFTParams(policy="thompson"), SHAPE, BASE)
+        m = DropPEFT(DropPEFTParams(), SHAPE, BASE)
         return [m.configure_round(_ctx(_fleet(), r)) and m._round_arms.tolist() for r in range(2)]
     assert run() == run()
 
 
 def test_ptls_plans_carry_personal_layers_from_gradient_norms():
     # Prepare
-    method = DropPEFT(DropPEFTParams(ptls=True, personal_layers=2, group_by="none"), SHAPE, BASE)
+    method = DropPEFT(DropPEFTParams(ptls=True, personal_layers=2), SHAPE, BASE)
     fleet = _fleet()
     plans = method.configure_round(_ctx(fleet, 0))
     assert all(not plans[i].personal_layers for i in range(8))  # nothing measured yet
@@ -170,7 +155,7 @@ def test_ptls_plans_carry_personal_layers_from_gradient_norms():
     assert all(plans[i].share_personal for i in range(8))
     shared = method.arms[0].with_(drop_prob=plans[3].drop_prob)
     assert plan_cost(SHAPE, plans[3]).bytes_up == plan_cost(SHAPE, shared).bytes_up
-    assert method.state_dict()["client_norms"][3][4] == pytest.approx(1.0)
+    assert method._client_norms[3][4] == pytest.approx(1.0)
     # After a round with PTLS plans the clients hold copies: personal layers stay home.
     outcome = ["ok"] * 7 + ["oom"]
     method.round_finished(_report(method, plans, 1, outcome, 0.4, 1.2, 10.0, results))
@@ -284,50 +269,3 @@ def test_evaluate_reports_personal_accuracy(tiny_trainer):
     ev = t.evaluate(2)
     assert ev.personal_accuracy is not None and 0.0 <= ev.personal_accuracy <= 1.0
     assert set(t.personal.clients().tolist()) >= {0, 4}
-
-
-@pytest.mark.parametrize("policy", ["ucb", "thompson", "egreedy"])
-def test_paced_configurator_learns_arm_utilities_from_rounds(policy):
-    # Prepare
-    fleet = _fleet()
-    method = DropPEFT(DropPEFTParams(policy=policy, discount=1.0), SHAPE, BASE)
-    ok, _, _ = feasible_arms(fleet, np.arange(8), SHAPE, method.arms, CostCoefficients(), 60.0)
-    some = ok.any(axis=1)
-    # Execute: three rounds, the eval loss falling by 0.2, then 0.1
-    arms = []
-    for r, loss in enumerate((1.3, 1.1, 1.0)):
-        plans = method.configure_round(RoundContext(
-            round_idx=r, now_s=0.0, device_ids=np.arange(8), fleet=fleet, shape=SHAPE, base_plan=BASE,
-            coefficients=CostCoefficients(), deadline_s=60.0, rng=np.random.default_rng(r), quota=6))
-        arms.append(method._round_arms.copy())
-        method.round_finished(_report(method, plans, r, ["ok"] * 6 + ["surplus", "dropout"], 0.5, loss, 10.0 * (r + 1)))
-    # Assert: feasible arms only; one regression observation per evaluated round after the first
-    assert all(ok[np.arange(8), a][some].all() for a in arms)
-    assert method.utility.rounds_seen == 2
-    shares = method.utility.state_dict()["f"]
-    assert all(sum(f) == pytest.approx(1.0) for f in shares)
-    # The shares count the updates that arrived (the first six clients), not the surplus or drop-outs.
-    assert np.allclose(shares[0], np.bincount(arms[1][:6], minlength=10) / 6)
-    assert method.history[-1]["raw_reward"] == pytest.approx(0.1)  # progress per round (loss drop)
-    assert method.history[-1]["pace_s"] > 0
-    # Resume: a method restored from state_dict plans the next round identically.
-    twin = DropPEFT(DropPEFTParams(policy=policy, discount=1.0), SHAPE, BASE)
-    twin.load_state_dict(method.state_dict())
-    ctx = lambda: RoundContext(round_idx=3, now_s=0.0, device_ids=np.arange(8), fleet=fleet,  # noqa: E731
-                               shape=SHAPE, base_plan=BASE, coefficients=CostCoefficients(), deadline_s=60.0,
-                               rng=np.random.default_rng(3), quota=6)
-    method.configure_round(ctx())
-    twin.configure_round(ctx())
-    assert np.array_equal(method._round_arms, twin._round_arms)
-
-
-def test_prior_initial_must_come_from_the_grids():
-    with pytest.raises(ValueError):
-        DropPEFTParams(prior_initial=(5.0, 2.0))
-    method = DropPEFT(DropPEFTParams(prior_initial=(0.0, 1.0)), SHAPE, BASE)
-    # Before any round the prior is the plain mean keep ratio of each arm.
-    assert np.allclose(method.utility.prior_mean, [a.keep_prob.mean() for a in method.arms])
-    deep = DropPEFT(DropPEFTParams(), SHAPE, BASE)
-    names = [a.name for a in deep.arms]
-    prior = dict(zip(names, deep.utility.prior_mean))
-    assert prior["falling-0.5"] > prior["uniform-0.5"] > prior["rising-0.5"]  # deep layers weigh more

@@ -141,6 +141,8 @@ def test_oom_device_fails_when_training_would_start(tmp_path, shipped_profiles):
 
     assert c["outcome"][dev[0]] == "oom"
     assert c["end_s"][dev[0]] == TRANSFER_S
+    # It spent its download and nothing else.
+    assert (c["download_s"][dev[0]], c["compute_s"][dev[0]], c["upload_s"][dev[0]]) == (TRANSFER_S, 0.0, 0.0)
     assert c["bytes_down"][dev[0]] == 184 and c["bytes_up"][dev[0]] == 0
     # Energy of the download only: no compute, no upload.
     assert c["energy_j"][dev[0]] == pytest.approx(184 * 1e-2, rel=1e-5)
@@ -191,10 +193,16 @@ def test_bytes_follow_the_phases_that_took_place(tmp_path, shipped_profiles):
 
     elapsed = c["end_s"] - c["start_s"]
     lat = 0.5  # bytes flow only after each transfer's latency
-    down = np.clip((elapsed - lat) / (c["download_s"] - lat), 0, 1)
-    up = np.clip((elapsed - c["download_s"] - c["compute_s"] - lat) / (c["upload_s"] - lat), 0, 1)
+    # A drop-out carries the time it spent; the phases' planned times are those of the hand-made fleet.
+    planned_dl = np.full(elapsed.size, TRANSFER_S)
+    planned_comp = COST.flops / fleet.flops_per_s[c["device_id"].astype(int)]
+    down = np.clip((elapsed - lat) / (planned_dl - lat), 0, 1)
+    up = np.clip((elapsed - planned_dl - planned_comp - lat) / (TRANSFER_S - lat), 0, 1)
     np.testing.assert_allclose(c["bytes_down"], np.rint(184 * down), atol=1)
     np.testing.assert_allclose(c["bytes_up"], np.rint(184 * up), atol=1)
+    dropped = c["outcome"] == "dropout"
+    spent = c["download_s"] + c["compute_s"] + c["upload_s"]
+    np.testing.assert_allclose(spent[dropped], elapsed[dropped], rtol=1e-5)
     ok = c["outcome"] == "ok"
     assert np.all(c["bytes_up"][ok] == 184)
     assert set(c["outcome"]) >= {"ok", "dropout"}
@@ -380,6 +388,7 @@ def test_records_have_the_required_columns(tmp_path, shipped_profiles):
     assert {r["device_class"] for r in crows} == {"phone-mid"}
     assert {r["network_class"] for r in crows} == {"wifi"}
     assert {r["plan"] for r in crows} == {"base"}
+    assert {r["num_examples"] for r in crows} == {"20"}
     assert sorted(float(r["start_s"]) for r in crows) == [0.0] * 4 + [9.0] * 4
     assert all(float(r["energy_j"]) > 0 for r in crows)
     assert (tmp_path / "run" / "config.yaml").read_text().strip() == "name: hand"
@@ -395,3 +404,55 @@ def test_clients_csv_rows_match_round_totals(tmp_path, shipped_profiles):
         assert rounds["bytes_down"][r] == c["bytes_down"][sel].sum()
         assert rounds["energy_j"][r] == pytest.approx(c["energy_j"][sel].sum(), rel=1e-5)
         assert rounds["selected"][r] == sel.sum()
+
+
+class PoisonedTrainer(SurrogateTrainer):
+    """The surrogate, except that the devices in ``poisoned`` send NaN or infinite updates."""
+
+    def __init__(self, poisoned, *args):
+        super().__init__(*args)
+        self.poisoned = poisoned
+        self.aggregated: list[list[int]] = []
+
+    def train(self, round_idx, client_ids, plans, seeds):
+        results = super().train(round_idx, client_ids, plans, seeds)
+        for r in results:
+            r.delta = {"w": np.array([self.poisoned.get(r.client_id, 1.0)])}
+        return results
+
+    def aggregate(self, round_idx, results, aggregate_fn):
+        self.aggregated.append([r.client_id for r in results])
+        super().aggregate(round_idx, results, aggregate_fn)
+
+
+def test_nan_and_infinite_updates_are_rejected_and_never_aggregated(tmp_path, shipped_profiles):
+    fleet = make_fleet(compute_s=(2, 4, 6, 8))
+    trainer = PoisonedTrainer({1: np.nan, 2: np.inf}, SurrogateSpec(), 1, np.full(fleet.size, 20), 0)
+    rec = RunRecorder(tmp_path / "run", {"name": "hand"})
+    engine = SyncEngine(spec=EngineSpec(clients_per_round=4, over_selection=1.0, max_rounds=2), fleet=fleet,
+                        profiles=shipped_profiles, availability=AlwaysAvailable(fleet.size),
+                        method=FedLoRA(FedLoRAParams(), SHAPE, PLAN), trainer=trainer, shape=SHAPE, base_plan=PLAN,
+                        seeds=Seeds(0), recorder=rec)
+
+    engine.run()
+    rec.close()
+
+    assert [sorted(ids) for ids in trainer.aggregated] == [[0, 3], [0, 3]]
+    c = read_clients(tmp_path / "run")
+    outcome = {int(d): o for d, o, r in zip(c["device_id"], c["outcome"], c["round"]) if r == 0}
+    assert outcome == {0: "ok", 1: "rejected", 2: "rejected", 3: "ok"}
+    row = engine.history[0]
+    assert (row["participants"], row["rejected"], row["failures"]) == (2, 2, 2)
+    assert row["bytes_up"] == 4 * 184  # they did send their updates
+    assert trainer.progress == pytest.approx(2 * 0.002 * math.sqrt(2))  # two rounds of two clients
+
+
+def test_a_round_where_every_client_fails_is_recorded_and_the_run_goes_on(tmp_path, shipped_profiles):
+    fleet = make_fleet(compute_s=(2, 4, 6, 8), mem_cap=1.0)  # nobody has the memory
+
+    engine, result, c, dev = run_recorded(tmp_path, fleet, shipped_profiles, clients_per_round=2, max_rounds=3)
+
+    assert (result.rounds, result.stop_reason) == (3, "max_rounds")
+    assert set(c["outcome"]) == {"oom"}
+    assert [h["participants"] for h in engine.history] == [0, 0, 0]
+    assert result.final_accuracy == SurrogateSpec().acc_start

@@ -38,6 +38,7 @@ def test_run_writes_all_records(tiny_scenario, tmp_path):
     assert summary["stop_reason"] == "max_rounds"
     assert summary["fleet_size"] == 60
     assert summary["model"]["family"] == "bert" and summary["model"]["layers"] == 4
+    assert summary["trainer"] == "surrogate"
     assert summary["sim_time_s"] == pytest.approx(result.sim_time_s)
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["seed"] == 3 and config["variant"] == "fedlora"

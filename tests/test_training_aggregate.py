@@ -58,3 +58,15 @@ def test_custom_layer_mapping_via_partial():
     new = fn(glob, [a, b])
     # Assert
     np.testing.assert_allclose(new[HEAD], [2.0])
+
+
+def test_is_finite_checks_every_tensor_of_an_update():
+    from fedsim.trainers.base import ClientResult, is_finite
+
+    def result(*values):
+        return ClientResult(0, 1, np.ones(1), 0.0, np.zeros(1), delta={f"p{i}": v for i, v in enumerate(values)})
+
+    assert is_finite(result(torch.ones(3), torch.zeros(2, 2)))
+    assert not is_finite(result(torch.ones(3), torch.tensor([1.0, float("nan")])))
+    assert not is_finite(result(torch.tensor([float("-inf")])))
+    assert is_finite(ClientResult(0, 1, np.ones(1), 0.0, np.zeros(1)))  # the surrogate sends no delta

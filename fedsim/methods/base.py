@@ -53,17 +53,19 @@ class RoundReport:
     end_s: float
     device_ids: np.ndarray
     plans: RoundPlans
-    outcome: np.ndarray  # str codes, see fedsim.engine.OUTCOMES
+    outcome: np.ndarray  # str codes, see fedsim.roundfate.OUTCOMES
     duration_s: np.ndarray
     results: list[ClientResult] = field(default_factory=list)
     evaluation: EvalResult | None = None
+    update_gains: np.ndarray | None = None  # per result: validation-loss drop of that update alone
 
 
 class Method:
     """Base class: FedLoRA behaviour (every client gets the base plan, FedAvg per layer).
 
     Subclasses override :meth:`configure_round`, and optionally :meth:`aggregate_fn`,
-    :meth:`round_finished`, :meth:`state_dict` / :meth:`load_state_dict`.
+    :meth:`bind_trainer` and :meth:`round_finished`. A checkpoint pickles the method
+    object whole (:mod:`fedsim.checkpoint`), so its state must be picklable.
     """
 
     name: ClassVar[str] = "base"
@@ -82,20 +84,21 @@ class Method:
         return None
 
     def bind_trainer(self, trainer: Any) -> None:
-        """Called once by the engine before the first round with the run's trainer.
+        """Called by the engine before the first round with the run's freshly built trainer.
 
         A method may read data statistics from it (e.g. the clients' label counts) or
-        install a trainer hook (e.g. ``download_transform``). Default: nothing.
+        install a trainer hook (e.g. ``download_transform``). Default: nothing. A resumed
+        run unpickles the method and calls this again, on a new trainer still in its
+        initial state: derive here only what follows from that trainer.
         """
+
+    def update_gain_examples(self) -> int | None:
+        """Validation examples on which the engine should measure each update's gain
+        before aggregation (``RoundReport.update_gains``); ``None``: not needed."""
+        return None
 
     def round_finished(self, report: RoundReport) -> None:
         """Called after aggregation and evaluation of every round."""
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
 
 
 _REGISTRY: dict[str, type[Method]] = {}

@@ -179,6 +179,10 @@ class CaesarCompression:
         self.bytes_down_sent = 0
         self._ratio_cache: dict[tuple, float] = {}
 
+    def __getstate__(self) -> dict[str, Any]:
+        # What bind() derives from the trainer's data is rebuilt by calling it again.
+        return {**vars(self), "_label_counts": None, "_num_examples": None}
+
     # hooks ------------------------------------------------------------------------
     def bind(self, trainer: Any) -> None:
         partition = getattr(trainer, "partition", None)

@@ -5,19 +5,16 @@ Each round (see docs/droppeft.md):
 1. the *arms* (per-layer dropout configurations) that would run out of memory or miss
    the round deadline on a selected client, by the cost model, are masked out;
 2. the policy (UCB, Thompson sampling or epsilon-greedy) turns the posterior of each
-   arm's *utility* (what one update with it adds to a round's progress) into the
-   utilities the round is planned with;
+   arm's *utility* (the progress a round's quota of updates with it makes) into the
+   utilities the round is planned with (:mod:`fedsim.methods.configurator`);
 3. the paced planner gives every client the arm that maximises the round's predicted
    progress per second: the round ends at its ``quota``-th update, so fast devices run
    heavier arms and slow ones drop more to keep the pace;
 4. with PTLS, the ``personal_layers`` layers with the largest gradient norms stay personal
    on the client (the trainer keeps them; they are neither uploaded nor aggregated);
-5. after the round's evaluation, its eval-loss drop (scaled to O(1)) is regressed on the
-   arm shares of the updates that arrived (discounted Bayesian ridge regression with a
-   fitted ``c * keep ** beta`` prior), which separates the arms that shared the round.
-
-``configurator: group-bandit`` is the first design, kept for ablation: one bandit per
-group of similar devices on the round's shared progress per second.
+5. after the round's evaluation, its eval-loss drop (scaled to O(1)) and the arms of the
+   updates that arrived are one more observation of the utilities: the cost model says
+   what an arm costs on a device, the run itself says what it is worth.
 """
 
 from __future__ import annotations
@@ -28,25 +25,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedsim.costmodel import client_times, plan_cost
-from fedsim.methods.bandit import (
-    ArmStats,
-    ArmUtility,
-    EpsilonGreedyPolicy,
-    Policy,
-    RewardScale,
-    ThompsonPolicy,
-    UCBPolicy,
-    assign_arms,
-    paced_assignment,
-    utility_scores,
-)
 from fedsim.methods.base import Method, MethodParams, RoundContext, RoundReport, register
 from fedsim.methods.compose import compressible
+from fedsim.methods.configurator import ProgressModel, paced_assignment, utility_scores
 from fedsim.methods.stld_fixed import Profile, profile_ratios
-from fedsim.plan import ClientPlan, RoundPlans, depth_weighted_keep
+from fedsim.plan import ClientPlan, RoundPlans
 
-__all__ = ["DropPEFT", "DropPEFTParams", "ArmSpec", "make_arms", "feasible_arms", "device_groups",
-           "select_personal_layers", "round_progress"]
+__all__ = ["DropPEFT", "DropPEFTParams", "ArmSpec", "make_arms", "feasible_arms", "select_personal_layers"]
 
 
 class ArmSpec(BaseModel):
@@ -65,47 +50,32 @@ class ArmSpec(BaseModel):
 
 
 class DropPEFTParams(MethodParams):
-    """Parameters of ``method: {name: droppeft}``."""
+    """Parameters of ``method: {name: droppeft}``.
 
-    policy: Literal["ucb", "thompson", "egreedy"] = Field("ucb", description="bandit policy")
-    configurator: Literal["paced", "group-bandit"] = Field(
-        "paced", description="paced: learnt progress per arm x predicted time per device, planned per round; "
-        "group-bandit: one bandit per device group on the shared round reward")
-    prior_sd: float | None = Field(
-        0.2, gt=0.0, description="paced: prior sd of each arm's utility relative to its prior mean (noisier "
-        "progress then moves arms less); null = a fixed prior_weight")
-    prior_weight: float = Field(10.0, gt=0.0, description="paced, prior_sd null: ridge prior weight, in rounds")
-    fit_margin: float = Field(0.05, ge=0.0, lt=1.0, description="paced: the fitted prior shape replaces "
-                              "prior_initial only if its squared error is this share lower")
-    prior: Literal["keep", "flat"] = Field(
-        "keep", description="paced: prior of the arm utilities: keep = c * keep_gamma ** beta, keep_gamma the "
-        "share of layers the arm runs with layer l weighted (l + 1) ** gamma, (c, gamma, beta) fitted to the "
-        "rounds; flat = all arms alike")
-    prior_depth: list[float] = Field([0.0, 1.0, 2.0, 3.0], min_length=1, description="paced, prior keep: gammas tried")
-    prior_exponents: list[float] = Field([0.5, 1.0, 2.0, 3.0, 4.0], min_length=1,
-                                         description="paced, prior keep: betas tried")
-    prior_initial: tuple[float, float] = Field(
-        (2.0, 2.0), description="paced, prior keep: (gamma, beta) before any round (measured on MiniLM-L6, "
-        "docs/droppeft.md); each must be in its list")
+    What a user sets: the policy, the arms, PTLS. The rest (marked *ablation*) exists to
+    switch parts of the configurator off and measure what they bring.
+    """
+
     arms: list[ArmSpec] | None = Field(None, description="explicit arm list; default: mean_levels x profiles")
     mean_levels: list[float] = Field([0.0, 0.25, 0.5, 0.75], min_length=1, description="mean drop ratios of the default arms")
     profiles: list[Profile] = Field(["uniform", "rising", "falling"], min_length=1, description="depth profiles of the default arms")
-    bandit: bool = Field(True, description="false: every client gets fixed_arm (or the nearest feasible arm)")
-    fixed_arm: int = Field(0, ge=0, description="arm index used when bandit is false")
     ptls: bool = Field(False, description="personalised transformer layer sharing")
     personal_layers: int | Literal["auto"] = Field(2, description="layers kept personal, or auto (by gradient-norm mass)")
     personal_mass: float = Field(0.5, gt=0.0, lt=1.0, description="auto: smallest set holding this share of the squared grad norm")
     personal_head: bool = Field(False, description="PTLS: keep the classification head personal too (as FedPer does)")
-    discount: float = Field(0.9, gt=0.0, le=1.0, description="per-round discount of past rewards (1 = none)")
-    window: int | None = Field(None, ge=1, description="keep only the last this many rounds of rewards")
-    group_by: Literal["quantiles", "device_class", "none"] = Field("quantiles", description="how devices are grouped")
-    speed_bins: int = Field(3, ge=1, le=20, description="quantile bins of flops_per_s")
-    mem_bins: int = Field(2, ge=1, le=20, description="quantile bins of mem_cap_bytes")
-    ucb_c: float = Field(0.5, ge=0.0, description="UCB exploration weight (rewards are scaled to O(1))")
-    epsilon: float = Field(0.3, ge=0.0, le=1.0, description="egreedy: epsilon_t = epsilon / sqrt(1 + t)")
-    progress: Literal["loss", "accuracy"] = Field("loss", description="eval loss decrease or accuracy gain")
-    failure_reward: float = Field(-1.0, description="scaled reward credited for a client's lost work (oom, straggler)")
+    discount: float = Field(0.9, gt=0.0, le=1.0, description="weight of an evaluation k evaluations ago: discount ** k")
+    window: int | None = Field(None, ge=1, description="keep only the last this many evaluations")
     deadline_margin: float = Field(1.0, gt=0.0, le=1.0, description="an arm is feasible if its predicted time <= margin * deadline")
+    shape_depths: list[float] = Field([-2.0, -1.0, 0.0, 1.0, 2.0, 3.0], min_length=1,
+                                      description="gammas averaged over: layer l weighs (l + 1) ** gamma in an arm's keep")
+    arm_sd: float = Field(1.0, gt=0.0, description="prior sd of an arm's own correction (log scale, in noise sds)")
+    gain_examples: int = Field(128, ge=1, description="validation examples each update's gain is measured on")
+    learning: bool = Field(True, description="ablation: false plans with the prior alone, whatever is observed")
+    explore: bool = Field(True, description="ablation: false plans with the posterior median (no Thompson draws)")
+    prior: Literal["shapes", "flat"] = Field(
+        "shapes", description="ablation: flat = every arm alike a priori (per-arm learning only)")
+    bandit: bool = Field(True, description="ablation: false gives every client fixed_arm (or the nearest feasible arm)")
+    fixed_arm: int = Field(0, ge=0, description="arm index used when bandit is false")
 
     @model_validator(mode="after")
     def _check(self):
@@ -113,13 +83,10 @@ class DropPEFTParams(MethodParams):
             raise ValueError(f"personal_layers must be >= 0 or 'auto', got {self.personal_layers}")
         if any(not 0.0 <= m < 1.0 for m in self.mean_levels):
             raise ValueError(f"every mean_levels entry must be in [0, 1), got {self.mean_levels}")
-        n_arms = len(self.arms) if self.arms is not None else None
-        g0, b0 = self.prior_initial
-        if g0 not in self.prior_depth or b0 not in self.prior_exponents:
-            raise ValueError(f"prior_initial {self.prior_initial} must take its gamma from prior_depth "
-                             f"{self.prior_depth} and its beta from prior_exponents {self.prior_exponents}")
-        if n_arms is not None and self.fixed_arm >= n_arms:
-            raise ValueError(f"fixed_arm {self.fixed_arm} is not an arm index; there are {n_arms} arms")
+        if any(not np.isfinite(g) for g in self.shape_depths):
+            raise ValueError(f"every shape_depths entry must be finite, got {self.shape_depths}")
+        if self.arms is not None and self.fixed_arm >= len(self.arms):
+            raise ValueError(f"fixed_arm {self.fixed_arm} is not an arm index; there are {len(self.arms)} arms")
         return self
 
 
@@ -169,26 +136,6 @@ def feasible_arms(fleet, ids: np.ndarray, shape, arms: list[ClientPlan], coeffic
     return ok, np.array(mem), total
 
 
-def device_groups(fleet, how: str, speed_bins: int, mem_bins: int) -> tuple[np.ndarray, int]:
-    """Group of every device of the fleet and the number of groups.
-
-    ``quantiles``: ``speed_bin * mem_bins + mem_bin`` with bins at the fleet's quantiles of
-    ``flops_per_s`` and ``mem_cap_bytes`` (ties share a bin); ``device_class``: the
-    device's profile class; ``none``: one group.
-    """
-    if how == "none":
-        return np.zeros(fleet.size, dtype=np.int64), 1
-    if how == "device_class":
-        cls = np.asarray(fleet.device_class, dtype=np.int64)
-        return cls, int(cls.max()) + 1 if cls.size else 1
-
-    def bins(x: np.ndarray, k: int) -> np.ndarray:
-        edges = np.quantile(x, np.linspace(0, 1, k + 1)[1:-1]) if k > 1 else np.empty(0)
-        return np.searchsorted(edges, x, side="right")
-
-    return bins(fleet.flops_per_s, speed_bins) * mem_bins + bins(fleet.mem_cap_bytes, mem_bins), speed_bins * mem_bins
-
-
 def select_personal_layers(norms: np.ndarray, k: int | str, mass: float = 0.5) -> tuple[int, ...]:
     """PTLS: the layers with the largest gradient norms (sorted indices).
 
@@ -209,25 +156,6 @@ def select_personal_layers(norms: np.ndarray, k: int | str, mass: float = 0.5) -
     return tuple(sorted(int(i) for i in order[:k]))
 
 
-def round_progress(prev: tuple[float, float] | None, cur: tuple[float, float], metric: str) -> float | None:
-    """Progress of the global model between two evaluations ``(accuracy, loss)``."""
-    if prev is None:
-        return None
-    if metric == "accuracy":
-        return cur[0] - prev[0]
-    if not (np.isfinite(prev[1]) and np.isfinite(cur[1])):
-        return cur[0] - prev[0]
-    return prev[1] - cur[1]
-
-
-def _policy(params: DropPEFTParams) -> Policy:
-    if params.policy == "ucb":
-        return UCBPolicy(c=params.ucb_c)
-    if params.policy == "thompson":
-        return ThompsonPolicy()
-    return EpsilonGreedyPolicy(epsilon=params.epsilon)
-
-
 # -- the method ----------------------------------------------------------------------------
 
 @register
@@ -239,24 +167,12 @@ class DropPEFT(Method):
     def __init__(self, params: DropPEFTParams, shape, base_plan: ClientPlan) -> None:
         super().__init__(params, shape, base_plan)
         self.arms = make_arms(base_plan, params)
-        self.policy = _policy(params)
-        self._groups: np.ndarray | None = None  # per device, computed on the first round
-        self.stats: ArmStats | None = None
-        self.scale = RewardScale(discount=params.discount)
-        if params.prior == "keep":
-            shapes = np.array([[depth_weighted_keep(a.keep_prob, g) for a in self.arms] for g in params.prior_depth])
-            exponents = tuple(params.prior_exponents)
-            initial = (params.prior_depth.index(params.prior_initial[0]), params.prior_initial[1])
-        else:
-            shapes, exponents, initial = None, (1.0,), None
-        self.utility = ArmUtility(len(self.arms), discount=params.discount, window=params.window,
-                                  prior_weight=params.prior_weight, shapes=shapes, exponents=exponents, initial=initial,
-                                  prior_sd=params.prior_sd, fit_margin=params.fit_margin)
+        depths = params.shape_depths if params.prior == "shapes" else None
+        self.model = ProgressModel([a.keep_prob for a in self.arms], depths, discount=params.discount,
+                                   window=params.window, arm_sd=params.arm_sd)
         self._round_pace: float | None = None
-        self._last_eval: tuple[float, float] | None = None
-        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (groups, arms, outcome) since last eval
-        self._pending_since_s: float | None = None
         self._round_arms: np.ndarray | None = None
+
         # PTLS: per-layer gradient norms per step, fleet-wide (discounted mean) and per client (sparse).
         self._norm_sum = np.zeros(shape.num_layers)
         self._norm_w = 0.0
@@ -265,33 +181,21 @@ class DropPEFT(Method):
         self.history: list[dict[str, Any]] = []
 
     # -- planning ------------------------------------------------------------------------
-    def _ensure_groups(self, fleet) -> None:
-        if self._groups is None:
-            p = self.params
-            self._groups, n_groups = device_groups(fleet, p.group_by, p.speed_bins, p.mem_bins)
-            if self.stats is None:
-                self.stats = ArmStats(n_groups, len(self.arms), discount=p.discount, window=p.window)
-
-    def choose_arms(self, ctx: RoundContext) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Arm of each selected client, its group and the feasibility mask."""
-        self._ensure_groups(ctx.fleet)
+    def choose_arms(self, ctx: RoundContext) -> tuple[np.ndarray, np.ndarray]:
+        """Arm of each selected client and the feasibility mask."""
         p = self.params
         ids = ctx.device_ids
-        groups = self._groups[ids]
         feasible, mem, total = feasible_arms(ctx.fleet, ids, self.shape, self.arms, ctx.coefficients,
                                              ctx.deadline_s, p.deadline_margin)
         # No feasible arm: the one least likely to fail (fits memory if any does, then fastest).
         fits = mem <= ctx.fleet.mem_cap_bytes[ids][:, None]
         fallback = np.where(fits.any(axis=1), np.argmin(np.where(fits, total, np.inf), axis=1), np.argmin(mem, axis=1))
         if not p.bandit:
-            arms = self._fixed_or_nearest(feasible, fallback)
-        elif p.configurator == "paced":
-            util = utility_scores(self.utility, p.policy, ctx.rng, c=p.ucb_c, epsilon=p.epsilon)
-            quota = ctx.quota if ctx.quota is not None else len(ids)
-            arms, self._round_pace = paced_assignment(util, total, feasible, quota, fallback)
-        else:
-            arms = assign_arms(self.policy, self.stats, groups, feasible, ctx.rng, fallback)
-        return arms, groups, feasible
+            return self._fixed_or_nearest(feasible, fallback), feasible
+        util = utility_scores(self.model, ctx.rng, len(ids), explore=p.explore, learning=p.learning)
+        quota = ctx.quota if ctx.quota is not None else len(ids)
+        arms, self._round_pace = paced_assignment(util, total, feasible, quota, fallback)
+        return arms, feasible
 
     def _fixed_or_nearest(self, feasible: np.ndarray, fallback: np.ndarray) -> np.ndarray:
         """``fixed_arm`` where feasible, else the feasible arm with the nearest mean drop at or above it."""
@@ -334,7 +238,7 @@ class DropPEFT(Method):
                           name=f"{plan.name}/p{tag}")
 
     def configure_round(self, ctx: RoundContext) -> RoundPlans:
-        arms, groups, feasible = self.choose_arms(ctx)
+        arms, _ = self.choose_arms(ctx)
         self._round_arms = arms
         used = np.unique(arms)
         remap = np.zeros(len(self.arms), dtype=np.int64)
@@ -342,51 +246,27 @@ class DropPEFT(Method):
         plans = RoundPlans([self.arms[a] for a in used], remap[arms])
         if not self.params.ptls:
             return plans
-
         return plans.regroup(lambda i, plan: self.personalise(plan, int(ctx.device_ids[i])))
 
     # -- learning from the round ---------------------------------------------------------
+    @property
+    def _learns(self) -> bool:
+        return self.params.bandit and self.params.learning
+
+    def update_gain_examples(self) -> int | None:
+        return self.params.gain_examples if self._learns else None
+
     def round_finished(self, report: RoundReport) -> None:
-        if self._groups is None:
+        if self._round_arms is None:
             raise RuntimeError("DropPEFT.round_finished called before configure_round")
-        if self._pending_since_s is None:
-            self._pending_since_s = report.start_s
-        self._pending.append((self._groups[report.device_ids], np.asarray(self._round_arms), np.asarray(report.outcome)))
         self._observe_norms(report)
-        if report.evaluation is None:
-            return
-        cur = (float(report.evaluation.accuracy), float(report.evaluation.loss))
-        progress = round_progress(self._last_eval, cur, self.params.progress)
-        self._last_eval = cur
-        elapsed = max(report.end_s - self._pending_since_s, 1e-9)
-        pending, self._pending, self._pending_since_s = self._pending, [], None
-        if progress is None:
-            return  # first evaluation: nothing to compare with
-        groups = np.concatenate([g for g, _, _ in pending])
-        arms = np.concatenate([a for _, a, _ in pending])
-        outcome = np.concatenate([o for _, _, o in pending])
-        if self.params.configurator == "paced":
-            # Progress per round, regressed on the arm shares of the updates that arrived;
-            # the planner divides by the predicted round time (bandit.paced_assignment).
-            raw = progress / len(pending)
-            scaled = self.scale(raw)
-            arrived = arms[outcome == "ok"]
-            if self.params.bandit and arrived.size:
-                shares = np.bincount(arrived, minlength=len(self.arms)) / arrived.size
-                self.utility.observe(shares, scaled)
-            self.history.append({"round": report.round_idx, "raw_reward": raw, "scaled_reward": scaled,
-                                 "pace_s": self._round_pace,
-                                 "arms": np.bincount(arms, minlength=len(self.arms)).tolist()})
-            return
-        raw = progress / elapsed
-        scaled = self.scale(raw)
-        # Drop-outs and surplus clients say little about their arm: not credited.
-        credited = np.isin(outcome, ("ok", "oom", "straggler"))
-        rewards = np.where(outcome == "ok", scaled, self.params.failure_reward)
-        if self.params.bandit and credited.any():
-            self.stats.observe_round(groups[credited], arms[credited], rewards[credited])
-        self.history.append({"round": report.round_idx, "raw_reward": raw, "scaled_reward": scaled,
-                             "arms": np.bincount(arms, minlength=len(self.arms)).tolist()})
+        entry = {"round": report.round_idx, "pace_s": self._round_pace,
+                 "arms": np.bincount(self._round_arms, minlength=len(self.arms)).tolist()}
+        if self._learns and report.update_gains is not None:
+            arm_of = dict(zip(report.device_ids.tolist(), self._round_arms.tolist()))
+            self.model.observe(np.array([arm_of[r.client_id] for r in report.results]), report.update_gains)
+            entry["worth"] = self.model.worth().tolist()
+        self.history.append(entry)
 
     def _observe_norms(self, report: RoundReport) -> None:
         if not self.params.ptls:
@@ -408,31 +288,3 @@ class DropPEFT(Method):
             self._norm_sum += per_step / per_step.sum()
             self._norm_w += 1.0
             self._client_norms[int(r.client_id)] = per_step
-
-    # -- checkpointing -------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "stats": self.stats.state_dict() if self.stats else None,
-            "scale": self.scale.state_dict(),
-            "utility": self.utility.state_dict(),
-            "last_eval": self._last_eval,
-            "norm_sum": self._norm_sum.tolist(),
-            "norm_w": self._norm_w,
-            "client_norms": {k: v.tolist() for k, v in self._client_norms.items()},
-            "has_copy": sorted(self._has_copy),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("stats") is not None:
-            if self.stats is None:
-                g = np.asarray(state["stats"]["w"])
-                self.stats = ArmStats(g.shape[0], g.shape[1], self.params.discount, self.params.window)
-            self.stats.load_state_dict(state["stats"])
-        self.scale.load_state_dict(state["scale"])
-        if "utility" in state:
-            self.utility.load_state_dict(state["utility"])
-        self._last_eval = tuple(state["last_eval"]) if state["last_eval"] is not None else None
-        self._norm_sum = np.asarray(state["norm_sum"], dtype=float)
-        self._norm_w = float(state["norm_w"])
-        self._client_norms = {int(k): np.asarray(v, dtype=float) for k, v in state["client_norms"].items()}
-        self._has_copy = {int(c) for c in state.get("has_copy", [])}

@@ -9,8 +9,14 @@ Round protocol, called by the engine in this order for round ``r``:
 
 1. ``train(r, client_ids, plans, seeds)`` for the clients whose updates reached the
    server in time (clients that failed are never trained: their work is lost anyway);
-2. ``aggregate(r, results, aggregate_fn)`` folds the results into the global model;
-3. ``evaluate(r)`` when the evaluation schedule says so.
+2. ``update_gains(r, results, n)``, only when the method asks for it: each update's gain,
+   the drop in loss on ``n`` validation examples when it alone is applied to the global
+   model (DropPEFT's configurator learns from these);
+3. ``aggregate(r, results, aggregate_fn)`` folds the results into the global model;
+4. ``evaluate(r)`` when the evaluation schedule says so.
+
+A checkpoint stores ``state_dict()``; a resumed run builds the trainer again from the
+scenario and loads it.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import numpy as np
 
 from fedsim.plan import ClientPlan
 
-__all__ = ["ClientResult", "EvalResult", "Trainer", "AggregateFn"]
+__all__ = ["ClientResult", "EvalResult", "Trainer", "AggregateFn", "is_finite"]
 
 
 @dataclass(slots=True)
@@ -53,6 +59,15 @@ class ClientResult:
     extras: dict[str, float] = field(default_factory=dict)
 
 
+def is_finite(result: ClientResult) -> bool:
+    """Whether every value of the client's update (its ``delta``) is finite."""
+    for value in (result.delta or {}).values():
+        ok = value.isfinite().all() if hasattr(value, "isfinite") else np.isfinite(np.asarray(value)).all()
+        if not bool(ok):
+            return False
+    return True
+
+
 @dataclass
 class EvalResult:
     """Evaluation of the global model (and optionally of personalised models)."""
@@ -78,8 +93,22 @@ class Trainer(Protocol):
         seeds: np.ndarray,
     ) -> list[ClientResult]: ...
 
+    def update_gains(self, round_idx: int, results: Sequence[ClientResult], num_examples: int) -> np.ndarray: ...
+
     def aggregate(
         self, round_idx: int, results: Sequence[ClientResult], aggregate_fn: AggregateFn | None
     ) -> None: ...
 
     def evaluate(self, round_idx: int) -> EvalResult: ...
+
+    def num_examples(self, client_ids: np.ndarray) -> np.ndarray:
+        """Training examples each of the given clients holds."""
+        ...
+
+    def state_dict(self) -> Any:
+        """What changed since the trainer was built (global model, per-client state), picklable."""
+        ...
+
+    def load_state_dict(self, state: Any) -> None:
+        """Restore :meth:`state_dict` into a trainer built from the same scenario."""
+        ...

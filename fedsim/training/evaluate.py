@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from fedsim.trainers.base import EvalResult
 from fedsim.training.data import TokenizedSplit
-from fedsim.training.local import make_batch
+from fedsim.training.local import make_batch, to_device
 
 __all__ = ["evaluate_model", "eval_indices"]
 
@@ -28,25 +28,29 @@ def evaluate_model(
 ) -> EvalResult:
     """Accuracy and mean cross-entropy on ``data[indices]`` (default: the whole split).
 
-    The model is put in eval mode for the call and returned to its previous mode.
+    The model is put in eval mode for the call and returned to its previous mode. Batches
+    go to the model's device; per-batch sums come back to the host once, at the end.
     """
     idx = np.arange(len(data)) if indices is None else np.asarray(indices)
     if idx.size == 0:
         return EvalResult(accuracy=float("nan"))
     was_training = model.training
     model.eval()
-    correct = 0
-    loss_sum = 0.0
+    device = next(model.parameters()).device
+    correct: list[torch.Tensor] = []
+    losses: list[torch.Tensor] = []
     try:
         with torch.inference_mode():
             # Sorting by length makes batches of similar length: less padding, same results.
             order = idx[np.argsort(data.lengths[idx], kind="stable")]
             for start in range(0, order.size, batch_size):
-                batch = make_batch(data, order[start : start + batch_size])
+                batch = to_device(make_batch(data, order[start : start + batch_size]), device)
                 labels = batch.pop("labels")
                 logits = model(**batch).logits
-                loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
-                correct += int((logits.argmax(-1) == labels).sum())
+                losses.append(F.cross_entropy(logits, labels, reduction="sum"))
+                correct.append((logits.argmax(-1) == labels).sum())
     finally:
         model.train(was_training)
-    return EvalResult(accuracy=correct / idx.size, loss=loss_sum / idx.size)
+    # Summed on the host in batch order, as Python floats: the same result as summing per batch.
+    loss_sum = sum(torch.stack(losses).tolist(), 0.0)
+    return EvalResult(accuracy=int(torch.stack(correct).sum()) / idx.size, loss=loss_sum / idx.size)

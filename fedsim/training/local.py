@@ -43,7 +43,7 @@ from fedsim.training.data import TokenizedSplit
 from fedsim.training.model import FedModel
 from fedsim.training.stld import draw_schedule, kept_layers
 
-__all__ = ["train_client", "batch_indices", "make_batch", "plan_trainable"]
+__all__ = ["train_client", "batch_indices", "make_batch", "plan_trainable", "to_device"]
 
 
 def batch_indices(indices: np.ndarray, batch_size: int, steps: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
@@ -71,6 +71,13 @@ def make_batch(data: TokenizedSplit, idx: np.ndarray, seq_len: int | None = None
     mask = torch.from_numpy((np.arange(width)[None, :] < lengths[:, None]).astype(np.int64))
     labels = torch.from_numpy(data.labels[idx].astype(np.int64))
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The batch on ``device`` (the same tensors on the CPU)."""
+    if device.type == "cpu":
+        return batch
+    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def plan_trainable(fm: FedModel, plan: ClientPlan) -> tuple[list[str], dict[str, torch.Tensor]]:
@@ -146,6 +153,7 @@ def train_client(
     """
     t0 = time.perf_counter()
     model = fm.model
+    device = fm.device
     params = dict(model.named_parameters())
     names, masks = plan_trainable(fm, plan)
     snapshot = {n: params[n].detach().clone() for n in names}
@@ -157,7 +165,11 @@ def train_client(
     for n in names:
         if fm.param_layer[n] is not None:
             by_layer[fm.param_layer[n]].append(params[n])
-    losses: list[float] = []
+    # Losses and squared gradient norms stay on the model's device until the client is
+    # done: one host sync per client instead of one per step and layer (on a GPU). The
+    # host then sums them exactly as a per-step float() would, so CPU records are unchanged.
+    losses: list[torch.Tensor] = []
+    grad_terms: list[tuple[int, list[torch.Tensor]]] = []
     try:
         for name, p in params.items():
             p.requires_grad_(name in snapshot)
@@ -175,12 +187,12 @@ def train_client(
             torch.manual_seed(int(rng.integers(0, 2**63 - 1)))
             batches = batch_indices(indices, plan.batch_size, plan.local_steps, rng)
             for step, idx in enumerate(batches):
-                batch = make_batch(data, idx, plan.seq_len)
+                batch = to_device(make_batch(data, idx, plan.seq_len), device)
                 if optim is not None:
                     optim.zero_grad(set_to_none=True)
                 with kept_layers(model, schedule[step]):
                     out = model(**batch)
-                losses.append(float(out.loss.detach()))
+                losses.append(out.loss.detach())
                 if optim is None or not out.loss.requires_grad:
                     continue  # nothing trainable ran at this step (all layers dropped, head frozen)
                 out.loss.backward()
@@ -188,9 +200,13 @@ def train_client(
                     if params[n].grad is not None:
                         params[n].grad.mul_(m)
                 for layer in np.flatnonzero(schedule[step]):
-                    sq = sum(float(p.grad.pow(2).sum()) for p in by_layer[layer] if p.grad is not None)
-                    grad_sq[layer] += sq
+                    grad_terms.append((int(layer), [p.grad.pow(2).sum() for p in by_layer[layer] if p.grad is not None]))
                 optim.step()
+        flat = [t for _, terms in grad_terms for t in terms]
+        values = iter(torch.stack(flat).tolist() if flat else [])
+        for layer, terms in grad_terms:
+            grad_sq[layer] += sum(next(values) for _ in terms)
+        loss_values = torch.stack(losses).tolist() if losses else []
         delta: dict[str, torch.Tensor] = {}
         with torch.no_grad():
             for n in names:
@@ -211,7 +227,7 @@ def train_client(
         client_id=int(client_id),
         num_examples=int(len(indices)),
         layer_steps=layer_steps,
-        train_loss=float(np.mean(losses)) if losses else float("nan"),
+        train_loss=float(np.mean(loss_values)) if loss_values else float("nan"),
         grad_norms=np.sqrt(grad_sq),
         delta=delta,
         compute_s=time.perf_counter() - t0,

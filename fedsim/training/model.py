@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fedsim.errors import ConfigError
 from fedsim.models import MINILM_NAME, TINY_BERT, TINY_BERT_NAME, model_dir
 from fedsim.training.config import ModelSpec
 
@@ -39,6 +40,7 @@ __all__ = [
     "build_model",
     "load_tokenizer",
     "resolve_model_dir",
+    "resolve_device",
     "find_layers",
     "layer_of",
     "default_lora_targets",
@@ -107,6 +109,24 @@ def resolve_model_dir(name_or_path: str) -> Path | None:
     return model_dir(name_or_path)
 
 
+def resolve_device(requested: str) -> torch.device:
+    """The torch device ``train.device`` names: ``cpu``, ``cuda`` or ``auto``.
+
+    Raises:
+        ConfigError: ``cuda`` on a host where torch sees no CUDA GPU.
+    """
+    if requested == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if requested == "auto":
+        return torch.device("cpu")
+    build = f"torch {torch.__version__}" + (" (a CPU-only build)" if torch.version.cuda is None else "")
+    raise ConfigError(None, [("train.device", None, requested,
+                              f"expected a CUDA GPU, but {build} sees none on this host; use cpu, or auto "
+                              f"to take a GPU only when there is one")])
+
+
 def load_tokenizer(spec: ModelSpec) -> tuple[Any, str]:
     """The fast tokenizer of the model and a name for cache keys.
 
@@ -152,6 +172,11 @@ class FedModel:
     base_trainable: tuple[str, ...] = ()
 
     @property
+    def device(self) -> torch.device:
+        """Where the parameters live (see :func:`resolve_device`)."""
+        return next(self.model.parameters()).device
+
+    @property
     def layers(self) -> tuple[nn.Module, str, nn.ModuleList]:
         return find_layers(self.model)
 
@@ -178,7 +203,9 @@ def _is_head(name: str, base_prefix: str) -> bool:
     return not name.startswith(base_prefix + ".") or ".pooler." in name
 
 
-def build_model(spec: ModelSpec, num_labels: int, seed: int, vocab_size: int | None = None) -> FedModel:
+def build_model(
+    spec: ModelSpec, num_labels: int, seed: int, vocab_size: int | None = None, device: str | torch.device = "cpu"
+) -> FedModel:
     """Load or create the classifier and inject LoRA adapters.
 
     Args:
@@ -187,6 +214,8 @@ def build_model(spec: ModelSpec, num_labels: int, seed: int, vocab_size: int | N
         seed: Seeds the new weights (classifier head, LoRA ``A``, all of ``tiny-bert``)
             without touching torch's global random state.
         vocab_size: Vocabulary of ``tiny-bert`` (default: the MiniLM tokenizer's).
+        device: Where the model is put once built (built on the CPU, so the new weights
+            are the same on every device).
 
     Returns:
         The model in train mode with only LoRA adapters and the head trainable.
@@ -202,7 +231,10 @@ def build_model(spec: ModelSpec, num_labels: int, seed: int, vocab_size: int | N
                 vocab_size = len(load_tokenizer(spec)[0])
             model = BertForSequenceClassification(tiny_bert_config(vocab_size, num_labels))
         else:
-            model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=num_labels)
+            # float32 whatever the files hold (transformers 5 would keep fp16 weights fp16).
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(path), num_labels=num_labels, dtype=torch.float32
+            )
         config = model.config
         targets = tuple(spec.lora_targets) if spec.lora_targets else default_lora_targets(config.model_type)
         lora = LoraConfig(
@@ -226,6 +258,7 @@ def build_model(spec: ModelSpec, num_labels: int, seed: int, vocab_size: int | N
         p.requires_grad_(is_trainable)
         if is_trainable:
             trainable.append(name)
+    model.to(device)
     model.train()
     _, _, layers = find_layers(model)
     return FedModel(
@@ -244,5 +277,5 @@ def model_fingerprint(fm: FedModel) -> str:
     h = hashlib.sha256()
     for name, t in sorted(fm.trainable_state().items()):
         h.update(name.encode())
-        h.update(t.numpy().tobytes())
+        h.update(t.cpu().numpy().tobytes())
     return h.hexdigest()[:16]

@@ -21,6 +21,17 @@ before partitioning, so every example is assigned exactly ``k`` times across the
 and clients share examples; this is the large-fleet analogue of sampling with
 replacement, and it keeps every client at or above the minimum. With ``k = 1`` (enough
 data) every example is assigned exactly once.
+
+Local test shards (personalised evaluation), two sources:
+
+* ``holdout`` (default): a ``local_test_fraction`` of each client's shard is held out
+  (:func:`split_local`); on a fleet of 1,000 clients sharing 10,000 examples that is about
+  2 examples a client.
+* ``test_split``: each client keeps its whole shard for training and gets
+  ``local_test_examples`` examples of the *test* split with its train shard's label
+  proportions (:func:`local_test_from_split`). The test split is never trained on, so
+  clients may share test examples (20news4: 1,000 clients x 20 draws from 6,421) and the
+  global test set is not touched.
 """
 
 from __future__ import annotations
@@ -42,6 +53,8 @@ __all__ = [
     "partition_dirichlet",
     "partition_quantity",
     "split_local",
+    "label_allocation",
+    "local_test_from_split",
     "make_partition",
 ]
 
@@ -81,11 +94,16 @@ class Shards:
 
 @dataclass(frozen=True)
 class Partition:
-    """Every client's local train and local test shard, plus the replication factor."""
+    """Every client's local train and local test shard, plus the replication factor.
+
+    ``test_source`` names the split ``test`` indexes: ``train`` (held out of the client's
+    shard) or ``test`` (drawn from the test split).
+    """
 
     train: Shards
     test: Shards
     replication: int = 1
+    test_source: str = "train"
 
     @property
     def num_clients(self) -> int:
@@ -225,16 +243,86 @@ def split_local(shards: Shards, test_fraction: float, rng: np.random.Generator) 
     )
 
 
+def label_allocation(counts: np.ndarray, size: int) -> np.ndarray:
+    """Split ``size`` examples over the classes in proportion to each row of ``counts``.
+
+    Largest remainder: every class gets ``floor(size * p)`` and the rest go one each to
+    the classes with the largest fractional parts (ties: the lower class index), so each
+    class's share is within ``1 / size`` of ``p``. A row of zeros gets zeros.
+
+    Args:
+        counts: ``(clients, classes)`` non-negative counts (or weights).
+        size: Examples per row.
+    """
+    counts = np.asarray(counts, dtype=float)
+    total = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, total, out=np.zeros_like(counts), where=total > 0) * size
+    base = np.floor(share).astype(np.int64)
+    rest = np.where(total[:, 0] > 0, size - base.sum(axis=1), 0)
+    rank = np.argsort(np.argsort(-(share - base), axis=1, kind="stable"), axis=1, kind="stable")
+    return base + (rank < rest[:, None])
+
+
+def local_test_from_split(
+    train_labels: np.ndarray, train: Shards, test_labels: np.ndarray, size: int, rng: np.random.Generator
+) -> Shards:
+    """Every client's local test shard: ``size`` test-split examples, its label mix kept.
+
+    Client ``i`` gets :func:`label_allocation` of its train shard's label counts; classes
+    absent from the test split are left out (the rest renormalised). Per class, one
+    seeded permutation of the class's test examples; a client reads its examples of that
+    class as a window of the permutation at a random start, so they are distinct unless
+    it needs more than the class holds (then the window wraps). Vectorised: no loop over
+    clients.
+
+    Args:
+        train_labels: ``(n_train,)`` class of every training example.
+        train: The clients' train shards (indices into ``train_labels``).
+        test_labels: ``(n_test,)`` class of every test example.
+        size: Local test examples per client.
+        rng: Source of randomness.
+    """
+    train_labels = np.asarray(train_labels)
+    test_labels = np.asarray(test_labels)
+    classes = np.union1d(np.unique(train_labels), np.unique(test_labels))
+    num_classes = classes.size
+    n = train.num_clients
+    owner = np.repeat(np.arange(n), train.sizes)
+    cls_train = np.searchsorted(classes, train_labels[train.indices])
+    counts = np.zeros((n, num_classes), dtype=np.int64)
+    np.add.at(counts, (owner, cls_train), 1)
+    cls_test = np.searchsorted(classes, test_labels)
+    pool_sizes = np.bincount(cls_test, minlength=num_classes)
+    if pool_sizes.sum() == 0:
+        raise ValueError("the test split is empty: no local test shard can be drawn from it")
+    weights = counts * (pool_sizes > 0)
+    weights[weights.sum(axis=1) == 0] = pool_sizes  # no class of the client is in the test split
+    need = label_allocation(weights, size)  # (clients, classes)
+    pools = np.concatenate([rng.permutation(np.flatnonzero(cls_test == c)) for c in range(num_classes)])
+    pool_start = np.concatenate([[0], np.cumsum(pool_sizes)[:-1]])
+    starts = rng.integers(0, np.maximum(pool_sizes, 1), size=(n, num_classes))
+    block = np.repeat(np.arange(n * num_classes), need.ravel())  # (client, class) of every draw, client-major
+    rank = np.arange(block.size) - np.repeat(np.cumsum(need.ravel()) - need.ravel(), need.ravel())
+    c = block % num_classes
+    picked = pools[pool_start[c] + (starts.ravel()[block] + rank) % np.maximum(pool_sizes[c], 1)]
+    return Shards.from_sizes(need.sum(axis=1), picked)
+
+
 def make_partition(
-    labels: np.ndarray, num_clients: int, spec: PartitionSpec, rng: np.random.Generator
+    labels: np.ndarray,
+    num_clients: int,
+    spec: PartitionSpec,
+    rng: np.random.Generator,
+    test_labels: np.ndarray | None = None,
 ) -> Partition:
     """Partition a training set as a :class:`PartitionSpec` says.
 
     Args:
         labels: ``(n,)`` class of every training example.
         num_clients: Number of clients (= devices).
-        spec: Scheme, alpha, local test fraction and minimum size.
+        spec: Scheme, alpha, local test source and size, minimum size.
         rng: Source of randomness (use a stream of its own, e.g. from ``spawn``).
+        test_labels: Class of every test-split example; needed with ``local_test: test_split``.
     """
     if num_clients < 1:
         raise ValueError(f"num_clients must be >= 1, got {num_clients}")
@@ -246,5 +334,11 @@ def make_partition(
         shards = partition_quantity(n, num_clients, spec.alpha, rng, m)
     else:
         shards = partition_dirichlet(labels, num_clients, spec.alpha, rng, m)
+    k = replication_factor(n, num_clients, m)
+    if spec.local_test == "test_split":
+        if test_labels is None:
+            raise ValueError("local_test 'test_split' needs the test split's labels")
+        test = local_test_from_split(labels, shards, test_labels, spec.local_test_examples, rng)
+        return Partition(shards, test, k, test_source="test")
     train, test = split_local(shards, spec.local_test_fraction, rng)
-    return Partition(train, test, replication_factor(n, num_clients, m))
+    return Partition(train, test, k)

@@ -6,13 +6,16 @@ keeps the result, and sends only the shared layers. The store is sparse: it hold
 each client that has trained with personal layers, only the LoRA tensors of those layers
 (e.g. MiniLM-L6, rank 8 on query/value: about 98 KB per layer per client), never a model.
 
-Evaluation with personal layers (:func:`evaluate_personal`) swaps each client's tensors
-into the shared model, evaluates on the client's local test shard and swaps them back.
+Personalised evaluation (:func:`evaluate_personal`) swaps each evaluated client's own
+tensors into the shared model, evaluates on the client's local test shard and swaps them
+back; a client with none is evaluated with the global model. The tensors may come from
+the store (PTLS) and/or from fine-tuning at evaluation time (:func:`finetuned_tensors`,
+FedLoRA's ``local_finetune`` baseline); neither changes the global model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -27,7 +30,7 @@ from fedsim.training.local import train_client
 from fedsim.training.model import FedModel
 from fedsim.training.partition import Shards
 
-__all__ = ["PersonalStore", "personal_names", "swapped_in", "train_personal", "evaluate_personal"]
+__all__ = ["PersonalStore", "personal_names", "swapped_in", "train_personal", "finetuned_tensors", "evaluate_personal"]
 
 
 class PersonalStore:
@@ -124,17 +127,50 @@ def train_personal(
     return result
 
 
+def finetuned_tensors(
+    fm: FedModel,
+    data: TokenizedSplit,
+    indices: np.ndarray,
+    plan: ClientPlan,
+    spec: TrainSpec,
+    seed: int,
+    start: dict[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """A client's tensors after local fine-tuning, for evaluation; the model is unchanged.
+
+    The client starts from ``start`` swapped into the global model (its personal tensors,
+    or nothing), trains what ``plan`` trains for ``plan.local_steps`` steps on its local
+    train examples ``indices``, and gets ``start`` updated with the trained tensors.
+    """
+    start = start or {}
+    params = dict(fm.model.named_parameters())
+    with swapped_in(fm, start):
+        result = train_client(fm, data, indices, plan, spec, seed=seed)
+        before = {n: params[n].detach().clone() for n in result.delta or {}}
+    return {**start, **{n: before[n] + d for n, d in (result.delta or {}).items()}}
+
+
 def evaluate_personal(
     fm: FedModel,
     data: TokenizedSplit,
     local_test: Shards,
-    store: PersonalStore,
     clients: np.ndarray,
+    tensors: Callable[[int], dict[str, torch.Tensor]],
     batch_size: int = 64,
 ) -> float | None:
-    """Accuracy over the pooled local test examples of ``clients``, each with its own layers.
+    """Accuracy over the pooled local test examples of ``clients``, each with its own tensors.
 
-    Returns ``None`` when none of the clients has local test examples.
+    Args:
+        fm: The shared model, holding the global state (also on return).
+        data: The split ``local_test`` indexes.
+        local_test: Every client's local test shard.
+        clients: The evaluated clients.
+        tensors: Client id -> the tensors it evaluates with in place of the global ones
+            (empty: the global model).
+        batch_size: Examples per evaluation batch.
+
+    Returns:
+        The pooled accuracy, or ``None`` when none of the clients has local test examples.
     """
     correct = 0.0
     total = 0
@@ -142,7 +178,7 @@ def evaluate_personal(
         idx = local_test[cid]
         if idx.size == 0:
             continue
-        with swapped_in(fm, store.get(cid)):
+        with swapped_in(fm, tensors(cid)):
             res = evaluate_model(fm.model, data, idx, batch_size)
         correct += res.accuracy * idx.size
         total += idx.size

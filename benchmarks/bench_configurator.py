@@ -1,0 +1,391 @@
+"""DropPEFT's configurator on environments it was not tuned on: time to target per row.
+
+Usage::
+
+    python benchmarks/bench_configurator.py --trainer surrogate            # 7 environments, 5 seeds
+    python benchmarks/bench_configurator.py --trainer torch --jobs 16      # real training, 3 seeds
+    python benchmarks/bench_configurator.py --envs minilm-iid --seeds 0,1  # a subset
+    python benchmarks/bench_configurator.py --table-only                   # tables from finished runs
+
+Environments: ``scenarios/configurator/*.yaml`` (MiniLM-L6 on 20news4 IID and at
+Dirichlet 0.1, a memory-starved fleet, a 3G-heavy fleet, a 12-layer model, Reuters R8,
+and a surrogate in which the best dropout changes during training). Each file also holds
+the surrogate's truth for that environment. DropPEFT's defaults were set on the synthetic
+rounds of ``tests/test_configurator.py`` only; none of these environments was used.
+
+Rows, with the same fleet, data, selection and seeds in every row of an environment:
+
+* ``fedlora``; ``stld-<profile>-<drop>``, each arm of DropPEFT's arm set run alone (with
+  ``fedlora`` the arm without dropout). Every arm runs on the first seed; the best
+  ``--top-arms`` of them (by time to target on that seed) run on every seed; the best of
+  those in hindsight is the **oracle** (best fixed arm; DropPEFT is not told which);
+* ``droppeft``: as shipped (Thompson sampling, learning on);
+* ``droppeft-no-learning``: the same planner with the prior alone (``learning: false``);
+* ``droppeft-flat``: no curve, every arm alike a priori, per-arm learning only;
+* ``droppeft-greedy``: learning without exploration (``explore: false``).
+
+Time to target: simulated time of the first evaluation at or above the environment's
+target; a run that does not reach it counts with its last simulated time (a lower bound,
+shown with ``>``). Runs go to ``OUT/<trainer>/<env>/<row>/seed<k>/``; a finished run
+whose scenario is unchanged is not run again, so the command resumes where it stopped.
+After the tables it prints the goals of the configurator issue as met or missed, DropPEFT's
+mean dropout per device class, and writes ``docs/img/configurator-shift.png`` (mean
+dropout DropPEFT assigns per round against the best fixed arm per phase) and
+``docs/img/configurator-classes-<trainer>.png`` (its dropout per device class and round).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fedsim.parallel import run_all  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV_DIR = ROOT / "scenarios" / "configurator"
+ENVS = ["minilm-iid", "minilm-dir01", "minilm-memstarved", "minilm-3g", "mpnet-12l", "minilm-r8", "minilm-shift"]
+SURROGATE_ONLY = {"mpnet-12l", "minilm-shift"}  # no weights to train (mpnet) / a synthetic truth (shift)
+# Where DropPEFT's prior (worth = share of layers run) is wrong: the surrogate truths
+# say dropout costs more than that (minilm-*: keep ** 2.4, deep layers first) or changes.
+PRIOR_WRONG = {"minilm-iid", "minilm-dir01", "minilm-memstarved", "minilm-3g", "minilm-shift"}
+ARMS = [(m, p) for m in (0.25, 0.5, 0.75) for p in ("uniform", "rising", "falling")]
+DROPPEFT_ROWS = {
+    "droppeft": {},
+    "droppeft-no-learning": {"learning": False},
+    "droppeft-flat": {"prior": "flat"},
+    "droppeft-greedy": {"explore": False},
+}
+
+
+def arm_rows() -> dict[str, dict]:
+    rows = {"fedlora": {"name": "fedlora"}}
+    for mean, prof in ARMS:
+        rows[f"stld-{prof}-{mean:g}"] = {"name": "stld-fixed", "params": {"mean_drop": mean, "profile": prof}}
+    return rows
+
+
+def method_rows() -> dict[str, dict]:
+    return {k: {"name": "droppeft", "params": v} if v else {"name": "droppeft"} for k, v in DROPPEFT_ROWS.items()}
+
+
+def run_one(out_dir: Path, env: str, method: dict, seed: int, trainer: str, overrides: list[str]) -> str:
+    """Run (or reuse) one environment x row x seed; returns its status."""
+    from fedsim.scenario import load_scenario
+    from fedsim.simulate import simulate
+
+    raw = yaml.safe_load((ENV_DIR / f"{env}.yaml").read_text())
+    raw["method"] = method
+    raw["seed"] = seed
+    raw["trainer"]["kind"] = trainer
+    if trainer == "torch":
+        raw["trainer"].pop("surrogate", None)
+    raw["name"] = f"{env}-{out_dir.parent.name}"
+    scenario_file = out_dir / "scenario.yaml"
+    summary_path = out_dir / "summary.json"
+    wanted = {"scenario": raw, "overrides": overrides}
+    if summary_path.exists() and scenario_file.exists():
+        old = yaml.safe_load(scenario_file.read_text())
+        if json.loads(summary_path.read_text()).get("status") == "ok" and old == wanted:
+            return "reused"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scenario_file.write_text(yaml.safe_dump(wanted, sort_keys=False))
+    tmp = out_dir / "input.yaml"
+    tmp.write_text(yaml.safe_dump(raw, sort_keys=False))
+    variant = load_scenario(tmp, overrides=overrides)[0]
+    t0 = time.perf_counter()
+    try:
+        simulate(variant.scenario, out_dir, label=out_dir.parent.name)
+    except Exception as exc:  # recorded in summary.json by simulate; keep benchmarking
+        print(f"  failed: {exc}", file=sys.stderr)
+    print(f"  {out_dir.relative_to(out_dir.parents[3])}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+    return json.loads(summary_path.read_text()).get("status", "?")
+
+
+# -- reading the records -----------------------------------------------------------------
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def time_to_target(run_dir: Path, target: float) -> tuple[float, bool] | None:
+    """``(simulated s, reached)``: first evaluation at or above ``target``, else the last time."""
+    path = run_dir / "rounds.csv"
+    if not path.exists() or not (run_dir / "summary.json").exists():
+        return None
+    rows = read_csv(path)
+    for r in rows:
+        if r["accuracy"] not in ("", "nan") and float(r["accuracy"]) >= target:
+            return float(r["sim_time_s"]), True
+    return (float(rows[-1]["sim_time_s"]), False) if rows else None
+
+
+def row_times(base: Path, env: str, row: str, seeds: list[int], target: float) -> list[tuple[float, bool]]:
+    out = []
+    for s in seeds:
+        t = time_to_target(base / env / row / f"seed{s}", target)
+        if t is not None:
+            out.append(t)
+    return out
+
+
+def fmt_times(times: list[tuple[float, bool]]) -> str:
+    if not times:
+        return "-"
+    vals = [t for t, _ in times]
+    mark = "" if all(ok for _, ok in times) else ">"
+    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return f"{mark}{statistics.mean(vals):.0f} ± {sd:.0f}"
+
+
+def mean_time(times: list[tuple[float, bool]]) -> float:
+    return statistics.mean(t for t, _ in times) if times else float("inf")
+
+
+def mean_drop_by_class(base: Path, env: str, row: str, seeds: list[int]) -> dict[str, float]:
+    """Mean dropout of the clients that trained, per device class, over seeds."""
+    acc: dict[str, list[float]] = {}
+    for s in seeds:
+        path = base / env / row / f"seed{s}" / "clients.csv"
+        if not path.exists():
+            continue
+        for r in read_csv(path):
+            if r["outcome"] == "ok":
+                acc.setdefault(r["device_class"], []).append(float(r["mean_drop"]))
+    return {k: float(np.mean(v)) for k, v in sorted(acc.items())}
+
+
+def drop_per_round(base: Path, env: str, row: str, seeds: list[int],
+                   arrived_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(round, mean dropout of the selected clients, or of the arrived updates) over seeds."""
+    per: dict[int, list[float]] = {}
+    for s in seeds:
+        path = base / env / row / f"seed{s}" / "clients.csv"
+        if not path.exists():
+            continue
+        for r in read_csv(path):
+            if not arrived_only or r["outcome"] == "ok":
+                per.setdefault(int(r["round"]), []).append(float(r["mean_drop"]))
+    rounds = np.array(sorted(per))
+    return rounds, np.array([np.mean(per[r]) for r in rounds])
+
+
+# -- the benchmark ---------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--trainer", choices=["surrogate", "torch"], default="surrogate")
+    ap.add_argument("--envs", default=",".join(ENVS))
+    ap.add_argument("--seeds", default=None, help="default: 0-4 (surrogate), 0-2 (torch)")
+    ap.add_argument("--top-arms", type=int, default=3, help="best fixed arms of the first seed run on every seed")
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-configurator")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="scenario override for every run")
+    ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "configurator-shift.png")
+    args = ap.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(range(5 if args.trainer == "surrogate" else 3))
+    envs = [e for e in args.envs.split(",") if e]
+    if args.trainer == "torch":
+        envs = [e for e in envs if e not in SURROGATE_ONLY]
+    base = args.out / args.trainer
+    targets = {e: float(yaml.safe_load((ENV_DIR / f"{e}.yaml").read_text())["engine"]["target_accuracy"]) for e in envs}
+    arms, methods = arm_rows(), method_rows()
+
+    def execute(tasks):
+        tasks = list(tasks)
+        t0 = time.perf_counter()
+        for task, res in run_all(run_one, tasks, jobs=args.jobs):
+            if isinstance(res, Exception):
+                print(f"  error in {task[0]}: {res}", file=sys.stderr)
+        if tasks:
+            print(f"{len(tasks)} runs in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+
+    if not args.table_only:
+        # 1. every arm and every DropPEFT row; arms on the first seed only, the rest on every seed
+        first = [(base / e / row / f"seed{seeds[0]}", e, m, seeds[0], args.trainer, args.overrides)
+                 for e in envs for row, m in arms.items()]
+        rest = [(base / e / row / f"seed{s}", e, m, s, args.trainer, args.overrides)
+                for e in envs for row, m in methods.items() for s in seeds]
+        execute(first + rest)
+    # 2. the best arms of the first seed on every seed
+    top: dict[str, list[str]] = {}
+    for e in envs:
+        ranked = sorted(arms, key=lambda row: mean_time(row_times(base, e, row, seeds[:1], targets[e])))
+        top[e] = ranked[: args.top_arms]
+    if not args.table_only:
+        execute((base / e / row / f"seed{s}", e, arms[row], s, args.trainer, args.overrides)
+                for e in envs for row in top[e] for s in seeds[1:])
+
+    # 3. tables
+    summary: dict[str, dict[str, float]] = {}
+    print(f"\n# Time to target (simulated s), trainer {args.trainer}, seeds {seeds}: mean ± sd over seeds\n")
+    for e in envs:
+        oracle_row = min(top[e], key=lambda row: mean_time(row_times(base, e, row, seeds, targets[e])))
+        oracle = mean_time(row_times(base, e, oracle_row, seeds, targets[e]))
+        fed = mean_time(row_times(base, e, "fedlora", seeds, targets[e]))
+        print(f"## {e} (target {targets[e]:g}; oracle = best fixed arm in hindsight: {oracle_row})\n")
+        print("| row | seeds | time to target (s) | reached | / oracle | fedlora / row |")
+        print("|---|---|---|---|---|---|")
+        shown = list(methods) + ["fedlora"] + [r for r in top[e] if r != "fedlora"] + \
+            [r for r in arms if r not in top[e] and r != "fedlora"]
+        summary[e] = {"oracle": oracle, "fedlora": fed}
+        for row in shown:
+            ts = row_times(base, e, row, seeds, targets[e])
+            if not ts:
+                continue
+            m = mean_time(ts)
+            summary[e][row] = m
+            reached = sum(ok for _, ok in ts)
+            print(f"| {row} | {len(ts)} | {fmt_times(ts)} | {reached}/{len(ts)} | {m / oracle:.2f} | {fed / m:.2f}x |")
+        drops = mean_drop_by_class(base, e, "droppeft", seeds)
+        print("\ndroppeft's mean dropout of the updates that arrived, per device class: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in drops.items()) + "\n")
+
+    # 4. goals
+    print("# Goals\n")
+    def line(ok: bool, text: str) -> None:
+        print(f"- {'met' if ok else 'MISSED'}: {text}")
+    for e in envs:
+        s = summary[e]
+        if "droppeft" in s:
+            line(s["droppeft"] <= 1.10 * s["oracle"], f"{e}: droppeft {s['droppeft']:.0f} s vs oracle {s['oracle']:.0f} s "
+                 f"({s['droppeft'] / s['oracle']:.2f}x, goal <= 1.10x)")
+    faster = [e for e in envs if e in PRIOR_WRONG and "droppeft" in summary[e] and "droppeft-no-learning" in summary[e]
+              and summary[e]["droppeft"] <= 0.8 * summary[e]["droppeft-no-learning"]]
+    line(len(faster) >= 2, f"droppeft >= 20% faster than with learning off where the prior is wrong: {faster or 'none'} (goal: 2)")
+    slower = [e for e in envs if "droppeft" in summary[e] and "droppeft-no-learning" in summary[e]
+              and summary[e]["droppeft"] > 1.05 * summary[e]["droppeft-no-learning"]]
+    line(not slower, f"never more than 5% slower than learning off: {'ok' if not slower else slower}")
+    for e, goal in (("minilm-iid", 1.5), ("mpnet-12l", 2.0)):
+        if e in summary and "droppeft" in summary[e]:
+            r = summary[e]["fedlora"] / summary[e]["droppeft"]
+            line(r >= goal, f"{e}: {r:.2f}x faster than fedlora (goal >= {goal}x)")
+
+    if "minilm-shift" in envs and args.trainer == "surrogate":
+        plot_shift(base, seeds, targets["minilm-shift"], arms, args.plot)
+    if "minilm-iid" in envs:
+        plot_classes(base, "minilm-iid", seeds, args.plot.with_name(f"configurator-classes-{args.trainer}.png"))
+    return 0
+
+
+def plot_classes(base: Path, env: str, seeds: list[int], dest: Path) -> None:
+    """Mean dropout of DropPEFT's arrived updates per device class and round (seeds pooled)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per: dict[str, dict[int, list[float]]] = {}
+    for s in seeds:
+        path = base / env / "droppeft" / f"seed{s}" / "clients.csv"
+        if path.exists():
+            for r in read_csv(path):
+                if r["outcome"] == "ok":
+                    per.setdefault(r["device_class"], {}).setdefault(int(r["round"]), []).append(float(r["mean_drop"]))
+    if not per:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for cls, rounds in sorted(per.items()):
+        rs = sorted(rounds)
+        ax.plot(rs, [np.mean(rounds[r]) for r in rs], "o-", label=f"{cls} ({sum(len(v) for v in rounds.values())} updates)")
+    ax.set_xlabel("round")
+    ax.set_ylabel("mean dropout ratio of the updates")
+    ax.set_ylim(-0.05, 0.9)
+    ax.set_title(f"{env}: DropPEFT's dropout per device class ({base.name}, {len(seeds)} seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(dest, dpi=120)
+    print(f"wrote {dest}")
+
+
+def oracle_drop_per_round(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """What the paced planner told the surrogate's true worths would assign, round by round.
+
+    For each round of a recorded run: the same selected devices, the worth of every arm at
+    the phase the run had reached (the surrogate's drop exponent at that accuracy), and the
+    mean dropout of the updates that would arrive. The "best arm per phase" of a fleet in
+    which every device may get its own arm.
+    """
+    from fedsim.costmodel import CostCoefficients
+    from fedsim.fleet import sample_fleet
+    from fedsim.methods.configurator import paced_assignment
+    from fedsim.methods.droppeft import DropPEFTParams, feasible_arms, make_arms
+    from fedsim.plan import depth_weighted_keep
+    from fedsim.profiles import load_profiles
+    from fedsim.rng import Seeds
+    from fedsim.scenario import load_scenario
+    from fedsim.simulate import build_base_plan, model_shape_for
+
+    sc = load_scenario(run_dir / "input.yaml")[0].scenario
+    fleet = sample_fleet(sc.fleet, load_profiles(sc.fleet.profiles_dir), Seeds(sc.seed).generator("fleet"))
+    shape = model_shape_for(sc)
+    arms = make_arms(build_base_plan(sc, shape), DropPEFTParams())
+    sur = sc.trainer.surrogate
+    late = sur.drop_exponent if sur.drop_exponent_late is None else sur.drop_exponent_late
+    acc = {int(r["round"]): float(r["accuracy"]) for r in read_csv(run_dir / "rounds.csv")}
+    selected: dict[int, list[int]] = {}
+    for r in read_csv(run_dir / "clients.csv"):
+        selected.setdefault(int(r["round"]), []).append(int(r["device_id"]))
+    out_r, out_d = [], []
+    for rnd in sorted(selected):
+        a = acc.get(rnd - 1, sur.acc_start)
+        gap = min(max((sur.acc_max - a) / (sur.acc_max - sur.acc_start), 1e-6), 1.0)
+        e = sur.drop_exponent + (late - sur.drop_exponent) * (1.0 - gap)  # 1 - exp(-progress) = 1 - gap
+        worth = np.array([depth_weighted_keep(arm.keep_prob, sur.depth_exponent) ** e for arm in arms])
+        ids = np.array(selected[rnd])
+        ok, _, times = feasible_arms(fleet, ids, shape, arms, CostCoefficients(), sc.engine.round_deadline_s)
+        fits = ok.any(axis=1)
+        choice, _ = paced_assignment(worth, times, ok, sc.engine.clients_per_round, np.zeros(ids.size, np.int64))
+        t = np.where(fits, times[np.arange(ids.size), choice], np.inf)
+        first = np.argsort(t, kind="stable")[: sc.engine.clients_per_round]
+        out_r.append(rnd)
+        out_d.append(float(np.mean([arms[choice[i]].mean_drop for i in first])))
+    return np.array(out_r), np.array(out_d)
+
+
+def plot_shift(base: Path, seeds: list[int], target: float, arms: dict[str, dict], dest: Path) -> None:
+    """Mean dropout DropPEFT assigns per round, against the best per phase: the paced
+    planner told the surrogate's true worths at the phase each round had reached (same
+    devices), and the no-learning planner (prior only)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    env = "minilm-shift"
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for row, style, label in (("droppeft", "o-", "DropPEFT (learning): mean dropout of the arrived updates"),
+                              ("droppeft-no-learning", "s--", "DropPEFT, learning off (prior only)")):
+        rounds, drop = drop_per_round(base, env, row, seeds, arrived_only=True)
+        if rounds.size:
+            ax.plot(rounds, drop, style, markersize=4, label=f"{label}, {len(seeds)} seeds")
+    best = [oracle_drop_per_round(base / env / "droppeft" / f"seed{s}") for s in seeds
+            if (base / env / "droppeft" / f"seed{s}" / "clients.csv").exists()]
+    if best:
+        n = min(len(r) for r, _ in best)
+        ax.plot(best[0][0][:n], np.mean([d[:n] for _, d in best], axis=0), "-", color="C3", linewidth=2.5,
+                label="best per phase: the planner told the true worths (same devices)")
+    ax.set_xlabel("round")
+    ax.set_ylabel("mean dropout ratio")
+    ax.set_ylim(-0.05, 0.9)
+    ax.set_title(f"{env} (surrogate): dropout cheap early (keep^0.5), costly late (keep^3.5)")
+    ax.legend(loc="upper right", fontsize=7)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(dest, dpi=120)
+    print(f"\nwrote {dest}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""The configurator's calibration set: synthetic rounds with random truths, no data set, no model.
+
+Usage::
+
+    python benchmarks/calibrate_configurator.py [--truths 40] [--rounds 30]
+
+DropPEFT's configurator was designed on this set and on the synthetic tests in
+``tests/test_configurator.py`` only; ``benchmarks/bench_configurator.py`` evaluates it on
+environments (data sets, models, fleets) that played no part in it.
+
+Each truth draws ``gamma ~ U(-2, 3)`` and ``beta ~ U(0, 4)`` (an arm's worth =
+``keep_gamma ** beta``) and, for 30% of the truths, per-arm deviations (log-normal, sd
+0.3) that no curve describes. Each round draws a heterogeneous fleet of 13 phones (speed
+and uplink log-normal, sd 0.8), the round waits for 10 updates, and every arrived update
+reports a gain = worth x 0.93 ** round x log-normal noise (sd 0.3). The score of a row is
+the progress per second of its rounds over that of the oracle planner (the same paced
+planner told the true worths), summed over the rounds: 1.0 = as good as knowing the truth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fedsim.costmodel import CostCoefficients, ModelShape  # noqa: E402
+from fedsim.fleet import Fleet  # noqa: E402
+from fedsim.methods.base import RoundContext, RoundReport  # noqa: E402
+from fedsim.methods.configurator import paced_assignment  # noqa: E402
+from fedsim.methods.droppeft import DropPEFT, DropPEFTParams, feasible_arms  # noqa: E402
+from fedsim.plan import ClientPlan, depth_weighted_keep  # noqa: E402
+from fedsim.trainers.base import ClientResult, EvalResult  # noqa: E402
+
+SHAPE = ModelShape("bert", 6, 384, 12, 1536, 30522, 512, 2, 4)
+BASE = ClientPlan.uniform(6, lora_rank=8, batch_size=16, seq_len=64, local_steps=2)
+ROWS = {
+    "droppeft (Thompson, learning)": {},
+    "learning without exploration": {"explore": False},
+    "learning off (prior only)": {"learning": False},
+    "flat prior (per-arm learning only)": {"prior": "flat"},
+}
+
+
+def synthetic_fleet(rng: np.random.Generator, n: int = 13) -> Fleet:
+    f32 = lambda v: np.full(n, v, dtype=np.float32)  # noqa: E731
+    speed = np.exp(rng.normal(np.log(5e9), 0.8, n))
+    up = np.exp(rng.normal(np.log(8e6), 0.8, n))
+    return Fleet(["phone"], ["net"], np.zeros(n, np.int16), np.zeros(n, np.int16), speed, np.full(n, 4e9), 4 * up, up,
+                 f32(0.02), f32(0), f32(0), f32(1e-9), f32(1e-7), f32(1e-7), f32(0), f32(24), f32(0), f32(0))
+
+
+def episode(truth: int, params: dict, rounds: int) -> float:
+    """Progress per second of one row on one truth, over the oracle's."""
+    rng = np.random.default_rng(truth)
+    method = DropPEFT(DropPEFTParams(**params), SHAPE, BASE)
+    gamma, beta = rng.uniform(-2, 3), rng.uniform(0, 4)
+    worth = np.array([depth_weighted_keep(a.keep_prob, gamma) ** beta for a in method.arms])
+    if rng.random() < 0.3:
+        worth = worth * np.exp(0.3 * rng.standard_normal(worth.size))
+    got = best = 0.0
+    for r in range(rounds):
+        fleet = synthetic_fleet(np.random.default_rng([truth, r]))
+        ids = np.arange(fleet.size)
+        feasible, _, times = feasible_arms(fleet, ids, SHAPE, method.arms, CostCoefficients(), None)
+        ctx = RoundContext(round_idx=r, now_s=0.0, device_ids=ids, fleet=fleet, shape=SHAPE, base_plan=BASE,
+                           coefficients=CostCoefficients(), deadline_s=None, rng=np.random.default_rng([truth, r, 1]),
+                           quota=10)
+        plans = method.configure_round(ctx)
+        arms = method._round_arms
+        t = times[ids, arms]
+        arrived = np.sort(np.argsort(t, kind="stable")[:10])
+        got += worth[arms[arrived]].mean() / t[arrived].max()
+        oracle, _ = paced_assignment(worth, times, feasible, 10, np.zeros(ids.size, np.int64))
+        ot = times[ids, oracle]
+        first = np.argsort(ot, kind="stable")[:10]
+        best += worth[oracle[first]].mean() / ot[first].max()
+        outcome = np.full(ids.size, "surplus", dtype=object)
+        outcome[arrived] = "ok"
+        results = [ClientResult(int(i), 10, np.zeros(6), 0.0, np.zeros(6)) for i in arrived]
+        gains = worth[arms[arrived]] * 0.93**r * np.exp(0.3 * rng.standard_normal(arrived.size))
+        method.round_finished(RoundReport(round_idx=r, start_s=0.0, end_s=1.0, device_ids=ids, plans=plans,
+                                          outcome=outcome, duration_s=np.ones(ids.size), results=results,
+                                          evaluation=EvalResult(0.5, 1.0), update_gains=gains))
+    return got / best
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--truths", type=int, default=40)
+    ap.add_argument("--rounds", type=int, default=30)
+    args = ap.parse_args(argv)
+    print(f"Progress per second / oracle's, {args.truths} synthetic truths x {args.rounds} rounds\n")
+    print("| row | mean | 10th percentile | worst |")
+    print("|---|---|---|---|")
+    for name, params in ROWS.items():
+        s = np.array([episode(k, params, args.rounds) for k in range(args.truths)])
+        print(f"| {name} | {s.mean():.3f} | {np.quantile(s, 0.1):.3f} | {s.min():.3f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""DropPEFT's configurator: the progress model, Thompson planning, and that it learns.
+
+The learning tests feed the method synthetic rounds (a fleet of identical devices, an
+update's gain = its arm's true worth x a decaying phase x log-normal noise) in which a
+given arm is best per second whatever the prior says, and check the method converges on
+it, with learning switched off as the control.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedsim.costmodel import CostCoefficients, ModelShape
+from fedsim.fleet import Fleet
+from fedsim.methods.base import RoundContext, RoundReport
+from fedsim.methods.configurator import ProgressModel, paced_assignment, utility_scores
+from fedsim.methods.droppeft import DropPEFT, DropPEFTParams, feasible_arms
+from fedsim.plan import ClientPlan, depth_weighted_keep
+from fedsim.trainers.base import ClientResult, EvalResult
+
+SHAPE = ModelShape("bert", 6, 384, 12, 1536, 30522, 512, 2, 4)
+BASE = ClientPlan.uniform(6, lora_rank=8, batch_size=16, seq_len=64, local_steps=5)
+QUOTA = 10
+
+
+def _identical_fleet(n: int = 13) -> Fleet:
+    f32 = lambda v: np.full(n, v, dtype=np.float32)  # noqa: E731
+    return Fleet(["d"], ["n"], np.zeros(n, np.int16), np.zeros(n, np.int16), np.full(n, 5e9), np.full(n, 4e9),
+                 np.full(n, 40e6), np.full(n, 10e6), f32(0.02), f32(0), f32(0), f32(1e-9), f32(1e-7), f32(1e-7),
+                 f32(0), f32(24), f32(0), f32(0))
+
+
+def _run(worth_fn, rounds: int, seed: int, noise: float = 0.3, decay: float = 0.93, **params):
+    """Clients per arm in each round; ``worth_fn(round, arm_times) -> (A,)`` true worth."""
+    fleet = _identical_fleet()
+    ids = np.arange(fleet.size)
+    method = DropPEFT(DropPEFTParams(**params), SHAPE, BASE)
+    times = feasible_arms(fleet, ids, SHAPE, method.arms, CostCoefficients(), None)[2][0]
+    rng = np.random.default_rng([seed, 99])
+    counts = []
+    for r in range(rounds):
+        ctx = RoundContext(round_idx=r, now_s=0.0, device_ids=ids, fleet=fleet, shape=SHAPE, base_plan=BASE,
+                           coefficients=CostCoefficients(), deadline_s=None, rng=np.random.default_rng([seed, r]),
+                           quota=QUOTA)
+        plans = method.configure_round(ctx)
+        arms = method._round_arms
+        arrived = np.sort(np.argsort(times[arms], kind="stable")[:QUOTA])
+        outcome = np.full(len(arms), "surplus", dtype=object)
+        outcome[arrived] = "ok"
+        results = [ClientResult(int(i), 10, np.zeros(6), 0.0, np.zeros(6)) for i in arrived]
+        worth = worth_fn(r, times)
+        gains = worth[arms[arrived]] * decay**r * np.exp(noise * rng.standard_normal(arrived.size))
+        method.round_finished(RoundReport(round_idx=r, start_s=0.0, end_s=1.0, device_ids=ids, plans=plans,
+                                          outcome=outcome, duration_s=np.ones(len(arms)), results=results,
+                                          evaluation=EvalResult(accuracy=0.5, loss=1.0), update_gains=gains))
+        counts.append(np.bincount(arms, minlength=len(method.arms)))
+    return np.array(counts), method
+
+
+def _curve(gamma: float, beta: float):
+    arms = DropPEFT(DropPEFTParams(), SHAPE, BASE).arms
+    worth = np.array([depth_weighted_keep(a.keep_prob, gamma) ** beta for a in arms])
+    return lambda r, times: worth
+
+
+def _one_best(k: int, others: float = 0.7):
+    """Arm k is worth 1 per second, every other arm ``others`` per second: no curve fits."""
+    def worth(r, times):
+        per_s = np.full(times.size, others)
+        per_s[k] = 1.0
+        return per_s * times
+    return worth
+
+
+def _good_share(counts: np.ndarray, worth_fn, rounds_at: int, last: int = 10, tol: float = 0.05) -> float:
+    """Share of the clients of the last ``last`` rounds on arms within ``tol`` of the best per second."""
+    fleet = _identical_fleet()
+    times = feasible_arms(fleet, np.arange(fleet.size), SHAPE, DropPEFT(DropPEFTParams(), SHAPE, BASE).arms,
+                          CostCoefficients(), None)[2][0]
+    per_s = worth_fn(rounds_at, times) / times
+    good = per_s >= (1.0 - tol) * per_s.max()
+    window = counts[-last:]
+    return float(window[:, good].sum() / window.sum())
+
+
+# Truths in which different arms are best per second: dropout nearly free (a heavy arm),
+# steep and deep-weighted (no dropout), shallow layers matter (rising drops the deep
+# ones), and two arms no curve describes.
+TRUTHS = {
+    "free-dropout": _curve(0.0, 0.3),
+    "steep-deep": _curve(2.0, 3.0),
+    "shallow-matters": _curve(-2.0, 1.5),
+    "one-best-uniform-0.5": _one_best(4),
+    "one-best-falling-0.5": _one_best(6),
+}
+
+
+@pytest.mark.parametrize("truth", sorted(TRUTHS))
+def test_converges_on_the_best_arm_within_40_rounds_and_not_without_learning(truth):
+    # Prepare
+    worth = TRUTHS[truth]
+    # Execute: 4 seeds with learning, 1 without
+    shares = [_good_share(_run(worth, 40, seed)[0], worth, 39) for seed in range(4)]
+    off = _good_share(_run(worth, 12, 0, learning=False)[0], worth, 11)
+    # Assert: in the last 10 of 40 rounds, 60% of the clients run a best arm (mean over
+    # seeds; a uniform choice would give 10%), and no seed stays below 30%
+    assert min(shares) >= 0.3 and np.mean(shares) >= 0.6, shares
+    if off < 0.5:  # where the prior alone picks a wrong arm, learning is what finds the right one
+        assert np.mean(shares) >= off + 0.5
+
+
+def test_learning_off_ignores_what_is_observed():
+    # Prepare: two opposite truths
+    a = _run(TRUTHS["free-dropout"], 8, 0, learning=False)[0]
+    b = _run(TRUTHS["steep-deep"], 8, 0, learning=False)[0]
+    # Assert: the same choices whatever the gains; with learning they differ
+    assert np.array_equal(a, b)
+    assert not np.array_equal(_run(TRUTHS["free-dropout"], 8, 0)[0], _run(TRUTHS["steep-deep"], 8, 0)[0])
+
+
+def test_follows_a_best_arm_that_switches_half_way():
+    # Prepare: dropout is cheap for 30 rounds (a heavy arm is best), then costly (no dropout)
+    early, late = TRUTHS["shallow-matters"], TRUTHS["steep-deep"]
+    def worth(r, times):
+        return early(r, times) if r < 30 else late(r, times)
+    # Execute
+    shares_early, shares_late = [], []
+    for seed in range(3):
+        counts, _ = _run(worth, 60, seed, decay=0.97)
+        shares_early.append(_good_share(counts[:30], early, 29))
+        shares_late.append(_good_share(counts, late, 59))
+    # Assert: on the early best by round 30, on the late best within 30 rounds of the switch
+    assert np.mean(shares_early) >= 0.7, shares_early
+    assert np.mean(shares_late) >= 0.6, shares_late
+
+
+def test_same_seed_same_choices():
+    a = _run(TRUTHS["steep-deep"], 6, 3)[0]
+    b = _run(TRUTHS["steep-deep"], 6, 3)[0]
+    assert np.array_equal(a, b)
+
+
+# -- the progress model --------------------------------------------------------------------
+
+def _keeps():
+    return [a.keep_prob for a in DropPEFT(DropPEFTParams(), SHAPE, BASE).arms]
+
+
+def test_prior_worth_is_the_share_of_layers_run():
+    # Prepare: no observation
+    model = ProgressModel(_keeps(), depths=(0.0,))
+    # Assert: beta's prior mean is 1 (worth = plain share of layers run)
+    expected = np.array([k.mean() for k in _keeps()])
+    assert model.worth() == pytest.approx(expected, rel=1e-6)
+
+
+def test_gains_recover_how_steeply_worth_falls_and_where_in_depth():
+    # Prepare: worth = keep_2 ** 3, mixed rounds, little noise, a decaying phase
+    keeps = _keeps()
+    truth = np.array([depth_weighted_keep(k, 2.0) ** 3 for k in keeps])
+    model = ProgressModel(keeps)
+    rng = np.random.default_rng(0)
+    # Execute
+    for r in range(15):
+        arms = rng.integers(0, len(keeps), size=10)
+        model.observe(arms, truth[arms] * 0.9**r * np.exp(0.05 * rng.standard_normal(10)))
+    p, _, _ = model.log_worth()
+    # Assert: gamma = 2 carries the weight; relative worths match the truth
+    gammas = (-2.0, -1.0, 0.0, 1.0, 2.0, 3.0)
+    assert gammas[int(np.argmax(p))] == 2.0 and p[:3].sum() < 0.01  # its neighbours share the rest
+    assert model.worth() / model.worth()[0] == pytest.approx(truth / truth[0], rel=0.15, abs=0.02)
+
+
+def test_flat_prior_rates_every_arm_alike_before_data():
+    model = ProgressModel(_keeps(), depths=None)
+    assert model.worth() == pytest.approx(np.ones(len(_keeps())))
+
+
+def test_non_positive_gains_are_floored_and_a_round_without_positive_gain_is_skipped():
+    model = ProgressModel(_keeps())
+    model.observe(np.array([0, 1]), np.array([-1.0, 0.0]))
+    assert model.evidence == 0.0
+    model.observe(np.array([0, 1, 2]), np.array([1.0, -5.0, np.nan]))
+    assert model.evidence == pytest.approx(1.0)
+    assert len(model._rows) == 2  # the NaN gain is dropped; the negative one counts at the floor
+
+
+def test_discount_and_window_forget_old_evaluations():
+    model = ProgressModel(_keeps(), window=2, discount=0.5)
+    for _ in range(4):
+        model.observe(np.array([0]), np.array([1.0]))
+    assert model.evidence == pytest.approx(1.5)  # the last two: 1 + 0.5
+
+
+def test_thompson_draws_one_row_per_client_and_ablations_use_the_median():
+    model = ProgressModel(_keeps())
+    u = utility_scores(model, np.random.default_rng(0), 5)
+    assert u.shape == (5, len(_keeps())) and len({tuple(r) for r in u}) == 5
+    median = utility_scores(model, np.random.default_rng(0), 3, explore=False)
+    assert np.allclose(median, model.worth())
+
+
+# -- the paced planner ---------------------------------------------------------------------
+
+def test_paced_assignment_lets_fast_clients_run_heavier_arms():
+    # Prepare: arm 0 = no drop (utility 2), arm 1 = heavy drop (utility 1, twice as fast).
+    # Clients 0-2 are fast (time 2 / 1), client 3 is slow (time 8 / 4); the round waits for 3.
+    times = np.array([[2.0, 1.0], [2.0, 1.0], [2.0, 1.0], [8.0, 4.0]])
+    feasible = np.ones_like(times, dtype=bool)
+    fallback = np.zeros(4, dtype=np.int64)
+    # Execute / Assert: a tie per second: the shorter round wins
+    arms, pace = paced_assignment(np.array([2.0, 1.0]), times, feasible, 3, fallback)
+    assert pace == 1.0 and arms.tolist() == [1, 1, 1, 1]
+    arms, pace = paced_assignment(np.array([3.0, 1.0]), times, feasible, 3, fallback)
+    assert pace == 2.0 and arms.tolist() == [0, 0, 0, 1]  # nothing fits T = 2 on the slow client
+    arms, pace = paced_assignment(np.array([3.0, 1.0]), times, feasible, 4, fallback)
+    assert pace == 4.0 and arms.tolist() == [0, 0, 0, 1]
+
+
+def test_paced_assignment_takes_a_utility_row_per_client():
+    times = np.ones((2, 2))
+    arms, _ = paced_assignment(np.array([[1.0, 2.0], [2.0, 1.0]]), times, np.ones((2, 2), bool), 2, np.zeros(2, np.int64))
+    assert arms.tolist() == [1, 0]
+
+
+def test_paced_assignment_slow_client_gets_the_best_of_its_near_fastest_arms():
+    times = np.array([[2.0, 1.0, 1.0]] * 3 + [[8.0, 4.0, 4.05]])
+    arms, pace = paced_assignment(np.array([3.0, 0.2, 1.0]), times, np.ones_like(times, bool), 3, np.zeros(4, np.int64))
+    assert pace == 2.0 and arms.tolist() == [0, 0, 0, 2]
+
+
+def test_paced_assignment_respects_feasibility_and_fallback():
+    feasible = np.array([[False, True], [False, False]])
+    arms, _ = paced_assignment(np.array([5.0, 1.0]), np.ones((2, 2)), feasible, 1, np.array([1, 0]))
+    assert arms.tolist() == [1, 0]
