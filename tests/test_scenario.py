@@ -296,6 +296,10 @@ def test_surrogate_run_reads_no_data_files(write_yaml, tiny_scenario, tmp_path):
         ("method={name: caesar, params: {staleness_tau: .inf}}", "method.params.staleness_tau"),
         ("method={name: legend, params: {min_depth: true}}", "method.params.min_depth"),
         ("method={name: droppeft, params: {prior_weight: .inf}}", "method.params.prior_weight"),
+        ("engine.transfers.backoff_s=.inf", "engine.transfers.backoff_s"),
+        ("engine.transfers.retries=true", "engine.transfers.retries"),
+        ("engine.transfers={backoff_s: 1e300}", "engine.transfers"),
+        ("engine.transfers={retries: 100, backoff_factor: 10}", "engine.transfers"),
     ],
 )
 def test_non_finite_and_boolean_values_rejected(tiny_scenario, override, key):
