@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from fedsim.errors import FedsimError
 
@@ -27,6 +30,36 @@ def _fail(exc: Exception) -> None:
     say(f"error: {exc}", err=True)
     raise typer.Exit(2)
 
+
+def _os_error(exc: OSError) -> FedsimError:
+    """A file-system failure (an output folder that is a file, a full disk) as a message."""
+    return FedsimError(f"cannot write {exc.filename or 'the output'} ({exc.strerror or exc})")
+
+
+@contextmanager
+def _failing_cleanly() -> Iterator[None]:
+    """Bad records or a file-system failure end the command with one line, exit status 2."""
+    try:
+        yield
+    except FedsimError as exc:
+        _fail(exc)
+    except OSError as exc:
+        _fail(_os_error(exc))
+
+
+def _point_error(exc: Exception, run_dir: Path) -> str:
+    """Why one run of a sweep failed: bad input, the file system, or a bug."""
+    if isinstance(exc, FedsimError):
+        return f"{exc} (records in {run_dir})"
+    if isinstance(exc, OSError):
+        return str(_os_error(exc))
+    return f"unexpected {type(exc).__name__}: {exc}; its traceback is in {run_dir / 'summary.json'}"
+
+
+def _row(*cells: str) -> list[Text]:
+    # Table cells are rich markup unless given as Text: class names, descriptions and
+    # labels come from user files, and "[/x]" in them must print as written.
+    return [Text(str(c)) for c in cells]
 
 
 def duration(seconds: float) -> str:
@@ -49,6 +82,7 @@ def run(
     checkpoint_every: Annotated[Optional[int], typer.Option("--checkpoint-every", min=1, help="write a checkpoint every this many rounds (default: automatic, at most ~5% of the run's time)")] = None,
 ) -> None:
     """Run a scenario (every sweep combination) and write its records."""
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fedsim.plot import plot_time_to_accuracy
@@ -75,14 +109,15 @@ def run(
             _fail(FedsimError(f"{taken[0]} already holds a run's records; resume it (--resume {root}) or replace it (--force)"))
     existing = "resume" if resume is not None else "overwrite" if force else "refuse"
     if not one_run:
-        _write_sweep(root, variants, existing)
+        with _failing_cleanly():
+            _write_sweep(root, variants, existing)
     results = []
     failed = False
     with signals_interrupt():
         for v, run_dir in zip(variants, dirs):
             total = v.scenario.engine.max_rounds
             with Progress(
-                TextColumn(f"[bold]{v.label}[/bold]"), BarColumn(), MofNCompleteColumn(),
+                TextColumn(escape(v.label).replace("{", "{{").replace("}", "}}"), style="bold"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
                 console=err_console, disable=quiet, transient=False,
             ) as progress:
@@ -96,30 +131,35 @@ def run(
                 try:
                     res = simulate(v.scenario, run_dir, label=v.label, on_round=on_round, existing=existing,
                                    checkpoint_every=checkpoint_every)
-                except FedsimError as exc:
-                    say(f"error in {v.label}: {exc} (records in {run_dir})", err=True)
-                    failed = True
-                    res = None
                 except (KeyboardInterrupt, Interrupted) as exc:
                     say(f"interrupted; records so far are in {run_dir}; continue with: fedsim run --resume {root}", err=True)
                     raise typer.Exit(143 if isinstance(exc, Interrupted) else 130)
+                except Exception as exc:  # reported; the other points of a sweep still run
+                    say(f"error in {v.label}: {_point_error(exc, run_dir)}", err=True)
+                    failed, res = True, None
             results.append(res)
-    table = Table(title=f"{variants[0].scenario.name}: {root}")
+    table = Table(title=Text(f"{variants[0].scenario.name}: {root}"))
     for col in ("variant", "rounds", "sim time", "acc", "to target", "stop", "wall s", "overhead"):
         table.add_column(col, no_wrap=col in ("stop", "variant"))
     for v, res in zip(variants, results):
         if res is None:
-            table.add_row(v.label, "-", "-", "-", "-", "failed", "-", "-")
+            table.add_row(*_row(v.label, "-", "-", "-", "-", "failed", "-", "-"))
             continue
         tta = "-" if res.time_to_target_s is None else duration(res.time_to_target_s)
         acc = "-" if res.final_accuracy is None else f"{res.final_accuracy:.3f}"
         outside = (res.wall_s - res.train_wall_s) / res.wall_s if res.wall_s > 0 else 0.0
-        table.add_row(v.label, str(res.rounds), duration(res.sim_time_s), acc, tta, res.stop_reason, f"{res.wall_s:.0f}", f"{outside:.1%}")
+        table.add_row(*_row(v.label, res.rounds, duration(res.sim_time_s), acc, tta, res.stop_reason, f"{res.wall_s:.0f}", f"{outside:.1%}"))
     console.print(table)
     ok_dirs = [d for d, r in zip(dirs, results) if r is not None]
     if ok_dirs:
-        fig = plot_time_to_accuracy(ok_dirs, root / "time_to_accuracy.png")
-        say(f"plot: {fig}")
+        try:
+            say(f"plot: {plot_time_to_accuracy(ok_dirs, root / 'time_to_accuracy.png')}")
+        except FedsimError as exc:
+            say(f"error: {exc}", err=True)
+            failed = True
+        except OSError as exc:
+            say(f"error: {_os_error(exc)}", err=True)
+            failed = True
     if failed:
         raise typer.Exit(1)
 
@@ -204,19 +244,19 @@ def profiles(
         if cls is None:
             _fail(FedsimError(f"no device or network class named {name!r} in {ps.directory}; known: {sorted(ps.devices) + sorted(ps.networks)}"))
         say(f"# {name} (from {ps.files[name]})")
-        console.print(yaml.safe_dump(cls.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False), highlight=False)
+        say(yaml.safe_dump(cls.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False, allow_unicode=True).rstrip("\n"))
         return
-    t = Table(title=f"device classes ({ps.directory})")
+    t = Table(title=Text(f"device classes ({ps.directory})"))
     for col in ("class", "GFLOP/s (mean)", "app memory GB (mean)", "straggle p", "dropout p", "description"):
         t.add_column(col)
     for n, d in ps.devices.items():
-        t.add_row(n, f"{d.train_gflops_per_s.mean():.1f}", f"{d.app_memory_gb.mean():.2f}", f"{d.straggle_prob:g}", f"{d.dropout_prob:g}", d.description)
+        t.add_row(*_row(n, f"{d.train_gflops_per_s.mean():.1f}", f"{d.app_memory_gb.mean():.2f}", f"{d.straggle_prob:g}", f"{d.dropout_prob:g}", d.description))
     console.print(t)
     t = Table(title="network classes")
     for col in ("class", "down Mbit/s (mean)", "up Mbit/s (mean)", "latency ms (mean)", "dropout p", "description"):
         t.add_column(col)
     for n, c in ps.networks.items():
-        t.add_row(n, f"{c.downlink_mbps.mean():.1f}", f"{c.uplink_mbps.mean():.1f}", f"{c.latency_ms.mean():.0f}", f"{c.dropout_prob:g}", c.description)
+        t.add_row(*_row(n, f"{c.downlink_mbps.mean():.1f}", f"{c.uplink_mbps.mean():.1f}", f"{c.latency_ms.mean():.0f}", f"{c.dropout_prob:g}", c.description))
     console.print(t)
 
 
@@ -234,7 +274,8 @@ def plot(
             _fail(FedsimError(f"{d} is not a run directory (no rounds.csv); give folders written by 'fedsim run'"))
     if x not in ("time", "round"):
         _fail(FedsimError(f"--x must be 'time' or 'round', got {x!r}"))
-    say(f"wrote {plot_time_to_accuracy(run_dirs, out, x=x)}")
+    with _failing_cleanly():
+        say(f"wrote {plot_time_to_accuracy(run_dirs, out, x=x)}")
 
 
 @app.command()
@@ -253,11 +294,12 @@ def compare(
             say(f"skipped {d}: not a finished run (its summary.json does not say status: ok)", err=True)
     if not dirs:
         _fail(FedsimError(f"no finished run directories (summary.json with status ok + rounds.csv) at or below {[str(d) for d in run_dirs]}"))
-    rows = compare_runs(dirs)
-    md = to_markdown(rows)
-    dest = out or (run_dirs[0] if run_dirs[0].is_dir() else run_dirs[0].parent)
-    write_csv(rows, dest / "compare.csv")
-    (dest / "compare.md").write_text(md, encoding="utf-8")
+    with _failing_cleanly():
+        rows = compare_runs(dirs)
+        md = to_markdown(rows)
+        dest = out or (run_dirs[0] if run_dirs[0].is_dir() else run_dirs[0].parent)
+        write_csv(rows, dest / "compare.csv")
+        (dest / "compare.md").write_text(md, encoding="utf-8")
     # markup=False: method labels such as droppeft[compression=caesar] are not rich tags.
     console.print(md, highlight=False, soft_wrap=True, markup=False)
     say(f"wrote {dest / 'compare.csv'} and {dest / 'compare.md'} ({len(dirs)} runs)")

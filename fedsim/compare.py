@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from fedsim.configio import read_yaml
 from fedsim.records import read_clients, read_rounds, read_summary
 
 __all__ = ["METRICS", "run_metrics", "group_key", "compare_runs", "to_markdown", "write_csv", "find_runs"]
@@ -53,12 +53,12 @@ def group_key(summary: dict[str, Any], config: dict[str, Any] | None = None) -> 
     analytic surrogate are marked ``[surrogate]``, so they never share a group (or a
     label) with real training.
     """
-    config = config or {}
-    trainer = (config.get("trainer") or {}).get("kind") if isinstance(config.get("trainer"), dict) else None
+    config = config if isinstance(config, dict) else {}
+    trainer = config.get("trainer").get("kind") if isinstance(config.get("trainer"), dict) else None
     mark = " [surrogate]" if (trainer or summary.get("trainer")) == "surrogate" else ""
     method = config.get("method")
     if isinstance(method, dict) and method.get("name"):
-        params = method.get("params") or {}
+        params = method.get("params") if isinstance(method.get("params"), dict) else {}
         inner = ",".join(f"{k}={_short(v)}" for k, v in sorted(params.items()))
         return (f"{method['name']}[{inner}]" if inner else str(method["name"])) + mark
     label = str(summary.get("variant") or summary.get("method") or "run")
@@ -84,10 +84,7 @@ def run_metrics(run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     s = read_summary(run_dir)
     rounds = read_rounds(run_dir)
-    config = None
-    if (run_dir / "config.yaml").is_file():
-        with open(run_dir / "config.yaml", encoding="utf-8") as fh:
-            config = yaml.safe_load(fh)
+    config = read_yaml(run_dir / "config.yaml")[0] if (run_dir / "config.yaml").is_file() else None
     out: dict[str, Any] = {
         "run": str(run_dir),
         "scenario": s.get("scenario"),

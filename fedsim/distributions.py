@@ -14,14 +14,26 @@ from __future__ import annotations
 from typing import Annotated, Literal, Union
 
 import numpy as np
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, model_validator
+
+from fedsim.configio import Spec
 
 __all__ = ["Dist", "Constant", "Uniform", "Normal", "LogNormal", "Choice", "as_dist"]
 
 
 class _Dist(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Spec's settings; its per-field boolean check cannot run on the discriminator
+    # ``dist``, and every other field of a distribution is a number or a list of them.
+    model_config = Spec.model_config
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans(cls, data):
+        if isinstance(data, dict):
+            for key, value in data.items():
+                if isinstance(value, bool) or (isinstance(value, list) and any(isinstance(v, bool) for v in value)):
+                    raise ValueError(f"'{key}' must be a number, not a boolean (true/false)")
+        return data
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
         raise NotImplementedError
 
@@ -33,6 +45,12 @@ class _Dist(BaseModel):
     def support(self) -> tuple[float, float]:
         """Smallest and largest value the distribution can produce."""
         raise NotImplementedError
+
+    @property
+    def reach(self) -> float:
+        """Largest value drawn with a chance above about one in a billion (the top of the
+        support when that is finite): what a finite upper bound is checked against."""
+        return self.support[1]
 
 
 class Constant(_Dist):
@@ -109,6 +127,12 @@ class Normal(_Clipped):
     def support(self):
         return (-np.inf if self.min is None else self.min, np.inf if self.max is None else self.max)
 
+    @property
+    def reach(self):
+        with np.errstate(over="ignore"):
+            top = float(np.float64(self.mean_) + 6.0 * np.float64(self.std))
+        return top if self.max is None else min(top, self.max)
+
 
 class LogNormal(_Clipped):
     """Log-normal given by its ``median`` and the ``sigma`` of its logarithm.
@@ -130,6 +154,12 @@ class LogNormal(_Clipped):
     @property
     def support(self):
         return (0.0 if self.min is None else max(0.0, self.min), np.inf if self.max is None else self.max)
+
+    @property
+    def reach(self):
+        with np.errstate(over="ignore"):
+            top = float(self.median * np.exp(6.0 * np.float64(self.sigma)))
+        return top if self.max is None else min(top, self.max)
 
 
 class Choice(_Dist):

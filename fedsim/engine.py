@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import simpy
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from fedsim.availability import AvailabilityModel
+from fedsim.configio import Spec
 from fedsim.costmodel import CostCoefficients, ModelShape, plan_cost
 from fedsim.fleet import Fleet
 from fedsim.methods.base import Method, RoundContext, RoundReport
@@ -46,10 +47,8 @@ from fedsim.trainers.base import EvalResult, Trainer, is_finite
 
 __all__ = ["EngineSpec", "SyncEngine", "RunResult", "Progress", "OUTCOMES"]
 
-class EngineSpec(BaseModel):
+class EngineSpec(Spec):
     """Round rules and stopping conditions."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     clients_per_round: int = Field(10, ge=1, description="updates the server waits for")
     over_selection: float = Field(1.3, ge=1.0, le=10.0, description="selected = ceil(clients_per_round * this)")

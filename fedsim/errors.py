@@ -37,12 +37,12 @@ class ConfigError(FedsimError):
         super().__init__(self._render())
 
     def _render(self) -> str:
-        where = self.file or "<configuration>"
+        where = _printable(self.file or "<configuration>")
         parts = []
         for path, line, value, expected in self.problems:
             at = f"line {line}, " if line else ""
             shown = "" if value is _MISSING else f" = {format_value(value)}"
-            parts.append(f"{at}'{path or '<top level>'}'{shown}: {expected}")
+            parts.append(f"{at}'{_printable(path) or '<top level>'}'{shown}: {_printable(expected)}")
         noun = "problem" if len(parts) == 1 else f"{len(parts)} problems"
         return f"Invalid {where} ({noun}): " + "; ".join(parts) + "."
 
@@ -58,5 +58,14 @@ ConfigError.MISSING = _MISSING
 
 def format_value(value: object, limit: int = 60) -> str:
     """A short printable form of a user-supplied value."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an integer of more than 4300 digits has no repr
+        text = f"<a {type(value).__name__} too large to print>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _printable(text: str) -> str:
+    """``text`` on one line: a newline or other control character in a key or file name
+    is shown escaped, so the message stays one paragraph."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

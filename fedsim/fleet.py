@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from fedsim.configio import Spec
 
 from fedsim.profiles import ProfileSet
 
@@ -22,10 +24,8 @@ MBIT = 1e6
 MB = 1e6
 
 
-class FleetSpec(BaseModel):
+class FleetSpec(Spec):
     """The fleet part of a scenario."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     size: int = Field(ge=1, le=100_000_000, description="number of devices")
     devices: dict[str, float] = Field(description="device class -> share of the fleet")
@@ -71,8 +71,9 @@ class FleetSpec(BaseModel):
 def _check_shares(mix: dict[str, float]) -> None:
     if not mix:
         raise ValueError("at least one class with a positive share")
-    if any(v < 0 for v in mix.values()) or sum(mix.values()) <= 0:
-        raise ValueError("shares must be non-negative numbers, not all zero (they are normalised)")
+    total = sum(mix.values())
+    if any(v < 0 for v in mix.values()) or not 0 < total < float("inf"):
+        raise ValueError("shares must be non-negative numbers, not all zero, with a finite sum (they are normalised)")
 
 
 @dataclass
@@ -138,8 +139,11 @@ class Fleet:
 
 
 def _draw_classes(rng: np.random.Generator, mix: dict[str, float], names: list[str], n: int) -> np.ndarray:
-    codes = np.array([names.index(k) for k in mix], dtype=np.int16)
-    p = np.array(list(mix.values()), dtype=float)
+    # By name, not in the order the YAML file lists the classes: reordering keys must
+    # not change the fleet a seed gives.
+    keys = sorted(mix)
+    codes = np.array([names.index(k) for k in keys], dtype=np.int16)
+    p = np.array([mix[k] for k in keys], dtype=float)
     return codes[rng.choice(len(codes), size=n, p=p / p.sum())]
 
 
@@ -152,12 +156,11 @@ def sample_fleet(spec: FleetSpec, profiles: ProfileSet, rng: np.random.Generator
         rng: The fleet's own generator; the same seed gives the same fleet.
     """
     n = spec.size
-    device_names = list(spec.devices)
-    net_set = dict.fromkeys(list(spec.networks) + [k for m in spec.network_by_device.values() for k in m])
-    network_names = list(net_set)
+    device_names = sorted(spec.devices)
+    network_names = sorted(set(spec.networks).union(*spec.network_by_device.values()))
     device_class = _draw_classes(rng, spec.devices, device_names, n)
     network_class = _draw_classes(rng, spec.networks, network_names, n)
-    for dname, mix in spec.network_by_device.items():
+    for dname, mix in sorted(spec.network_by_device.items()):
         sel = np.flatnonzero(device_class == device_names.index(dname))
         network_class[sel] = _draw_classes(rng, mix, network_names, sel.size)
 

@@ -12,12 +12,16 @@ names another copy: ``$FEDSIM_MODEL_DIR_MINILM_L6`` (that directory), else
 from __future__ import annotations
 
 import importlib.resources
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MINILM_NAME", "TINY_BERT_NAME", "TINY_BERT", "MODELS_ENV", "model_dir", "model_dir_env", "model_config_dict"]
+from fedsim.configio import read_json_object
+
+__all__ = [
+    "MINILM_NAME", "TINY_BERT_NAME", "TINY_BERT", "MODELS_ENV", "model_dir", "model_dir_env", "model_config_dict",
+    "check_trainable",
+]
 
 MINILM_NAME = "minilm-l6"
 TINY_BERT_NAME = "tiny-bert"
@@ -101,4 +105,24 @@ def model_config_dict(name_or_path: str) -> dict[str, Any]:
     path = model_dir(name_or_path)
     if path is None:
         return dict(TINY_BERT)
-    return json.loads((path / "config.json").read_text(encoding="utf-8"))
+    return read_json_object(path / "config.json", "a JSON model config")
+
+
+# Files transformers can build a fast tokenizer from, and the weight files it loads.
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model")
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def check_trainable(name_or_path: str) -> None:
+    """Check, without loading anything, that a torch run finds the model's files: its
+    weights (``tiny-bert`` has none) and a tokenizer (``tiny-bert`` uses MiniLM's).
+
+    Raises:
+        ValueError: a file is missing (message names the folder and what it lacks).
+    """
+    path = model_dir(name_or_path)
+    tokenizer_dir = path if path is not None else model_dir(MINILM_NAME)
+    if not any((tokenizer_dir / f).is_file() for f in _TOKENIZER_FILES):
+        raise ValueError(f"{tokenizer_dir} holds no tokenizer; expected one of {', '.join(_TOKENIZER_FILES)}")
+    if path is not None and not any((path / f).is_file() for f in _WEIGHT_FILES):
+        raise ValueError(f"{path} holds no weights; expected one of {', '.join(_WEIGHT_FILES)}")

@@ -38,7 +38,8 @@ def plot_time_to_accuracy(run_dirs: list[str | Path], out_file: str | Path, x: s
         acc = rounds["accuracy"]
         keep = ~np.isnan(acc)
         xs = rounds["sim_time_s"][keep] / per if x == "time" else rounds["round"][keep] + 1
-        label = summary.get("variant") or summary.get("method") or Path(run_dir).name
+        # A "$" would start matplotlib mathtext: labels are shown as written.
+        label = (summary.get("variant") or summary.get("method") or Path(run_dir).name).replace("$", r"\$")
         if summary.get("trainer") == "surrogate":
             label += " [surrogate]"
         tta = summary.get("time_to_target_s")

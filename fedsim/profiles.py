@@ -13,9 +13,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
-from fedsim.configio import read_yaml, validate
+from fedsim.configio import Spec, read_yaml, validate
 from fedsim.distributions import Constant, Dist
 from fedsim.errors import ConfigError
 
@@ -29,30 +29,32 @@ __all__ = [
 ]
 
 
+# Finite upper bounds too: a value beyond them is a typo, and would overflow the
+# products the cost model forms (time, energy) into infinity.
 _BOUNDS = {
     "window_start_h": (0.0, 24.0),
     "window_len_h": (0.0, 24.0),
     "utc_offset_h": (-12.0, 14.0),
-    "train_gflops_per_s": (1e-06, float("inf")),
-    "app_memory_gb": (0.001, float("inf")),
-    "straggle_slowdown": (1.0, float("inf")),
-    "joules_per_gflop": (0.0, float("inf")),
-    "downlink_mbps": (1e-06, float("inf")),
-    "uplink_mbps": (1e-06, float("inf")),
-    "latency_ms": (0.0, float("inf")),
-    "joules_per_mb_down": (0.0, float("inf")),
-    "joules_per_mb_up": (0.0, float("inf")),
+    "train_gflops_per_s": (1e-06, 1e9),
+    "app_memory_gb": (0.001, 1e6),
+    "straggle_slowdown": (1.0, 1e6),
+    "joules_per_gflop": (0.0, 1e6),
+    "downlink_mbps": (1e-06, 1e9),
+    "uplink_mbps": (1e-06, 1e9),
+    "latency_ms": (0.0, 1e9),
+    "joules_per_mb_down": (0.0, 1e6),
+    "joules_per_mb_up": (0.0, 1e6),
 }
 
 
 def _within(dist, low: float, high: float, what: str):
-    lo, hi = dist.support
+    lo, hi = dist.support[0], dist.reach
     if lo < low or hi > high:
-        raise ValueError(f"{what} must stay within [{low}, {high}], but this distribution reaches [{lo:g}, {hi:g}] (add min/max)")
+        raise ValueError(f"{what} must stay within [{low:g}, {high:g}], but this distribution reaches [{lo:g}, {hi:g}] (add min/max)")
     return dist
 
 
-class Availability(BaseModel):
+class Availability(Spec):
     """When a device can train: a daily window in local time (on charger, idle, on Wi-Fi).
 
     A device is available while its local hour of day lies in
@@ -60,8 +62,6 @@ class Availability(BaseModel):
     days it skips, each with probability ``skip_day_prob``. ``window_len_h: 24`` means
     always available (a lab board on mains power).
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     window_start_h: Dist = Field(description="local hour the window opens, 0-24")
     window_len_h: Dist = Field(description="window length in hours, 0-24")
@@ -76,10 +76,8 @@ class Availability(BaseModel):
         return _within(dist, low, high, info.field_name)
 
 
-class DeviceClass(BaseModel):
+class DeviceClass(Spec):
     """A kind of device: compute, memory, availability, reliability and energy."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     description: str
     source: str | None = Field(None, description="where the figures come from")
@@ -98,10 +96,8 @@ class DeviceClass(BaseModel):
         return _within(dist, low, high, info.field_name)
 
 
-class NetworkClass(BaseModel):
+class NetworkClass(Spec):
     """A kind of network link: asymmetric bandwidth, latency, reliability and energy."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     description: str
     source: str | None = None
@@ -119,9 +115,7 @@ class NetworkClass(BaseModel):
         return _within(dist, low, high, info.field_name)
 
 
-class _ProfileFile(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class _ProfileFile(Spec):
     devices: dict[str, DeviceClass] = Field(default_factory=dict)
     networks: dict[str, NetworkClass] = Field(default_factory=dict)
 
@@ -157,6 +151,8 @@ def load_profiles(directory: str | Path | None = None) -> ProfileSet:
         ConfigError: a file is malformed, a value impossible, or a class defined twice.
     """
     directory = Path(directory) if directory is not None else default_profiles_dir()
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(directory, [("", None, ConfigError.MISSING, "is a file; expected a directory of device profile YAML files")])
     if not directory.is_dir():
         raise ConfigError(
             directory,

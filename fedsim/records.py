@@ -25,10 +25,13 @@ from typing import Any
 import numpy as np
 import yaml
 
-from fedsim.errors import FedsimError
+from fedsim.configio import read_json_object
+from fedsim.errors import FedsimError, format_value
 from fedsim.rundir import atomic_write
 
-__all__ = ["RunRecorder", "config_text", "ROUND_COLUMNS", "CLIENT_COLUMNS", "read_rounds", "read_summary", "read_clients"]
+__all__ = [
+    "RunRecorder", "RecordError", "config_text", "ROUND_COLUMNS", "CLIENT_COLUMNS", "read_rounds", "read_summary", "read_clients",
+]
 
 ROUND_COLUMNS = (
     "round", "start_s", "sim_time_s", "duration_s", "available", "selected", "participants",
@@ -139,33 +142,99 @@ def _fmt_cell(v: Any) -> Any:
     return v
 
 
+class RecordError(FedsimError):
+    """A run record is missing, truncated or corrupt; the message names the file."""
+
+
+# Summary fields that must be numbers (or null) and texts (or null) for readers to trust them.
+_SUMMARY_NUMBERS = (
+    "seed", "rounds", "sim_time_s", "final_accuracy", "best_accuracy", "time_to_target_s",
+    "target_accuracy", "wall_s", "train_wall_s", "overhead_fraction", "fleet_size",
+)
+_SUMMARY_TEXTS = ("scenario", "variant", "method", "status", "error", "trainer")
+_CLIENT_TEXTS = ("device_class", "network_class", "plan", "outcome")
+# Columns that records written by older versions lack; readers leave them out.
+_ADDED_LATER = ("rejected", "transfer_failed", "retries", "num_examples")
+
+
+def _read_csv(path: Path, columns: tuple[str, ...]) -> tuple[list[dict[str, str]], list[str]]:
+    """Rows of a record CSV, every row complete, and which of ``columns`` it holds
+    (all but those :data:`_ADDED_LATER` must be there)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            header = reader.fieldnames or ()
+            missing = [c for c in columns if c not in header and c not in _ADDED_LATER]
+            if missing:
+                raise RecordError(f"{path} is not a fedsim record: its header lacks {', '.join(missing)}; expected the columns {', '.join(columns)}.")
+            rows = []
+            for row in reader:
+                if None in row.values() or None in row:
+                    raise RecordError(f"{path}, line {reader.line_num}: the row is truncated or has extra cells; expected {len(columns)} cells.")
+                rows.append(row)
+    except FileNotFoundError:
+        raise RecordError(f"{path} does not exist; expected a run directory written by 'fedsim run'.") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise RecordError(f"{path} cannot be read as a UTF-8 CSV record ({exc}).") from None
+    return rows, [c for c in columns if c in header]
+
+
+def _number(path: Path, line: int, column: str, text: str) -> float:
+    try:
+        return float(text) if text != "" else np.nan
+    except ValueError:
+        raise RecordError(f"{path}, line {line}: column '{column}' holds {format_value(text)}; expected a number.") from None
+
+
 def read_rounds(run_dir: str | Path) -> dict[str, np.ndarray]:
     """``rounds.csv`` as columns of floats (empty cells are NaN); a column that records
-    written by an older version lack is left out."""
-    with open(Path(run_dir) / "rounds.csv", newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        rows = list(reader)
-        header = set(reader.fieldnames or ())
-    return {k: np.array([float(r[k]) if r[k] != "" else np.nan for r in rows]) for k in ROUND_COLUMNS if k in header}
+    written by an older version lack is left out.
+
+    Raises:
+        RecordError: the file is missing, truncated or holds a cell that is not a number.
+    """
+    path = Path(run_dir) / "rounds.csv"
+    rows, columns = _read_csv(path, ROUND_COLUMNS)
+    return {k: np.array([_number(path, i + 2, k, r[k]) for i, r in enumerate(rows)], dtype=float) for k in columns}
 
 
 def read_clients(run_dir: str | Path) -> dict[str, np.ndarray]:
     """``clients.csv`` as columns (numbers as floats, names as strings); a column that
-    records written by an older version lack is left out."""
-    with open(Path(run_dir) / "clients.csv", newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        rows = list(reader)
-        header = set(reader.fieldnames or ())
+    records written by an older version lack is left out.
+
+    Raises:
+        RecordError: the file is missing, truncated or holds a bad number.
+    """
+    path = Path(run_dir) / "clients.csv"
+    rows, columns = _read_csv(path, CLIENT_COLUMNS)
     out = {}
-    for k in (c for c in CLIENT_COLUMNS if c in header):
-        vals = [r[k] for r in rows]
-        try:
-            out[k] = np.array([float(v) for v in vals])
-        except ValueError:
-            out[k] = np.array(vals, dtype=object)
+    for k in columns:
+        if k in _CLIENT_TEXTS:
+            out[k] = np.array([r[k] for r in rows], dtype=object)
+        else:
+            out[k] = np.array([_number(path, i + 2, k, r[k]) for i, r in enumerate(rows)], dtype=float)
     return out
 
 
 def read_summary(run_dir: str | Path) -> dict[str, Any]:
-    with open(Path(run_dir) / "summary.json", encoding="utf-8") as fh:
-        return json.load(fh)
+    """``summary.json`` as a dict, its numbers and texts checked.
+
+    Raises:
+        RecordError: the file is missing, not JSON, not an object, or a field has the wrong type.
+    """
+    path = Path(run_dir) / "summary.json"
+    if not path.is_file():
+        raise RecordError(f"{path} does not exist; expected a run directory written by 'fedsim run'.")
+    try:
+        summary = read_json_object(path, "a run summary")
+    except ValueError as exc:
+        raise RecordError(f"{exc}; is it truncated?") from None
+    for key in _SUMMARY_NUMBERS:
+        value = summary.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise RecordError(f"{path}: '{key}' is {format_value(value)}; expected a number or null.")
+    for key in _SUMMARY_TEXTS:
+        value = summary.get(key)
+        if value is not None and not isinstance(value, str):
+            raise RecordError(f"{path}: '{key}' is {format_value(value)}; expected a text or null.")
+    return summary

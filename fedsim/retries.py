@@ -13,20 +13,34 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, model_validator
+
+from fedsim.configio import Spec
 
 __all__ = ["TransferSpec", "Retries", "draw_retries"]
 
+# Longest sum of back-off waits of one transfer (about 30 years of simulated time).
+MAX_TOTAL_BACKOFF_S = 1e9
 
-class TransferSpec(BaseModel):
+
+class TransferSpec(Spec):
     """Failing transfers and their retries (``engine.transfers`` in a scenario)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     failure_prob: float = Field(0.0, ge=0.0, lt=1.0, description="probability that one attempt of a transfer fails")
     retries: int = Field(3, ge=0, le=100, description="attempts after the first before the client gives up")
     backoff_s: float = Field(2.0, ge=0.0, description="wait before the first retry")
     backoff_factor: float = Field(2.0, ge=1.0, le=10.0, description="each further wait is this times the previous")
+
+    @model_validator(mode="after")
+    def _bounded_waits(self) -> TransferSpec:
+        # backoff_factor ** retries grows fast: 10 ** 100 s would overflow simulated time.
+        total = self.backoff_s * sum(self.backoff_factor**j for j in range(self.retries))
+        if total > MAX_TOTAL_BACKOFF_S:
+            raise ValueError(
+                f"the waits of all retries add up to {total:.3g} s; expected at most {MAX_TOTAL_BACKOFF_S:.0e} s "
+                "(lower backoff_s, backoff_factor or retries)"
+            )
+        return self
 
 
 @dataclass(frozen=True)

@@ -16,55 +16,56 @@ product, one run per combination (desmod's factorial sweeps)::
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedsim.configio import apply_overrides, read_yaml, validate
+from fedsim.configio import Spec, apply_overrides, read_yaml, validate
 from fedsim.engine import EngineSpec
 from fedsim.errors import ConfigError
 from fedsim.fleet import FleetSpec
 from fedsim.methods.base import get_method, method_names
+from fedsim.models import check_trainable
 from fedsim.profiles import ProfileSet, load_profiles
 from fedsim.trainers.surrogate import SurrogateSpec
 from fedsim.training.config import DataSpec, ModelSpec, TrainSpec
 
-__all__ = ["Scenario", "LocalSpec", "TrainerSpec", "MethodSpec", "Variant", "load_scenario", "expand"]
+__all__ = ["Scenario", "LocalSpec", "TrainerSpec", "MethodSpec", "Variant", "load_scenario", "expand", "MAX_SWEEP_POINTS"]
 
-_FROZEN = ConfigDict(extra="forbid", frozen=True)
+# Counted before any point is built: a sweep is a list of runs, and 10^7 of them is a typo.
+MAX_SWEEP_POINTS = 10_000
+# Retries of an idle server before it gives up (max_idle_s / idle_wait_s): each is a host step.
+MAX_IDLE_TRIES = 100_000
 
 
-class LocalSpec(BaseModel):
+class LocalSpec(Spec):
     """Local training per round (the base plan; methods may change it per client)."""
 
-    model_config = _FROZEN
     batch_size: int = Field(16, ge=1, le=4096)
     local_steps: int = Field(10, ge=1, le=100_000)
 
 
-class TrainerSpec(BaseModel):
+class TrainerSpec(Spec):
     """Who produces learning progress: real PyTorch training or the analytic surrogate."""
 
-    model_config = _FROZEN
     kind: Literal["torch", "surrogate"] = "torch"
     surrogate: SurrogateSpec = Field(default_factory=SurrogateSpec)
     examples_per_client: int = Field(20, ge=1, description="surrogate only: examples each client holds")
 
 
-class MethodSpec(BaseModel):
+class MethodSpec(Spec):
     """A registered method and its parameters (validated against the method's schema)."""
 
-    model_config = _FROZEN
     name: str = "fedlora"
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-class Scenario(BaseModel):
+class Scenario(Spec):
     """A whole simulation, validated."""
 
-    model_config = _FROZEN
     name: str = Field("scenario", min_length=1, max_length=100)
     description: str = ""
     seed: int = Field(0, ge=0, le=2**63 - 1)
@@ -91,20 +92,105 @@ class Variant(BaseModel):
     scenario: Scenario
 
 
-def _check_semantics(sc: Scenario, file, lines, profiles: ProfileSet) -> None:
+def _check_semantics(sc: Scenario, file, lines, profiles: ProfileSet, label: str = "", memo: dict | None = None) -> None:
+    """Every check that needs no training: class names, the model, data files, and the
+    method built against the model's shape (as :func:`fedsim.simulate.simulate` builds it).
+
+    ``memo`` keeps what was learnt about data files across the points of a sweep."""
     problems = []
+    engine = sc.engine
+    if engine.max_idle_s / engine.idle_wait_s > MAX_IDLE_TRIES:
+        problems.append((
+            "engine.idle_wait_s", lines.get(("engine", "idle_wait_s")), engine.idle_wait_s,
+            f"at least max_idle_s / {MAX_IDLE_TRIES:,} = {engine.max_idle_s / MAX_IDLE_TRIES:g} s, "
+            "so that a fleet with no available device gives up in reasonable host time",
+        ))
+    for path, value, expected in sc.fleet.check_classes(profiles):
+        key = tuple(path.split("."))
+        problems.append((path, lines.get(key) or lines.get(key[:-1]), value, expected))
+    problems += _data_problems(sc, lines, {} if memo is None else memo)
+    shape, model_problems = _model_shape(sc, lines)
+    problems += model_problems
     if sc.method.name not in method_names():
         problems.append(("method.name", lines.get(("method", "name")), sc.method.name, f"one of the registered methods {method_names()}"))
     else:
         try:
-            validate(get_method(sc.method.name).Params, sc.method.params, file=file, lines=lines, prefix=("method", "params"))
+            params = validate(get_method(sc.method.name).Params, sc.method.params, file=file, lines=lines, prefix=("method", "params"))
         except ConfigError as exc:
             problems.extend(exc.problems)
-    for path, value, expected in sc.fleet.check_classes(profiles):
-        key = tuple(path.split("."))
-        problems.append((path, lines.get(key) or lines.get(key[:-1]), value, expected))
+        else:
+            if shape is not None:
+                problems += _method_problems(sc, params, shape, lines)
     if problems:
+        if label:
+            problems = [(path, line, value, f"{expected} (sweep point {label})") for path, line, value, expected in problems]
         raise ConfigError(file, problems)
+
+
+def _model_shape(sc: Scenario, lines):
+    """The model's cost-model shape, or ``None`` and the problems finding it."""
+    from fedsim.simulate import model_shape_for  # simulate builds on this module
+
+    at = ("model.name_or_path", lines.get(("model", "name_or_path")), sc.model.name_or_path)
+    try:
+        shape = model_shape_for(sc)
+    except ConfigError as exc:
+        return None, [(*at, exc.problems[0][3])]
+    except ValueError as exc:
+        return None, [(*at, str(exc))]
+    bad = [f for f in ("num_layers", "hidden", "heads", "ffn", "vocab", "max_positions")
+           if isinstance(getattr(shape, f), bool) or not isinstance(getattr(shape, f), int) or getattr(shape, f) < 1]
+    if bad:
+        return None, [(*at, f"a model config.json with positive integer architecture sizes; {', '.join(bad)} missing or invalid")]
+    if sc.trainer.kind == "torch":
+        try:
+            check_trainable(sc.model.name_or_path)
+        except ValueError as exc:
+            return shape, [(*at, f"a model a torch run can load ({exc})")]
+    return shape, []
+
+
+def _method_problems(sc: Scenario, params, shape, lines) -> list:
+    """Build the method against the model shape, as a run would before its first round."""
+    from fedsim.simulate import build_base_plan
+
+    try:
+        get_method(sc.method.name)(params, shape, build_base_plan(sc, shape))
+    except ValueError as exc:
+        return [("method.params", lines.get(("method", "params")) or lines.get(("method",)), sc.method.params, f"parameters that fit the model ({str(exc).rstrip('.')})")]
+    return []
+
+
+def _data_problems(sc: Scenario, lines, memo: dict) -> list:
+    """Data files and cache folder a torch run will read (the surrogate reads none)."""
+    if sc.trainer.kind != "torch":
+        return []
+    problems = []
+    cache = sc.data.cache_dir
+    if cache is not None and cache.exists() and not cache.is_dir():
+        problems.append(("data.cache_dir", lines.get(("data", "cache_dir")), str(cache), "a folder for tokenised data, but it is a file"))
+    from fedsim.training.data import DataError, packaged_files, read_table  # no torch: plain file reading
+
+    if sc.data.dataset != "file":
+        try:
+            packaged_files(sc.data.dataset)
+        except DataError as exc:
+            problems.append(("data.dataset", lines.get(("data", "dataset")), sc.data.dataset, f"a data set that is installed ({str(exc).rstrip('.')})"))
+        return problems
+    for key in ("train_file", "test_file"):
+        path = getattr(sc.data, key)
+        if path is None:
+            continue
+        seen = (str(path), sc.data.text_column, sc.data.label_column)
+        if seen not in memo:
+            try:
+                read_table(path, sc.data.text_column, sc.data.label_column)
+                memo[seen] = None
+            except DataError as exc:
+                memo[seen] = f"a readable data file ({str(exc).rstrip('.')})"
+        if memo[seen] is not None:
+            problems.append((f"data.{key}", lines.get(("data", key)), str(path), memo[seen]))
+    return problems
 
 
 def _slug(value: Any) -> str:
@@ -126,6 +212,10 @@ def expand(data: dict, file=None) -> list[tuple[str, dict]]:
     for k in keys:
         if not isinstance(sweep[k], list) or not sweep[k]:
             raise ConfigError(file, [(f"sweep.{k}", None, sweep[k], "a non-empty list of values")])
+    points = math.prod(len(sweep[k]) for k in keys)
+    if points > MAX_SWEEP_POINTS:
+        sizes = " x ".join(str(len(sweep[k])) for k in keys)
+        raise ConfigError(file, [("sweep", None, ConfigError.MISSING, f"has {sizes} = {points:,} points; expected at most {MAX_SWEEP_POINTS:,} runs")])
     out = []
     for combo in itertools.product(*(sweep[k] for k in keys)):
         overrides = [(k, v) for k, v in zip(keys, combo)]
@@ -172,11 +262,16 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None, seed: in
         data["seed"] = seed
     variants = []
     profiles_cache: dict[Any, ProfileSet] = {}
+    data_memo: dict = {}
     for label, raw in expand(data, file=path):
         sc = validate(Scenario, raw, file=path, lines=lines)
         key = sc.fleet.profiles_dir
+        if key is not None and not Path(key).is_dir():
+            line = lines.get(("fleet", "profiles_dir"))
+            # The path in full (a value would be shortened): the user must see where it looked.
+            raise ConfigError(path, [("fleet.profiles_dir", line, ConfigError.MISSING, f"expected a folder of device profile YAML files; there is none at {key}")])
         if key not in profiles_cache:
             profiles_cache[key] = load_profiles(key)
-        _check_semantics(sc, path, lines, profiles_cache[key])
+        _check_semantics(sc, path, lines, profiles_cache[key], label, data_memo)
         variants.append(Variant(label=label or sc.method.name, scenario=sc))
     return variants

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,17 @@ def shipped_profiles():
     return load_profiles()
 
 
+@pytest.fixture(scope="session")
+def tokenizer():
+    """``(tokenizer, identity)`` of ``tiny-bert`` (MiniLM's), for data loading tests."""
+    from fedsim.training.config import ModelSpec
+    from fedsim.training.data import tokenizer_identity
+    from fedsim.training.model import load_tokenizer
+
+    tok, name = load_tokenizer(ModelSpec(name_or_path="tiny-bert"))
+    return tok, tokenizer_identity(tok, name)
+
+
 @pytest.fixture
 def tiny_ctx():
     """``tiny_ctx(round_idx, n=8)``: a RoundContext over a small hand-made fleet.
@@ -88,3 +100,31 @@ def tiny_ctx():
                             coefficients=CostCoefficients(), deadline_s=deadline_s, rng=np.random.default_rng(0))
 
     return make
+
+
+# ------------------------------------------------------------------ fuzz case counts
+
+_FUZZ_CASES: Counter = Counter()
+
+
+@pytest.fixture(scope="session")
+def fuzz_cases() -> Counter:
+    """Counts of generated cases per fuzz test, reported in the terminal summary."""
+    return _FUZZ_CASES
+
+
+def pytest_sessionfinish(session):
+    # An xdist worker hands its counts to the controller (see pytest_testnodedown).
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["fuzz_cases"] = dict(_FUZZ_CASES)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    _FUZZ_CASES.update(getattr(node, "workeroutput", {}).get("fuzz_cases", {}))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _FUZZ_CASES:
+        parts = ", ".join(f"{name}: {n}" for name, n in sorted(_FUZZ_CASES.items()))
+        terminalreporter.write_line(f"hypothesis fuzz cases: {sum(_FUZZ_CASES.values())} ({parts})")

@@ -154,6 +154,110 @@ def test_durations_read_in_the_best_unit():
     assert [duration(s) for s in (82.4, 750.0, 12_312.0)] == ["82 s", "12.5 min", "3.42 h"]
 
 
+MARKUP_PROFILES = """\
+devices:
+  "dev[/x]":
+    description: "made by [/bold] hand [red]"
+    train_gflops_per_s: 10
+    app_memory_gb: 4
+    availability: {window_start_h: 0, window_len_h: 24}
+    straggle_prob: 0.0
+    straggle_slowdown: 1.0
+    dropout_prob: 0.0
+    joules_per_gflop: 0.5
+networks:
+  "net[/x]":
+    description: "[/] link"
+    downlink_mbps: 50
+    uplink_mbps: 10
+    latency_ms: 20
+    joules_per_mb_down: 0.1
+    joules_per_mb_up: 0.2
+"""
+
+
+def test_profiles_print_markup_in_names_and_descriptions_as_written(cli, write_yaml):
+    path = write_yaml("profiles/p.yaml", MARKUP_PROFILES)
+
+    listed = cli("profiles", "--dir", path.parent)
+    shown = cli("profiles", "dev[/x]", "--dir", path.parent)
+
+    assert listed.exit_code == 0, listed.output
+    assert "dev[/x]" in listed.stdout and "[/] link" in listed.stdout
+    assert shown.exit_code == 0, shown.output
+    assert "made by [/bold] hand [red]" in shown.stdout
+
+
+def test_run_markup_in_scenario_name_and_out_path(cli, tiny_scenario, tmp_path):
+    out = tmp_path / "o[/x]"
+
+    res = cli("run", tiny_scenario, "--out", out, "-q", "--set", "name=a[bold]b[red]", "--set", "engine.max_rounds=1")
+
+    assert res.exit_code == 0, res.output
+    assert "a[bold]b[red]" in res.stdout
+    assert (out / "fedlora" / "summary.json").is_file()
+
+
+def test_run_out_is_a_file_is_a_clean_error(cli, tiny_scenario, tmp_path):
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file, not a folder")
+
+    res = cli("run", tiny_scenario, "--out", blocker, "-q", "--set", "engine.max_rounds=1")
+
+    assert res.exit_code == 2
+    assert "taken" in res.stderr
+    assert not isinstance(res.exception, OSError)
+
+
+def test_run_refuses_a_sweep_with_a_bad_model_before_any_round(cli, write_yaml, tiny_scenario, tmp_path):
+    path = write_yaml("sweep.yaml", tiny_scenario.read_text() + "sweep:\n  model.name_or_path: [tiny-bert, /no/such/model]\n")
+
+    res = cli("run", path, "--out", tmp_path / "out", "-q")
+
+    assert res.exit_code == 2
+    assert "model.name_or_path" in res.stderr and "sweep point no-such-model" in res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "addition, key",
+    [
+        ("method: {name: legend, params: {min_depth: 9}}\n", "min_depth 9"),
+        ("method: {name: droppeft, params: {arms: [{drop_prob: [0.1, 0.2]}]}}\n", "drop_prob has 2 entries"),
+        ("engine: {server_overhead_s: .inf}\n", "engine.server_overhead_s"),
+    ],
+)
+def test_validate_checks_what_run_would_refuse(cli, write_yaml, tiny_scenario, addition, key):
+    text = tiny_scenario.read_text().split("engine:")[0] if addition.startswith("engine") else tiny_scenario.read_text()
+    path = write_yaml("bad.yaml", text + addition)
+
+    res = cli("validate", path)
+
+    assert res.exit_code == 2
+    assert key in res.stderr
+
+
+def test_a_failing_sweep_point_does_not_stop_the_others(cli, write_yaml, tiny_scenario, tmp_path, monkeypatch):
+    import importlib
+
+    module = importlib.import_module("fedsim.simulate")  # fedsim.simulate is also the function's name
+    real = module.simulate
+
+    def flaky(sc, out_dir, **kw):
+        if sc.method.name == "fedlora":
+            raise RuntimeError("boom")
+        return real(sc, out_dir, **kw)
+
+    monkeypatch.setattr(module, "simulate", flaky)
+    path = write_yaml("sweep.yaml", tiny_scenario.read_text() + "sweep:\n  method: [{name: fedlora}, {name: stld-fixed}]\n")
+
+    res = cli("run", path, "--out", tmp_path / "out", "-q", "--set", "engine.max_rounds=1")
+
+    assert res.exit_code == 1
+    assert "error in fedlora: unexpected RuntimeError: boom" in res.stderr
+    assert (tmp_path / "out" / "stld-fixed" / "summary.json").is_file()
+
+
 def test_run_refuses_an_existing_run_dir(cli, tiny_scenario, tmp_path):
     cli("run", tiny_scenario, "--out", tmp_path / "out", "-q", "--set", "engine.max_rounds=2")
     before = (tmp_path / "out" / "fedlora" / "rounds.csv").read_bytes()

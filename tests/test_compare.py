@@ -96,6 +96,59 @@ def test_cli_compare_prints_method_parameters_in_brackets(tmp_path):
     assert "stld-fixed[mean_drop=0.5]" in res.output
 
 
+def _truncate(path, keep):
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text[:keep], encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    "damage, names",
+    [
+        (lambda d: _truncate(d / "summary.json", 20), "summary.json"),
+        (lambda d: (d / "summary.json").write_text("[1, 2]"), "summary.json"),
+        (lambda d: (d / "summary.json").write_text('{"final_accuracy": "high"}'), "summary.json"),
+        (lambda d: (d / "summary.json").write_bytes(b"\xff\xfe\x00"), "summary.json"),
+        (lambda d: _truncate(d / "rounds.csv", len((d / "rounds.csv").read_text()) - 30), "rounds.csv"),
+        (lambda d: (d / "rounds.csv").write_text("round,accuracy\n0,0.5\n"), "rounds.csv"),
+        (lambda d: (d / "rounds.csv").write_text((d / "rounds.csv").read_text().replace("500", "lots")), "rounds.csv"),
+        (lambda d: _truncate(d / "clients.csv", len((d / "clients.csv").read_text()) - 15), "clients.csv"),
+        (lambda d: (d / "config.yaml").write_text("method: [unclosed\n"), "config.yaml"),
+    ],
+    ids=["summary-truncated", "summary-not-object", "summary-bad-type", "summary-binary", "rounds-truncated",
+         "rounds-missing-columns", "rounds-bad-number", "clients-truncated", "config-bad-yaml"],
+)
+def test_corrupt_records_are_clean_errors_naming_the_file(tmp_path, damage, names):
+    # Prepare
+    run = _fake_run(tmp_path / "run", "fedlora", 0, [0.5, 0.6], [0, 1])
+    damage(run)
+    runner = CliRunner()
+    # Execute
+    compared = runner.invoke(app, ["compare", str(run)])
+    plotted = runner.invoke(app, ["plot", str(run), "--out", str(tmp_path / "p.png")])
+    # Assert
+    assert compared.exit_code == 2, compared.output
+    assert "Traceback" not in compared.output and not isinstance(compared.exception, (ValueError, TypeError, KeyError))
+    assert names in compared.stderr
+    if names in ("summary.json", "rounds.csv"):  # what a plot reads
+        assert plotted.exit_code == 2, plotted.output
+        assert names in plotted.stderr
+
+
+def test_markup_in_labels_prints_as_written(tmp_path):
+    # Prepare
+    run = _fake_run(tmp_path / "run", "fedlora", 0, [0.5, 0.6], [0, 1])
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "variant": "a[/x]$\\frac$"}))
+    (run / "config.yaml").write_text("method: {name: 'x[/bold]y', params: {a: '[/x]'}}\n")
+    # Execute
+    compared = CliRunner().invoke(app, ["compare", str(run)])
+    plotted = CliRunner().invoke(app, ["plot", str(run), "--out", str(tmp_path / "p.png")])
+    # Assert
+    assert compared.exit_code == 0, compared.output
+    assert "x[/bold]y[a=[/x]]" in compared.stdout
+    assert plotted.exit_code == 0, plotted.output
+
+
 def test_surrogate_and_real_training_never_share_a_group(tmp_path):
     # Prepare: the same method and seed, one run per trainer kind
     for kind in ("torch", "surrogate"):

@@ -275,3 +275,92 @@ def test_long_values_are_shortened(write_yaml):
 
     assert "x" * 200 not in str(info.value)
     assert "..." in str(info.value)
+
+
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{n}: &{n} [{', '.join(['*' + p] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi")
+)
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"name: caf\xe9\n", "is not UTF-8 text (byte 9"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "is not UTF-8 text"),
+        (b"\x00\x01\x02name: x\n", "is not valid YAML"),
+        (("a: " + "[" * 5000 + "]" * 5000 + "\n").encode(), "levels deep"),
+        (("a: " + "{b: " * 80 + "1" + "}" * 80 + "\n").encode(), "levels deep"),
+        (ALIAS_BOMB.encode(), "aliases *name included"),
+        (b"a: &a [*a]\n", "contains it"),
+        (("seed: " + "9" * 5000 + "\n").encode(), "cannot be read"),
+        (b"? [a, b]\n: 1\n", "unhashable key"),
+        (b"name: !!python/object/apply:os.system ['true']\n", "is not valid YAML"),
+    ],
+    ids=["latin-1", "binary", "control-chars", "deep-5000", "deep-80", "alias-bomb", "self-alias", "huge-int",
+         "list-as-key", "python-tag"],
+)
+def test_hostile_yaml_is_a_clean_config_error(tmp_path, content, expected):
+    path = tmp_path / "hostile.yaml"
+    path.write_bytes(content)
+
+    with pytest.raises(ConfigError) as info:
+        load_model(Doc, path)
+
+    assert expected in str(info.value)
+    assert str(path) in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_alias_bomb_is_refused_quickly(tmp_path):
+    import time
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(ALIAS_BOMB)
+    start = time.perf_counter()
+
+    with pytest.raises(ConfigError):
+        read_yaml(path)
+
+    assert len(ALIAS_BOMB) < 400
+    assert time.perf_counter() - start < 1.0
+
+
+def test_a_few_aliases_are_fine(write_yaml):
+    path = write_yaml("ok.yaml", "base: &b {max_rounds: 3}\nname: x\nengine: *b\n")
+
+    data, _ = read_yaml(path)
+
+    assert data["engine"] == {"max_rounds": 3}
+
+
+def test_directory_is_not_a_yaml_file(tmp_path):
+    with pytest.raises(ConfigError, match="directory"):
+        read_yaml(tmp_path)
+
+
+@pytest.mark.parametrize("text", ["a=" + "[" * 5000, "a=&x [*x]", "a=" + "9" * 5000])
+def test_hostile_override_value_is_a_clean_error_or_text(text):
+    try:
+        parts, value = parse_override(text)
+    except ConfigError as exc:
+        assert "--set a" in str(exc)
+    else:
+        assert parts == ["a"] and isinstance(value, str)
+
+
+def test_long_run_of_open_brackets_is_refused_quickly(tmp_path):
+    import time
+
+    path = tmp_path / "brackets.yaml"
+    path.write_text("a: " + "[" * 200_000 + "\n")
+    start = time.perf_counter()
+
+    with pytest.raises(ConfigError, match="levels deep"):
+        read_yaml(path)
+
+    assert time.perf_counter() - start < 2.0
+
+
+def test_endless_file_is_read_only_up_to_the_bound():
+    with pytest.raises(ConfigError, match="larger than 16 MiB"):
+        read_yaml("/dev/zero")

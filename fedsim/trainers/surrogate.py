@@ -28,18 +28,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from fedsim.configio import Spec
 from fedsim.plan import ClientPlan, depth_weighted_keep
 from fedsim.trainers.base import AggregateFn, ClientResult, EvalResult
 
 __all__ = ["SurrogateSpec", "SurrogateTrainer"]
 
 
-class SurrogateSpec(BaseModel):
+class SurrogateSpec(Spec):
     """Parameters of the analytic learning curve (see the module docstring)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     acc_start: float = Field(0.25, ge=0.0, le=1.0, description="accuracy before training")
     acc_max: float = Field(0.9, ge=0.0, le=1.0, description="accuracy the curve saturates at")

