@@ -15,8 +15,8 @@ rounds of ``tests/test_configurator.py`` only; none of these environments was us
 
 Rows, with the same fleet, data, selection and seeds in every row of an environment:
 
-* ``fedlora``; ``stld-<profile>-<drop>``, each arm of DropPEFT's arm set run alone (with
-  ``fedlora`` the arm without dropout). Every arm runs on the first seed; the best
+* ``fedlora`` (every seed); ``stld-<profile>-<drop>``, each arm of DropPEFT's arm set run
+  alone (with ``fedlora`` the arm without dropout). Every arm runs on the first seed; the best
   ``--top-arms`` of them (by time to target on that seed) run on every seed; the best of
   those in hindsight is the **oracle** (best fixed arm; DropPEFT is not told which);
 * ``droppeft``: as shipped (Thompson sampling, learning on);
@@ -215,9 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.table_only:
         # 1. every arm and every DropPEFT row; arms on the first seed only, the rest on every seed
         first = [(base / e / row / f"seed{seeds[0]}", e, m, seeds[0], args.trainer, args.overrides)
-                 for e in envs for row, m in arms.items()]
+                 for e in envs for row, m in arms.items() if row != "fedlora"]
+        every = {"fedlora": arms["fedlora"], **methods}  # FedLoRA is a row of its own on every seed
         rest = [(base / e / row / f"seed{s}", e, m, s, args.trainer, args.overrides)
-                for e in envs for row, m in methods.items() for s in seeds]
+                for e in envs for row, m in every.items() for s in seeds]
         execute(first + rest)
     # 2. the best arms of the first seed on every seed
     top: dict[str, list[str]] = {}

@@ -269,3 +269,10 @@ def test_evaluate_reports_personal_accuracy(tiny_trainer):
     ev = t.evaluate(2)
     assert ev.personal_accuracy is not None and 0.0 <= ev.personal_accuracy <= 1.0
     assert set(t.personal.clients().tolist()) >= {0, 4}
+
+
+def test_arm_spec_refuses_booleans_and_non_finite_ratios():
+    with pytest.raises(ValueError):
+        DropPEFTParams(arms=[{"drop_prob": [False, 0, 0, 0, 0, 0]}])
+    with pytest.raises(ValueError):
+        DropPEFTParams(arms=[{"mean_drop": float("nan")}])

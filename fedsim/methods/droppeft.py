@@ -22,7 +22,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from fedsim.configio import Spec
 
 from fedsim.costmodel import client_times, plan_cost
 from fedsim.methods.base import Method, MethodParams, RoundContext, RoundReport, register
@@ -34,10 +36,8 @@ from fedsim.plan import ClientPlan, RoundPlans
 __all__ = ["DropPEFT", "DropPEFTParams", "ArmSpec", "make_arms", "feasible_arms", "select_personal_layers"]
 
 
-class ArmSpec(BaseModel):
+class ArmSpec(Spec):
     """One dropout configuration: a mean ratio and depth profile, or explicit ratios."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
     mean_drop: float = Field(0.0, ge=0.0, lt=1.0)
     profile: Profile = "uniform"
     drop_prob: list[float] | None = Field(None, description="explicit per-layer ratios (override mean_drop/profile)")
