@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -218,6 +219,12 @@ def _recording(out: Path, since: float) -> bool:
     return False
 
 
+def _finished(out: Path) -> bool:
+    """Whether every run in ``out`` has finished (``status: ok``)."""
+    summaries = list(out.glob("*/summary.json"))
+    return bool(summaries) and all(json.loads(p.read_text()).get("status") == "ok" for p in summaries)
+
+
 def kill_until_done(first: list[str], out: Path, kills: int, sig: int, window_s: tuple[float, float], seed: int,
                     extra: tuple[str, ...] = (), after_start: bool = False) -> dict:
     """Run ``first``, kill it ``kills`` times at uniform random moments in ``window_s``
@@ -226,6 +233,11 @@ def kill_until_done(first: list[str], out: Path, kills: int, sig: int, window_s:
     rng = np.random.default_rng(seed)
     stats = {"kills": 0, "interrupted": 0, "runs": 0, "mid_run": 0}
     while True:
+        # A run that finished before it was killed often enough: start it again from
+        # scratch (bounded, so a machine too slow or too fast fails instead of hanging).
+        assert stats["runs"] < 4 * kills + 10, (seed, stats, "could not kill the run often enough")
+        if stats["kills"] < kills and _finished(out):
+            shutil.rmtree(out)
         cmd = _cli("--resume", str(out), *extra) if (out / "sweep.yaml").exists() else first
         launched = time.time() - 0.01
         proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
