@@ -49,7 +49,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedsim.parallel import run_all  # noqa: E402
+from fedsim.study.parallel import run_all  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV_DIR = ROOT / "scenarios" / "configurator"
@@ -80,8 +80,8 @@ def method_rows() -> dict[str, dict]:
 
 def run_one(out_dir: Path, env: str, method: dict, seed: int, trainer: str, overrides: list[str]) -> str:
     """Run (or reuse) one environment x row x seed; returns its status."""
-    from fedsim.scenario import load_scenario
-    from fedsim.simulate import simulate
+    from fedsim.study.scenario import load_scenario
+    from fedsim.study.simulate import simulate
 
     raw = yaml.safe_load((ENV_DIR / f"{env}.yaml").read_text())
     raw["method"] = method
@@ -319,15 +319,15 @@ def oracle_drop_per_round(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     mean dropout of the updates that would arrive. The "best arm per phase" of a fleet in
     which every device may get its own arm.
     """
-    from fedsim.costmodel import CostCoefficients
-    from fedsim.fleet import sample_fleet
+    from fedsim.core.costmodel import CostCoefficients
+    from fedsim.fleet.fleet import sample_fleet
     from fedsim.methods.configurator import paced_assignment
     from fedsim.methods.droppeft import DropPEFTParams, feasible_arms, make_arms
-    from fedsim.plan import depth_weighted_keep
-    from fedsim.profiles import load_profiles
-    from fedsim.rng import Seeds
-    from fedsim.scenario import load_scenario
-    from fedsim.simulate import build_base_plan, model_shape_for
+    from fedsim.core.plan import depth_weighted_keep
+    from fedsim.fleet.profiles import load_profiles
+    from fedsim.core.rng import Seeds
+    from fedsim.study.scenario import load_scenario
+    from fedsim.study.simulate import build_base_plan, model_shape_for
 
     sc = load_scenario(run_dir / "input.yaml")[0].scenario
     fleet = sample_fleet(sc.fleet, load_profiles(sc.fleet.profiles_dir), Seeds(sc.seed).generator("fleet"))

@@ -13,12 +13,12 @@ layer carries LoRA), plus one plan with LoRA on the top ``--top-layers`` layers 
 (rank 0 below, no layer dropout) at the largest seq / batch.
 
 Every configuration runs in a fresh subprocess, one after another. A worker builds the
-model, applies the plan's trainable set exactly like :func:`fedsim.training.local.train_client`
-(:func:`~fedsim.training.local.plan_trainable`; frozen LoRA below the top layers), creates
+model, applies the plan's trainable set exactly like :func:`fedsim.learning.real.local.train_client`
+(:func:`~fedsim.learning.real.local.plan_trainable`; frozen LoRA below the top layers), creates
 AdamW, then trains ``warmup + steps`` steps on batches of random full-length token ids
 (every example is ``seq_len`` real tokens, attention mask all ones, so the trainer's
 padding trim changes nothing and the measured work is the cost model's ``seq_len``).
-Layers are dropped with the trainer's own draw (:func:`fedsim.training.stld.draw_schedule`,
+Layers are dropped with the trainer's own draw (:func:`fedsim.learning.real.stld.draw_schedule`,
 systematic sampling: at drop 0.5 on 6 layers every step runs exactly 3 layers). One
 timed step is ``zero_grad -> forward (kept layers) -> backward -> per-layer grad norms ->
 AdamW step``, the body of ``train_client``'s loop.
@@ -137,7 +137,7 @@ class PeakRss:
 
 def make_plan(num_layers: int, drop: float, seq_len: int, batch_size: int, rank: int, top_layers: int, steps: int):
     """The plan of one configuration: uniform drop, LoRA on every layer or the top ``top_layers``."""
-    from fedsim.plan import ClientPlan
+    from fedsim.core.plan import ClientPlan
 
     ranks = (rank,) * num_layers if top_layers <= 0 else (0,) * (num_layers - top_layers) + (rank,) * top_layers
     return ClientPlan(
@@ -155,11 +155,11 @@ def worker(args: argparse.Namespace) -> dict:
     """Train ``warmup + steps`` steps of one configuration; return timings and memory."""
     import torch
 
-    from fedsim.training.config import ModelSpec
-    from fedsim.training.data import TokenizedSplit
-    from fedsim.training.local import make_batch, plan_trainable
-    from fedsim.training.model import build_model
-    from fedsim.training.stld import draw_schedule, kept_layers
+    from fedsim.learning.real.config import ModelSpec
+    from fedsim.learning.real.data import TokenizedSplit
+    from fedsim.learning.real.local import make_batch, plan_trainable
+    from fedsim.learning.real.model import build_model
+    from fedsim.learning.real.stld import draw_schedule, kept_layers
 
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(worker(args)))
         return
 
-    from fedsim.costmodel import CostCoefficients, ModelShape, plan_cost
+    from fedsim.core.costmodel import CostCoefficients, ModelShape, plan_cost
 
     configs = [(d, s, b, 0) for d in _floats(args.drops) for s in map(int, _floats(args.seqs))
                for b in map(int, _floats(args.batches))]

@@ -55,8 +55,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedsim.configio import apply_overrides  # noqa: E402
-from fedsim.parallel import run_all  # noqa: E402
+from fedsim.core.configio import apply_overrides  # noqa: E402
+from fedsim.study.parallel import run_all  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "scenarios" / "droppeft" / "base.yaml"
@@ -101,8 +101,8 @@ def run_one(out_dir: Path, method: dict, partition: dict, seed: int, trainer: st
             overrides: list[str] = ()) -> dict:
     """Run (or reuse) one row x seed; returns its summary. ``overrides`` (``dotted.key=value``)
     apply last."""
-    from fedsim.scenario import load_scenario
-    from fedsim.simulate import simulate
+    from fedsim.study.scenario import load_scenario
+    from fedsim.study.simulate import simulate
 
     summary_path = out_dir / "summary.json"
     raw = yaml.safe_load(BASE.read_text())
@@ -318,10 +318,10 @@ def memory_context() -> str:
     """Peak training memory the uniform arms save, by the cost model, on the benchmark's
     model and on the paper's (BERT-large, 24 layers): how much of the 40% goal dropout can
     reach at all when weights and runtime do not shrink."""
-    from fedsim.costmodel import ModelShape, plan_cost
+    from fedsim.core.costmodel import ModelShape, plan_cost
     from fedsim.methods.stld_fixed import profile_ratios
-    from fedsim.models import model_config_dict
-    from fedsim.plan import ClientPlan
+    from fedsim.core.models import model_config_dict
+    from fedsim.core.plan import ClientPlan
 
     minilm = ModelShape.from_hf_config(model_config_dict("minilm-l6"), num_labels=4)
     # BERT-large ships in no package here: its published architecture figures.

@@ -80,8 +80,8 @@ def bare_simpy(rounds: int, per_round: int, rng: np.random.Generator) -> float:
 
 
 def engine_throughput(size: int, clients: int, rounds: int) -> dict:
-    from fedsim.scenario import Scenario
-    from fedsim.simulate import simulate
+    from fedsim.study.scenario import Scenario
+    from fedsim.study.simulate import simulate
 
     sc = Scenario.model_validate(scenario_dict(size, clients, rounds))
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,8 +104,8 @@ def engine_throughput(size: int, clients: int, rounds: int) -> dict:
 def scale_child(size: int, clients: int) -> None:
     """Runs in a fresh interpreter; prints JSON."""
     t0 = time.perf_counter()
-    from fedsim.scenario import Scenario
-    from fedsim.simulate import simulate
+    from fedsim.study.scenario import Scenario
+    from fedsim.study.simulate import simulate
 
     t_import = time.perf_counter() - t0
     sc = Scenario.model_validate(scenario_dict(size, clients, 1))

@@ -29,10 +29,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedsim.compare import compare_runs, group_key, to_markdown, write_csv  # noqa: E402
-from fedsim.parallel import run_all  # noqa: E402
-from fedsim.scenario import load_scenario  # noqa: E402
-from fedsim.simulate import simulate  # noqa: E402
+from fedsim.study.compare import compare_runs, group_key, to_markdown, write_csv  # noqa: E402
+from fedsim.study.parallel import run_all  # noqa: E402
+from fedsim.study.scenario import load_scenario  # noqa: E402
+from fedsim.study.simulate import simulate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,7 @@ allocator slack).
 
 Layer schedule: ``exact`` (default) drops ``ratio`` of the layer slots over the run with
 per-layer marginal drop probability ``ratio`` but the same count at every step (see
-:func:`fedsim.training.stld.exact_schedule`), so the time of a given mean ratio is
+:func:`fedsim.learning.real.stld.exact_schedule`), so the time of a given mean ratio is
 measured without the variance of Bernoulli draws; ``bernoulli`` uses the plain STLD draw.
 
 Encoder speedup: a run with every layer dropped (ratio 1) measures the time outside the
@@ -75,11 +75,11 @@ def worker(args: argparse.Namespace) -> dict:
     """Train ``warmup + steps`` steps at one drop ratio; return timings and memory."""
     import torch
 
-    from fedsim.training.config import ModelSpec
-    from fedsim.training.data import TokenizedSplit
-    from fedsim.training.local import make_batch
-    from fedsim.training.model import build_model
-    from fedsim.training.stld import draw_schedule, exact_schedule, kept_layers
+    from fedsim.learning.real.config import ModelSpec
+    from fedsim.learning.real.data import TokenizedSplit
+    from fedsim.learning.real.local import make_batch
+    from fedsim.learning.real.model import build_model
+    from fedsim.learning.real.stld import draw_schedule, exact_schedule, kept_layers
 
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)

@@ -27,13 +27,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedsim.costmodel import CostCoefficients, ModelShape  # noqa: E402
-from fedsim.fleet import Fleet  # noqa: E402
+from fedsim.core.costmodel import CostCoefficients, ModelShape  # noqa: E402
+from fedsim.fleet.fleet import Fleet  # noqa: E402
 from fedsim.methods.base import RoundContext, RoundReport  # noqa: E402
 from fedsim.methods.configurator import paced_assignment  # noqa: E402
 from fedsim.methods.droppeft import DropPEFT, DropPEFTParams, feasible_arms  # noqa: E402
-from fedsim.plan import ClientPlan, depth_weighted_keep  # noqa: E402
-from fedsim.trainers.base import ClientResult, EvalResult  # noqa: E402
+from fedsim.core.plan import ClientPlan, depth_weighted_keep  # noqa: E402
+from fedsim.learning.base import ClientResult, EvalResult  # noqa: E402
 
 SHAPE = ModelShape("bert", 6, 384, 12, 1536, 30522, 512, 2, 4)
 BASE = ClientPlan.uniform(6, lora_rank=8, batch_size=16, seq_len=64, local_steps=2)

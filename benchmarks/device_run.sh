@@ -69,9 +69,9 @@ for item in ${DEVRUN_WARM-20news4:64}; do
 import sys
 import time
 
-from fedsim.training.config import DataSpec, ModelSpec
-from fedsim.training.data import load_data, tokenizer_identity
-from fedsim.training.model import load_tokenizer
+from fedsim.learning.real.config import DataSpec, ModelSpec
+from fedsim.learning.real.data import load_data, tokenizer_identity
+from fedsim.learning.real.model import load_tokenizer
 
 dataset, max_length, smoke = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
 tok, name = load_tokenizer(ModelSpec())
@@ -81,11 +81,11 @@ if smoke:  # one MiniLM client (2 steps of 16 x seq 64) and one 300-example eval
     import numpy as np
     import torch
 
-    from fedsim.plan import ClientPlan
-    from fedsim.training.config import TrainSpec
-    from fedsim.training.evaluate import evaluate_model
-    from fedsim.training.local import train_client
-    from fedsim.training.model import build_model, resolve_device
+    from fedsim.core.plan import ClientPlan
+    from fedsim.learning.real.config import TrainSpec
+    from fedsim.learning.real.evaluate import evaluate_model
+    from fedsim.learning.real.local import train_client
+    from fedsim.learning.real.model import build_model, resolve_device
 
     torch.set_num_threads(1)
     device = resolve_device("auto")

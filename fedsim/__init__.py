@@ -1,13 +1,13 @@
 """fedsim: discrete-event simulation of federated fine-tuning on device fleets."""
 
-from fedsim.costmodel import CostCoefficients, ModelShape, plan_cost
-from fedsim.engine import EngineSpec, RunResult, SyncEngine
-from fedsim.errors import ConfigError, FedsimError
-from fedsim.fleet import Fleet, FleetSpec, sample_fleet
-from fedsim.plan import ClientPlan, RoundPlans
-from fedsim.profiles import load_profiles
-from fedsim.scenario import Scenario, load_scenario
-from fedsim.simulate import simulate
+from fedsim.core.costmodel import CostCoefficients, ModelShape, plan_cost
+from fedsim.engine.sync import EngineSpec, RunResult, SyncEngine
+from fedsim.core.errors import ConfigError, FedsimError
+from fedsim.fleet.fleet import Fleet, FleetSpec, sample_fleet
+from fedsim.core.plan import ClientPlan, RoundPlans
+from fedsim.fleet.profiles import load_profiles
+from fedsim.study.scenario import Scenario, load_scenario
+from fedsim.study.simulate import simulate
 
 __all__ = [
     "ClientPlan",

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from fedsim.errors import FedsimError
+from fedsim.core.errors import FedsimError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Simulate federated fine-tuning of language models on device fleets.")
 err_console = Console(stderr=True)
@@ -85,9 +85,9 @@ def run(
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from fedsim.plot import plot_time_to_accuracy
-    from fedsim.rundir import Interrupted, child, has_records, safe_name, signals_interrupt
-    from fedsim.simulate import simulate
+    from fedsim.study.plot import plot_time_to_accuracy
+    from fedsim.engine.rundir import Interrupted, child, has_records, safe_name, signals_interrupt
+    from fedsim.study.simulate import simulate
 
     if force and resume is not None:
         _fail(FedsimError("--force and --resume contradict each other; give one"))
@@ -169,7 +169,7 @@ def _variants(scenario: Path | None, resume: Path | None, overrides: list[str], 
     ``sweep.yaml`` (what ``fedsim run`` wrote there) or ``config.yaml`` (one run's folder)."""
     import yaml
 
-    from fedsim.scenario import Scenario, Variant, load_scenario
+    from fedsim.study.scenario import Scenario, Variant, load_scenario
 
     if scenario is not None:
         return load_scenario(scenario, overrides=overrides, seed=seed)
@@ -193,8 +193,8 @@ def _variants(scenario: Path | None, resume: Path | None, overrides: list[str], 
 def _write_sweep(root: Path, variants, existing: str) -> None:
     """``sweep.yaml``: every variant's resolved configuration, so ``--resume`` can finish
     the sweep without the scenario file, skipping the runs that finished."""
-    from fedsim.records import config_text
-    from fedsim.rundir import atomic_write
+    from fedsim.engine.records import config_text
+    from fedsim.engine.rundir import atomic_write
 
     configs = [{**v.scenario.model_dump(mode="json", exclude={"sweep"}), "variant": v.label} for v in variants]
     text = config_text({"variants": configs})
@@ -210,7 +210,7 @@ def _write_sweep(root: Path, variants, existing: str) -> None:
 @app.command()
 def validate(files: Annotated[list[Path], typer.Argument(help="scenario YAML files")]) -> None:
     """Check scenario files (and the profiles they use) without running them."""
-    from fedsim.scenario import load_scenario
+    from fedsim.study.scenario import load_scenario
 
     bad = 0
     for f in files:
@@ -233,7 +233,7 @@ def profiles(
     """List the device and network classes, or show one."""
     import yaml
 
-    from fedsim.profiles import load_profiles
+    from fedsim.fleet.profiles import load_profiles
 
     try:
         ps = load_profiles(dir_)
@@ -267,7 +267,7 @@ def plot(
     x: Annotated[str, typer.Option(help="x axis: time or round")] = "time",
 ) -> None:
     """Plot accuracy against simulated time (or round) for one or more runs."""
-    from fedsim.plot import plot_time_to_accuracy
+    from fedsim.study.plot import plot_time_to_accuracy
 
     for d in run_dirs:
         if not (d / "rounds.csv").is_file():
@@ -284,8 +284,8 @@ def compare(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="folder for compare.csv and compare.md (default: first argument)")] = None,
 ) -> None:
     """Table of methods over seeds (mean ± std): time to target, accuracy, memory, traffic, energy, failures."""
-    from fedsim.compare import compare_runs, find_runs, to_markdown, write_csv
-    from fedsim.rundir import finished_ok
+    from fedsim.study.compare import compare_runs, find_runs, to_markdown, write_csv
+    from fedsim.engine.rundir import finished_ok
 
     found = find_runs(run_dirs)
     dirs = [d for d in found if finished_ok(d)]

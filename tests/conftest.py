@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.profiles import load_profiles
+from fedsim.fleet.profiles import load_profiles
 
 # A scenario that runs in milliseconds: surrogate trainer, tiny-bert shape (config only),
 # a 60-device fleet of lab boards (always available, so every round has clients).
@@ -63,9 +63,9 @@ def shipped_profiles():
 @pytest.fixture(scope="session")
 def tokenizer():
     """``(tokenizer, identity)`` of ``tiny-bert`` (MiniLM's), for data loading tests."""
-    from fedsim.training.config import ModelSpec
-    from fedsim.training.data import tokenizer_identity
-    from fedsim.training.model import load_tokenizer
+    from fedsim.learning.real.config import ModelSpec
+    from fedsim.learning.real.data import tokenizer_identity
+    from fedsim.learning.real.model import load_tokenizer
 
     tok, name = load_tokenizer(ModelSpec(name_or_path="tiny-bert"))
     return tok, tokenizer_identity(tok, name)
@@ -80,10 +80,10 @@ def tiny_ctx():
     """
     import numpy as np
 
-    from fedsim.costmodel import CostCoefficients, ModelShape
-    from fedsim.fleet import Fleet
+    from fedsim.core.costmodel import CostCoefficients, ModelShape
+    from fedsim.fleet.fleet import Fleet
     from fedsim.methods.base import RoundContext
-    from fedsim.plan import ClientPlan
+    from fedsim.core.plan import ClientPlan
 
     def make(round_idx: int = 0, n: int = 8, ids=None, deadline_s=None):
         f32 = lambda v: np.full(n, v, dtype=np.float32)  # noqa: E731

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedsim.availability import AlwaysAvailable, DiurnalAvailability, hash_uniform
-from fedsim.fleet import Fleet
+from fedsim.fleet.availability import AlwaysAvailable, DiurnalAvailability, hash_uniform
+from fedsim.fleet.fleet import Fleet
 
 H = 3600.0
 

@@ -54,7 +54,7 @@ def test_overrides_reach_the_scenario_written_for_a_row(bench, tmp_path, monkeyp
     def stop(*args, **kwargs):
         raise RuntimeError("stopped before simulating")
 
-    monkeypatch.setattr(importlib.import_module("fedsim.simulate"), "simulate", stop)
+    monkeypatch.setattr(importlib.import_module("fedsim.study.simulate"), "simulate", stop)
     label, method, part = bench.rows({"noniid"})[1]
     # Execute
     with pytest.raises(FileNotFoundError):  # no summary.json: the run was stopped

@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import fedsim.engine
-from fedsim import checkpoint
-from fedsim.errors import FedsimError
-from fedsim.records import read_summary
-from fedsim.scenario import load_scenario
-from fedsim.simulate import simulate
+import fedsim.engine.sync
+from fedsim.engine import checkpoint
+from fedsim.core.errors import FedsimError
+from fedsim.engine.records import read_summary
+from fedsim.study.scenario import load_scenario
+from fedsim.study.simulate import simulate
 from test_records import GOLDEN, golden_overrides
 
 RECORDS = ("config.yaml", "rounds.csv", "clients.csv")
@@ -53,7 +53,7 @@ def assert_same_records(a: Path, b: Path) -> None:
 
 def crash_at(monkeypatch, round_idx: int, stage: str = "learn") -> None:
     """Make round ``round_idx`` raise :class:`Stop` once: before learning, or after its records (before the checkpoint)."""
-    learn = fedsim.engine.SyncEngine.learn
+    learn = fedsim.engine.sync.SyncEngine.learn
     state = {"armed": True}
 
     def patched(self, fate, now_s):
@@ -66,7 +66,7 @@ def crash_at(monkeypatch, round_idx: int, stage: str = "learn") -> None:
             raise Stop(f"after round {round_idx}")
         return row
 
-    monkeypatch.setattr(fedsim.engine.SyncEngine, "learn", patched)
+    monkeypatch.setattr(fedsim.engine.sync.SyncEngine, "learn", patched)
 
 
 def stop_and_resume(sc, out: Path, monkeypatch, round_idx: int, stage: str = "learn", **kw) -> None:
@@ -296,7 +296,7 @@ def test_real_training_killed_at_random_moments_resumes_to_identical_records(tmp
 
 
 def test_rounds_csv_is_never_ahead_of_clients_csv_and_resume_cuts_both_back(tiny_scenario, tmp_path, monkeypatch):
-    from fedsim.records import RunRecorder, read_clients, read_rounds
+    from fedsim.engine.records import RunRecorder, read_clients, read_rounds
 
     sc = _scenario(tiny_scenario)
     simulate(sc, tmp_path / "full")

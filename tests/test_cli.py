@@ -240,7 +240,7 @@ def test_validate_checks_what_run_would_refuse(cli, write_yaml, tiny_scenario, a
 def test_a_failing_sweep_point_does_not_stop_the_others(cli, write_yaml, tiny_scenario, tmp_path, monkeypatch):
     import importlib
 
-    module = importlib.import_module("fedsim.simulate")  # fedsim.simulate is also the function's name
+    module = importlib.import_module("fedsim.study.simulate")  # fedsim.study.simulate is also the function's name
     real = module.simulate
 
     def flaky(sc, out_dir, **kw):

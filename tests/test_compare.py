@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from fedsim.cli import app
-from fedsim.compare import compare_runs, find_runs, group_key, run_metrics, to_markdown, write_csv
-from fedsim.records import RunRecorder
+from fedsim.study.compare import compare_runs, find_runs, group_key, run_metrics, to_markdown, write_csv
+from fedsim.engine.records import RunRecorder
 
 
 def _fake_run(path, method, seed, accs, ooms, tta=None, mem=(1e9, 2e9)):

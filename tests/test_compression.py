@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedsim.compression import Level, compress, compressed_bytes, decompress, roundtrip, roundtrip_state, state_ratio
+from fedsim.learning.compression import Level, compress, compressed_bytes, decompress, roundtrip, roundtrip_state, state_ratio
 
 
 def test_compressed_bytes_counts_values_range_and_cheapest_index():

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedsim.configio import apply_overrides, load_model, parse_override, read_yaml
-from fedsim.errors import ConfigError, FedsimError
-from fedsim.scenario import Scenario
+from fedsim.core.configio import apply_overrides, load_model, parse_override, read_yaml
+from fedsim.core.errors import ConfigError, FedsimError
+from fedsim.study.scenario import Scenario
 
 
 class Engine(BaseModel):

@@ -11,13 +11,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedsim.costmodel import CostCoefficients, ModelShape
-from fedsim.fleet import Fleet
+from fedsim.core.costmodel import CostCoefficients, ModelShape
+from fedsim.fleet.fleet import Fleet
 from fedsim.methods.base import RoundContext, RoundReport
 from fedsim.methods.configurator import ProgressModel, paced_assignment, utility_scores
 from fedsim.methods.droppeft import DropPEFT, DropPEFTParams, feasible_arms
-from fedsim.plan import ClientPlan, depth_weighted_keep
-from fedsim.trainers.base import ClientResult, EvalResult
+from fedsim.core.plan import ClientPlan, depth_weighted_keep
+from fedsim.learning.base import ClientResult, EvalResult
 
 SHAPE = ModelShape("bert", 6, 384, 12, 1536, 30522, 512, 2, 4)
 BASE = ClientPlan.uniform(6, lora_rank=8, batch_size=16, seq_len=64, local_steps=5)

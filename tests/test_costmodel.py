@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedsim.costmodel import (
+from fedsim.core.costmodel import (
     CostCoefficients,
     ModelShape,
     client_times,
@@ -13,9 +13,9 @@ from fedsim.costmodel import (
     layer_forward_flops,
     plan_cost,
 )
-from fedsim.fleet import Fleet
-from fedsim.models import TINY_BERT
-from fedsim.plan import ClientPlan
+from fedsim.fleet.fleet import Fleet
+from fedsim.core.models import TINY_BERT
+from fedsim.core.plan import ClientPlan
 
 # h=4, heads=2, ffn=8, vocab=10, positions=16, token types=2, 2 labels, 1 layer.
 TINY = ModelShape(family="bert", num_layers=1, hidden=4, heads=2, ffn=8, vocab=10, max_positions=16, type_vocab=2, num_labels=2)

@@ -33,9 +33,9 @@ def test_fp16_model_copy_loads_back_as_float32_rounded_weights(tmp_path):
     # Prepare: a saved tiny BERT stands in for MiniLM
     from transformers import BertForSequenceClassification
 
-    from fedsim.models import TINY_BERT
-    from fedsim.training.config import ModelSpec
-    from fedsim.training.model import build_model, tiny_bert_config
+    from fedsim.core.models import TINY_BERT
+    from fedsim.learning.real.config import ModelSpec
+    from fedsim.learning.real.model import build_model, tiny_bert_config
 
     torch.manual_seed(0)
     src_model = BertForSequenceClassification(tiny_bert_config(TINY_BERT["vocab_size"], 4))

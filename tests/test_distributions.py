@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from fedsim.distributions import Choice, Constant, Dist, LogNormal, Normal, Uniform
+from fedsim.fleet.distributions import Choice, Constant, Dist, LogNormal, Normal, Uniform
 
 DIST = TypeAdapter(Dist)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedsim.costmodel import CostCoefficients, ModelShape, plan_cost
-from fedsim.fleet import Fleet
+from fedsim.core.costmodel import CostCoefficients, ModelShape, plan_cost
+from fedsim.fleet.fleet import Fleet
 from fedsim.methods.base import RoundContext, RoundReport, get_method
 from fedsim.methods.droppeft import (
     DropPEFT,
@@ -15,8 +15,8 @@ from fedsim.methods.droppeft import (
     make_arms,
     select_personal_layers,
 )
-from fedsim.plan import ClientPlan, RoundPlans
-from fedsim.trainers.base import ClientResult, EvalResult
+from fedsim.core.plan import ClientPlan, RoundPlans
+from fedsim.learning.base import ClientResult, EvalResult
 
 SHAPE = ModelShape("bert", 6, 384, 12, 1536, 30522, 512, 2, 4)
 BASE = ClientPlan.uniform(6, lora_rank=8, batch_size=16, seq_len=64, local_steps=5)
@@ -180,9 +180,9 @@ def test_ptls_personal_head_stays_on_the_device_once_held():
 
 
 def test_droppeft_runs_end_to_end_with_the_surrogate(tiny_scenario, tmp_path):
-    from fedsim.records import read_rounds
-    from fedsim.scenario import load_scenario
-    from fedsim.simulate import simulate
+    from fedsim.engine.records import read_rounds
+    from fedsim.study.scenario import load_scenario
+    from fedsim.study.simulate import simulate
 
     sc = load_scenario(tiny_scenario, overrides=["method.name=droppeft", "engine.max_rounds=6"])[0].scenario
     result = simulate(sc, tmp_path / "out")
@@ -197,8 +197,8 @@ torch = pytest.importorskip("torch")
 
 @pytest.fixture(scope="module")
 def tiny_trainer(tmp_path_factory):
-    from fedsim.training.config import DataSpec, ModelSpec, PartitionSpec, TrainSpec
-    from fedsim.training.trainer import TorchTrainer
+    from fedsim.learning.real.config import DataSpec, ModelSpec, PartitionSpec, TrainSpec
+    from fedsim.learning.real.trainer import TorchTrainer
 
     rng = np.random.default_rng(0)
     words = {"a": "ball goal team match", "b": "orbit rocket moon star", "c": "bread cheese apple soup"}
@@ -213,7 +213,7 @@ def tiny_trainer(tmp_path_factory):
 
 def test_personal_layers_stay_on_the_client_and_are_reused(tiny_trainer):
     # Prepare
-    from fedsim.training.personal import personal_names
+    from fedsim.learning.real.personal import personal_names
 
     t = tiny_trainer
     plan = ClientPlan.uniform(t.num_layers, lora_rank=4, batch_size=4, local_steps=3, seq_len=16, personal_layers=(1, 3))
@@ -241,7 +241,7 @@ def test_personal_layers_stay_on_the_client_and_are_reused(tiny_trainer):
 
 def test_newcomer_shares_its_personal_layers_and_head_but_keeps_copies(tiny_trainer):
     # Prepare
-    from fedsim.training.personal import personal_names
+    from fedsim.learning.real.personal import personal_names
 
     t = tiny_trainer
     plan = ClientPlan.uniform(t.num_layers, lora_rank=4, batch_size=4, local_steps=3, seq_len=16,

@@ -14,15 +14,15 @@ import math
 import numpy as np
 import pytest
 
-from fedsim.availability import AlwaysAvailable
-from fedsim.costmodel import ModelShape, plan_cost
-from fedsim.engine import EngineSpec, SyncEngine
-from fedsim.fleet import Fleet
+from fedsim.fleet.availability import AlwaysAvailable
+from fedsim.core.costmodel import ModelShape, plan_cost
+from fedsim.engine.sync import EngineSpec, SyncEngine
+from fedsim.fleet.fleet import Fleet
 from fedsim.methods.fedlora import FedLoRA, FedLoRAParams
-from fedsim.plan import ClientPlan
-from fedsim.records import CLIENT_COLUMNS, ROUND_COLUMNS, RunRecorder, read_clients, read_rounds
-from fedsim.rng import Seeds
-from fedsim.trainers.surrogate import SurrogateSpec, SurrogateTrainer
+from fedsim.core.plan import ClientPlan
+from fedsim.engine.records import CLIENT_COLUMNS, ROUND_COLUMNS, RunRecorder, read_clients, read_rounds
+from fedsim.core.rng import Seeds
+from fedsim.learning.surrogate import SurrogateSpec, SurrogateTrainer
 
 SHAPE = ModelShape(family="bert", num_layers=1, hidden=4, heads=2, ffn=8, vocab=10, max_positions=16, type_vocab=2, num_labels=2)
 PLAN = ClientPlan(drop_prob=(0.0,), lora_rank=(1,), batch_size=1, seq_len=2, local_steps=1, name="base")

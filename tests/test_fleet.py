@@ -9,8 +9,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from fedsim.fleet import Fleet, FleetSpec, sample_fleet
-from fedsim.profiles import load_profiles
+from fedsim.fleet.fleet import Fleet, FleetSpec, sample_fleet
+from fedsim.fleet.profiles import load_profiles
 
 ARRAYS = [
     "device_class", "network_class", "flops_per_s", "mem_cap_bytes", "down_bps", "up_bps", "latency_s",

@@ -1,7 +1,7 @@
 """Property-based fuzzing of every input: scenario and profile files, ``--set`` overrides
 and user data files.
 
-Each generated input must give either a clean :class:`~fedsim.errors.FedsimError` (one
+Each generated input must give either a clean :class:`~fedsim.core.errors.FedsimError` (one
 paragraph naming the file or key) or a valid result; an accepted scenario is then run for
 two rounds with the surrogate trainer and its records must hold no NaN. Hostile inputs
 are drawn on purpose: random bytes, invalid UTF-8, deep nesting, aliases, huge numbers,
@@ -25,12 +25,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import TINY_SCENARIO
-from fedsim.errors import FedsimError
-from fedsim.profiles import load_profiles
-from fedsim.records import read_clients, read_rounds, read_summary
-from fedsim.scenario import load_scenario
-from fedsim.simulate import simulate
-from fedsim.training.data import DataError, read_table
+from fedsim.core.errors import FedsimError
+from fedsim.fleet.profiles import load_profiles
+from fedsim.engine.records import read_clients, read_rounds, read_summary
+from fedsim.study.scenario import load_scenario
+from fedsim.study.simulate import simulate
+from fedsim.learning.real.data import DataError, read_table
 
 
 
@@ -378,8 +378,8 @@ def test_cli_validate_and_run_exit_cleanly(fuzz_dir, fuzz_cases, key, raw, name)
 @fuzz(80)
 @given(kind=st.sampled_from(["csv", "jsonl"]), rows=st.lists(st.tuples(cells, cells), max_size=6), test_fraction=st.floats(0.01, 0.99))
 def test_data_set_loading(fuzz_dir, fuzz_cases, tokenizer, kind, rows, test_fraction):
-    from fedsim.training.config import DataSpec
-    from fedsim.training.data import load_data
+    from fedsim.learning.real.config import DataSpec
+    from fedsim.learning.real.data import load_data
 
     _count(fuzz_cases, "data set tokenised")
     path = fuzz_dir / f"set{fuzz_cases['data set tokenised']}.{kind}"  # a new file each time: no stale cache

@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedsim.compression import Level, state_ratio
-from fedsim.costmodel import plan_cost
+from fedsim.learning.compression import Level, state_ratio
+from fedsim.core.costmodel import plan_cost
 from fedsim.methods.base import RoundReport
 from fedsim.methods.caesar import (
     Caesar, CaesarParams, download_level, importance, label_divergence, plan_state_sizes, tune_batch_sizes, upload_level,
 )
-from fedsim.plan import RoundPlans
-from fedsim.trainers.base import ClientResult
+from fedsim.core.plan import RoundPlans
+from fedsim.learning.base import ClientResult
 
 
 def test_stale_devices_get_more_precise_downloads():

@@ -8,11 +8,11 @@ import hashlib
 import numpy as np
 import pytest
 
-from fedsim.costmodel import ModelShape
+from fedsim.core.costmodel import ModelShape
 from fedsim.methods.base import get_method
 from fedsim.methods.fedlora import FedLoRA, FedLoRAParams
 from fedsim.methods.finetune import LocalFinetune, bind_finetune, finetune_plan
-from fedsim.plan import ClientPlan
+from fedsim.core.plan import ClientPlan
 
 BASE = ClientPlan.uniform(6, drop_prob=0.25, lora_rank=8, batch_size=16, seq_len=64, local_steps=3)
 SHAPE = ModelShape("bert", 6, 384, 12, 1536, 30522, 512, 2, 4)
@@ -97,7 +97,7 @@ def test_evaluation_with_local_finetuning_never_changes_the_global_model(trainer
 
 def test_finetuned_tensors_cover_only_the_chosen_layers_and_head(trainer):
     # Prepare
-    from fedsim.training.personal import finetuned_tensors, personal_names
+    from fedsim.learning.real.personal import finetuned_tensors, personal_names
 
     base = ClientPlan.uniform(trainer.num_layers, lora_rank=4, batch_size=8, local_steps=2, seq_len=16)
     plan = finetune_plan(base, LocalFinetune(layers=1, steps=3))

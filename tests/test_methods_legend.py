@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fedsim.costmodel import plan_cost
+from fedsim.core.costmodel import plan_cost
 from fedsim.methods.legend import (
     Legend, LegendParams, aggregate_rank_slots, choose_configs, legend_candidates, legend_ranks,
 )
-from fedsim.trainers.base import ClientResult
+from fedsim.learning.base import ClientResult
 
 A = "bert.encoder.layer.1.attention.self.query.lora_A.default.weight"   # (R, d_in): slots are rows
 B = "bert.encoder.layer.1.attention.self.query.lora_B.default.weight"   # (d_out, R): slots are columns

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedsim.costmodel import ModelShape, plan_cost
+from fedsim.core.costmodel import ModelShape, plan_cost
 from fedsim.methods.fedavg_full import FedAvgFull, FedAvgFullParams, full_finetune_plan
 from fedsim.methods.pld import PLD, PLDParams, keep_schedule, pld_drop_prob
-from fedsim.plan import ClientPlan
+from fedsim.core.plan import ClientPlan
 
 MINILM = ModelShape("bert", 6, 384, 12, 1536, 30522, 512, 2, 4)
 

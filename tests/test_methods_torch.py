@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from fedsim.compression import roundtrip_state, state_ratio
-from fedsim.costmodel import ModelShape
+from fedsim.learning.compression import roundtrip_state, state_ratio
+from fedsim.core.costmodel import ModelShape
 from fedsim.methods.caesar import Caesar, CaesarParams, plan_state_sizes
 from fedsim.methods.fedavg_full import full_finetune_plan
 from fedsim.methods.legend import aggregate_rank_slots
-from fedsim.plan import ClientPlan
-from fedsim.training.config import DataSpec, ModelSpec, PartitionSpec, TrainSpec
-from fedsim.training.trainer import TorchTrainer
+from fedsim.core.plan import ClientPlan
+from fedsim.learning.real.config import DataSpec, ModelSpec, PartitionSpec, TrainSpec
+from fedsim.learning.real.trainer import TorchTrainer
 from test_training_trainer import _synthetic_csv
 
 

@@ -1,4 +1,4 @@
-"""fedsim.models: where minilm-l6 is read from, including the environment overrides."""
+"""fedsim.core.models: where minilm-l6 is read from, including the environment overrides."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.models import MINILM_NAME, model_config_dict, model_dir, model_dir_env
+from fedsim.core.models import MINILM_NAME, model_config_dict, model_dir, model_dir_env
 
 
 def _model_dir(path: Path, layers: int = 3) -> Path:

@@ -1,4 +1,4 @@
-"""fedsim.parallel: independent runs side by side."""
+"""fedsim.study.parallel: independent runs side by side."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from fedsim.parallel import run_all
+from fedsim.study.parallel import run_all
 
 
 def square_or_fail(x: int) -> int:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from fedsim.plan import ClientPlan, RoundPlans, draw_layers
+from fedsim.core.plan import ClientPlan, RoundPlans, draw_layers
 
 
 @pytest.mark.parametrize(
@@ -150,7 +150,7 @@ def test_keep_prob_of_a_plan_feeds_draw_layers():
 
 
 def test_depth_weighted_keep_weights_the_layers_near_the_output():
-    from fedsim.plan import depth_weighted_keep
+    from fedsim.core.plan import depth_weighted_keep
 
     keep_deep = np.array([0.0, 0.0, 1.0, 1.0])  # the two top layers run
     keep_shallow = keep_deep[::-1]
@@ -160,7 +160,7 @@ def test_depth_weighted_keep_weights_the_layers_near_the_output():
 
 
 def test_surrogate_progress_follows_the_depth_weighted_keep():
-    from fedsim.trainers.surrogate import SurrogateSpec, SurrogateTrainer
+    from fedsim.learning.surrogate import SurrogateSpec, SurrogateTrainer
 
     spec = SurrogateSpec(drop_exponent=2.0, depth_exponent=2.0)
     trainer = SurrogateTrainer(spec, 4, np.full(2, 10), seed=0)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from fedsim.errors import ConfigError
-from fedsim.profiles import DeviceClass, NetworkClass, default_profiles_dir, load_profiles
+from fedsim.core.errors import ConfigError
+from fedsim.fleet.profiles import DeviceClass, NetworkClass, default_profiles_dir, load_profiles
 
 DEVICE_CLASSES = ["phone-low", "phone-mid", "phone-high", "tablet", "jetson-tx2", "jetson-xavier-nx", "jetson-agx-orin"]
 NETWORK_CLASSES = ["wifi", "5g", "4g", "3g"]

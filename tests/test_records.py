@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.records import ROUND_COLUMNS, read_summary
-from fedsim.scenario import load_scenario
-from fedsim.simulate import simulate
+from fedsim.engine.records import ROUND_COLUMNS, read_summary
+from fedsim.study.scenario import load_scenario
+from fedsim.study.simulate import simulate
 from test_training_trainer import _synthetic_csv
 
 GOLDEN = Path(__file__).parent / "data" / "golden"

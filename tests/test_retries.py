@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedsim.retries import TransferSpec, draw_retries
+from fedsim.engine.retries import TransferSpec, draw_retries
 from test_engine import TRANSFER_S, make_fleet, run_recorded
 
 

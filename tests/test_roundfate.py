@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import simpy
 
-from fedsim.costmodel import ClientTimes
-from fedsim.plan import RoundPlans
-from fedsim.roundfate import DROPOUT, OK, OOM, OUTCOMES, STRAGGLER, SURPLUS, close_round, draw_fate, selection_size
+from fedsim.core.costmodel import ClientTimes
+from fedsim.core.plan import RoundPlans
+from fedsim.engine.fate import DROPOUT, OK, OOM, OUTCOMES, STRAGGLER, SURPLUS, close_round, draw_fate, selection_size
 from test_engine import COST, PLAN, TRANSFER_S, make_fleet
 
 

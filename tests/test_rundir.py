@@ -7,11 +7,11 @@ import signal
 
 import pytest
 
-from fedsim.errors import FedsimError
-from fedsim.records import read_summary
-from fedsim.rundir import Interrupted, atomic_write, child, finished_ok, prepare, safe_name, signals_interrupt
-from fedsim.scenario import load_scenario
-from fedsim.simulate import simulate
+from fedsim.core.errors import FedsimError
+from fedsim.engine.records import read_summary
+from fedsim.engine.rundir import Interrupted, atomic_write, child, finished_ok, prepare, safe_name, signals_interrupt
+from fedsim.study.scenario import load_scenario
+from fedsim.study.simulate import simulate
 
 
 def _scenario(path):

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.errors import ConfigError
-from fedsim.scenario import expand, load_scenario
+from fedsim.core.errors import ConfigError
+from fedsim.study.scenario import expand, load_scenario
 
 SCENARIOS = sorted((Path(__file__).resolve().parent.parent / "scenarios").glob("*.yaml"))
 
@@ -212,7 +212,7 @@ def test_profiles_dir_of_the_scenario_is_used(write_yaml, tiny_scenario, tmp_pat
 
 
 def test_scenario_validation_does_not_import_torch():
-    code = "import sys, fedsim.scenario, fedsim.simulate; print('torch' in sys.modules)"
+    code = "import sys, fedsim.study.scenario, fedsim.study.simulate; print('torch' in sys.modules)"
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
 
@@ -324,7 +324,7 @@ def _torch(text: str) -> str:
 
 @pytest.mark.parametrize("files, missing", [(["config.json", "vocab.txt"], "no weights"), (["config.json", "model.safetensors"], "no tokenizer")])
 def test_torch_run_needs_weights_and_tokenizer(write_yaml, tiny_scenario, tmp_path, files, missing):
-    from fedsim.models import TINY_BERT
+    from fedsim.core.models import TINY_BERT
 
     model = tmp_path / "model"
     model.mkdir()

@@ -8,11 +8,11 @@ import json
 import pytest
 import yaml
 
-from fedsim.errors import ConfigError
-from fedsim.records import read_rounds, read_summary
-from fedsim.scenario import load_scenario
-from fedsim.simulate import simulate
-from fedsim.trainers.surrogate import SurrogateTrainer
+from fedsim.core.errors import ConfigError
+from fedsim.engine.records import read_rounds, read_summary
+from fedsim.study.scenario import load_scenario
+from fedsim.study.simulate import simulate
+from fedsim.learning.surrogate import SurrogateTrainer
 
 
 def _scenario(path, **kw):

@@ -7,8 +7,8 @@ import functools
 import numpy as np
 import torch
 
-from fedsim.trainers.base import ClientResult
-from fedsim.training.aggregate import fedavg_per_layer
+from fedsim.learning.base import ClientResult
+from fedsim.learning.real.aggregate import fedavg_per_layer
 
 L0 = "bert.encoder.layer.0.attention.self.query.lora_A.default.weight"
 L1 = "bert.encoder.layer.1.attention.self.query.lora_A.default.weight"
@@ -61,7 +61,7 @@ def test_custom_layer_mapping_via_partial():
 
 
 def test_is_finite_checks_every_tensor_of_an_update():
-    from fedsim.trainers.base import ClientResult, is_finite
+    from fedsim.learning.base import ClientResult, is_finite
 
     def result(*values):
         return ClientResult(0, 1, np.ones(1), 0.0, np.zeros(1), delta={f"p{i}": v for i, v in enumerate(values)})

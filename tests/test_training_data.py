@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import fedsim.training.data as data_mod
-from fedsim.training.config import DataSpec
-from fedsim.training.data import DataError, group_20news4, load_data, read_20news, read_orange
+import fedsim.learning.real.data as data_mod
+from fedsim.learning.real.config import DataSpec
+from fedsim.learning.real.data import DataError, group_20news4, load_data, read_20news, read_orange
 
 
 def _has_orange() -> bool:
@@ -208,8 +208,8 @@ def test_config_data_partition_and_aggregate_import_without_torch():
     import subprocess
     import sys
 
-    code = ("import sys, fedsim.training.config, fedsim.training.data, fedsim.training.partition, "
-            "fedsim.training.aggregate; sys.exit('torch' in sys.modules)")
+    code = ("import sys, fedsim.learning.real.config, fedsim.learning.real.data, fedsim.learning.real.partition, "
+            "fedsim.learning.real.aggregate; sys.exit('torch' in sys.modules)")
     # Execute
     proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1])
     # Assert

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from fedsim.errors import ConfigError
-from fedsim.plan import ClientPlan
-from fedsim.training.config import DataSpec, ModelSpec, PartitionSpec, TrainSpec
-from fedsim.training.model import resolve_device
-from fedsim.training.trainer import TorchTrainer
+from fedsim.core.errors import ConfigError
+from fedsim.core.plan import ClientPlan
+from fedsim.learning.real.config import DataSpec, ModelSpec, PartitionSpec, TrainSpec
+from fedsim.learning.real.model import resolve_device
+from fedsim.learning.real.trainer import TorchTrainer
 from test_training_trainer import _synthetic_csv
 
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="this host has a CUDA GPU")
@@ -103,10 +103,10 @@ def test_cpu_training_and_evaluation_reproduce_the_values_before_the_device_opti
     # Prepare: a fixed tokenised split and a tiny BERT; no partition, no engine
     import hashlib
 
-    from fedsim.training.data import TokenizedSplit
-    from fedsim.training.evaluate import evaluate_model
-    from fedsim.training.local import train_client
-    from fedsim.training.model import build_model
+    from fedsim.learning.real.data import TokenizedSplit
+    from fedsim.learning.real.evaluate import evaluate_model
+    from fedsim.learning.real.local import train_client
+    from fedsim.learning.real.model import build_model
 
     rng = np.random.default_rng(0)
     n, width = 40, 12

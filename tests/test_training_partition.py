@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedsim.training.config import PartitionSpec
-from fedsim.training.partition import (
+from fedsim.learning.real.config import PartitionSpec
+from fedsim.learning.real.partition import (
     Shards,
     label_allocation,
     local_test_from_split,

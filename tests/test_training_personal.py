@@ -8,9 +8,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from fedsim.training.config import DataSpec, ModelSpec, PartitionSpec, TrainSpec  # noqa: E402
-from fedsim.training.evaluate import evaluate_model  # noqa: E402
-from fedsim.training.trainer import TorchTrainer  # noqa: E402
+from fedsim.learning.real.config import DataSpec, ModelSpec, PartitionSpec, TrainSpec  # noqa: E402
+from fedsim.learning.real.evaluate import evaluate_model  # noqa: E402
+from fedsim.learning.real.trainer import TorchTrainer  # noqa: E402
 from test_training_trainer import _synthetic_csv  # noqa: E402
 
 LOCAL_TEST = PartitionSpec(scheme="dirichlet", alpha=0.3, local_test="test_split", local_test_examples=20)
@@ -85,9 +85,9 @@ def test_tiny_fedlora_run_records_personal_accuracy(tiny_scenario, tmp_path, par
     # Prepare: the tiny scenario with real training of tiny-bert on synthetic data
     import json
 
-    from fedsim.records import read_rounds
-    from fedsim.scenario import load_scenario
-    from fedsim.simulate import simulate
+    from fedsim.engine.records import read_rounds
+    from fedsim.study.scenario import load_scenario
+    from fedsim.study.simulate import simulate
 
     csv = _synthetic_csv(tmp_path / "syn.csv")
     sc = load_scenario(tiny_scenario, overrides=[

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from fedsim.plan import ClientPlan
-from fedsim.training.config import ModelSpec, TrainSpec
-from fedsim.training.data import TokenizedSplit
-from fedsim.training.local import train_client
-from fedsim.training.model import build_model, find_layers, layer_of
-from fedsim.training.stld import draw_schedule, exact_schedule, kept_layers
+from fedsim.core.plan import ClientPlan
+from fedsim.learning.real.config import ModelSpec, TrainSpec
+from fedsim.learning.real.data import TokenizedSplit
+from fedsim.learning.real.local import train_client
+from fedsim.learning.real.model import build_model, find_layers, layer_of
+from fedsim.learning.real.stld import draw_schedule, exact_schedule, kept_layers
 
 
 def _tiny_config(family: str):

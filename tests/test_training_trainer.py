@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from fedsim.plan import ClientPlan
-from fedsim.trainers.base import Trainer
-from fedsim.training.config import DataSpec, ModelSpec, PartitionSpec, TrainSpec
-from fedsim.training.trainer import TorchTrainer
+from fedsim.core.plan import ClientPlan
+from fedsim.learning.base import Trainer
+from fedsim.learning.real.config import DataSpec, ModelSpec, PartitionSpec, TrainSpec
+from fedsim.learning.real.trainer import TorchTrainer
 
 # One torch thread: tiny models gain nothing from two, and two threads stall badly when
 # another process shares the CPU.

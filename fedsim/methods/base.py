@@ -1,6 +1,6 @@
 """The method interface: how a federated algorithm plugs into the engine.
 
-A method chooses each selected client's :class:`~fedsim.plan.ClientPlan` at the start of
+A method chooses each selected client's :class:`~fedsim.core.plan.ClientPlan` at the start of
 a round, may replace the aggregation of client updates, and hears how the round went.
 Hooks are round-numbered, as in Flower's strategies; failures arrive as data in the
 :class:`RoundReport`, never as exceptions. Each method is one module that registers
@@ -14,18 +14,18 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fedsim.configio import Spec
-from fedsim.costmodel import CostCoefficients, ModelShape
-from fedsim.fleet import Fleet
-from fedsim.plan import ClientPlan, RoundPlans
-from fedsim.trainers.base import AggregateFn, ClientResult, EvalResult
+from fedsim.core.configio import Spec
+from fedsim.core.costmodel import CostCoefficients, ModelShape
+from fedsim.fleet.fleet import Fleet
+from fedsim.core.plan import ClientPlan, RoundPlans
+from fedsim.learning.base import AggregateFn, ClientResult, EvalResult
 
 __all__ = ["Method", "MethodParams", "RoundContext", "RoundReport", "register", "get_method", "method_names"]
 
 
 class MethodParams(Spec):
     """Base of a method's ``params`` block in a scenario: unknown keys are rejected,
-    numbers must be finite and booleans are not numbers (see :class:`~fedsim.configio.Spec`)."""
+    numbers must be finite and booleans are not numbers (see :class:`~fedsim.core.configio.Spec`)."""
 
 
 @dataclass
@@ -53,7 +53,7 @@ class RoundReport:
     end_s: float
     device_ids: np.ndarray
     plans: RoundPlans
-    outcome: np.ndarray  # str codes, see fedsim.roundfate.OUTCOMES
+    outcome: np.ndarray  # str codes, see fedsim.engine.fate.OUTCOMES
     duration_s: np.ndarray
     results: list[ClientResult] = field(default_factory=list)
     evaluation: EvalResult | None = None
@@ -65,7 +65,7 @@ class Method:
 
     Subclasses override :meth:`configure_round`, and optionally :meth:`aggregate_fn`,
     :meth:`bind_trainer` and :meth:`round_finished`. A checkpoint pickles the method
-    object whole (:mod:`fedsim.checkpoint`), so its state must be picklable.
+    object whole (:mod:`fedsim.engine.checkpoint`), so its state must be picklable.
     """
 
     name: ClassVar[str] = "base"
@@ -113,17 +113,8 @@ def register(cls: type[Method]) -> type[Method]:
 
 
 def get_method(name: str) -> type[Method]:
-    _load_builtins()
     return _REGISTRY[name]
 
 
 def method_names() -> list[str]:
-    _load_builtins()
     return sorted(_REGISTRY)
-
-
-def _load_builtins() -> None:
-    # Importing the modules runs their register() calls.
-    from fedsim.methods import caesar, fedavg_full, fedlora, legend, pld, stld_fixed  # noqa: F401
-    from fedsim.methods import droppeft  # noqa: F401
-

@@ -21,7 +21,7 @@ important client, ``u = I / max I``, it uploads at level ``round((n - 1) * (1 - 
 divergence is 0 and only the volume counts.
 
 Compression is top-k sparsification plus uniform quantisation, applied to the tensors for
-real (:mod:`fedsim.compression`), and the plan's ``down_ratio`` / ``up_ratio`` are the exact
+real (:mod:`fedsim.learning.compression`), and the plan's ``down_ratio`` / ``up_ratio`` are the exact
 compressed / dense byte ratios of the state being sent, so the records count the bytes as
 sent. Upload compression runs in :meth:`CaesarCompression.aggregate_fn` (each delta is
 compressed and decompressed before averaging); download compression in the trainer's
@@ -48,11 +48,11 @@ from typing import Any
 import numpy as np
 from pydantic import Field, field_validator
 
-from fedsim.compression import Level, roundtrip, roundtrip_state, state_ratio
-from fedsim.costmodel import ModelShape, plan_cost
+from fedsim.learning.compression import Level, roundtrip, roundtrip_state, state_ratio
+from fedsim.core.costmodel import ModelShape, plan_cost
 from fedsim.methods.base import Method, MethodParams, RoundContext, RoundReport, register
-from fedsim.plan import ClientPlan, RoundPlans
-from fedsim.trainers.base import AggregateFn, ClientResult
+from fedsim.core.plan import ClientPlan, RoundPlans
+from fedsim.learning.base import AggregateFn, ClientResult
 
 __all__ = [
     "download_level", "upload_level", "importance", "label_divergence", "plan_state_sizes", "tune_batch_sizes",
@@ -251,7 +251,7 @@ class CaesarCompression:
     def aggregate_fn(self, inner: AggregateFn | None = None) -> AggregateFn:
         """Compress each client's delta at its upload level, then aggregate with ``inner`` (FedAvg per layer)."""
         if inner is None:
-            from fedsim.training.aggregate import fedavg_per_layer as inner  # noqa: N813
+            from fedsim.learning.real.aggregate import fedavg_per_layer as inner  # noqa: N813
         return lambda state, results: inner(state, self.compress_results(results))
 
     def round_finished(self, report: RoundReport) -> None:

@@ -17,8 +17,8 @@ from pydantic import Field
 
 from fedsim.methods.base import Method, RoundContext, RoundReport
 from fedsim.methods.caesar import CaesarCompression, CompressionParams
-from fedsim.plan import RoundPlans
-from fedsim.trainers.base import AggregateFn
+from fedsim.core.plan import RoundPlans
+from fedsim.learning.base import AggregateFn
 
 __all__ = ["compressible"]
 

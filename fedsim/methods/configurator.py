@@ -18,7 +18,7 @@ at evaluation ``t_i``)::
 ``alpha + trend * ...`` is the phase of training (gains shrink as it converges);
 ``theta_a`` is arm ``a``'s worth relative to running every layer. ``keep_gamma(a)`` is
 the share of layers the arm runs, layer ``l`` weighted ``(l + 1) ** gamma``
-(:func:`fedsim.plan.depth_weighted_keep`: ``gamma < 0`` says the layers near the input
+(:func:`fedsim.core.plan.depth_weighted_keep`: ``gamma < 0`` says the layers near the input
 matter more, ``> 0`` the ones near the output); ``beta`` says how steeply the worth falls
 with dropout (0: dropout costs nothing, 1: in proportion to the layers skipped);
 ``delta_a`` corrects arms no such curve describes. For every ``gamma`` of a grid the
@@ -66,7 +66,7 @@ class ProgressModel:
     def __init__(self, keep_probs: Sequence[np.ndarray], depths: Sequence[float] | None = (-2.0, -1.0, 0.0, 1.0, 2.0, 3.0),
                  discount: float = 0.9, window: int | None = None, arm_sd: float = 1.0, beta_sd: float = 2.0,
                  noise: float = 0.25, noise_weight: float = 2.0) -> None:
-        from fedsim.plan import depth_weighted_keep
+        from fedsim.core.plan import depth_weighted_keep
 
         if not 0.0 < discount <= 1.0:
             raise ValueError(f"discount must be in (0, 1], got {discount}")

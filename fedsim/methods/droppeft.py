@@ -24,14 +24,14 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from fedsim.configio import Spec
+from fedsim.core.configio import Spec
 
-from fedsim.costmodel import client_times, plan_cost
+from fedsim.core.costmodel import client_times, plan_cost
 from fedsim.methods.base import Method, MethodParams, RoundContext, RoundReport, register
 from fedsim.methods.compose import compressible
 from fedsim.methods.configurator import ProgressModel, paced_assignment, utility_scores
 from fedsim.methods.stld_fixed import Profile, profile_ratios
-from fedsim.plan import ClientPlan, RoundPlans
+from fedsim.core.plan import ClientPlan, RoundPlans
 
 __all__ = ["DropPEFT", "DropPEFTParams", "ArmSpec", "make_arms", "feasible_arms", "select_personal_layers"]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from fedsim.methods.base import Method, MethodParams, RoundContext, register
-from fedsim.plan import ClientPlan, RoundPlans
+from fedsim.core.plan import ClientPlan, RoundPlans
 
 
 class FedAvgFullParams(MethodParams):

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import Field
 
 from fedsim.methods.base import MethodParams
-from fedsim.plan import ClientPlan
+from fedsim.core.plan import ClientPlan
 
 __all__ = ["LocalFinetune", "finetune_plan", "bind_finetune"]
 

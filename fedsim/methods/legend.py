@@ -37,10 +37,10 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from fedsim.costmodel import plan_cost
+from fedsim.core.costmodel import plan_cost
 from fedsim.methods.base import Method, MethodParams, RoundContext, RoundReport, register
-from fedsim.plan import ClientPlan, RoundPlans
-from fedsim.trainers.base import AggregateFn, ClientResult
+from fedsim.core.plan import ClientPlan, RoundPlans
+from fedsim.learning.base import AggregateFn, ClientResult
 
 __all__ = ["legend_ranks", "legend_candidates", "candidate_times", "choose_configs", "aggregate_rank_slots", "Legend"]
 
@@ -120,7 +120,7 @@ def aggregate_rank_slots(
     parameters (head, ...) are FedAvg over the clients that sent them. A client missing
     from ``ranks_of`` counts as full rank. Works on numpy arrays and torch tensors.
     """
-    from fedsim.training.aggregate import _default_layer_of, layer_weights
+    from fedsim.learning.real.aggregate import _default_layer_of, layer_weights
 
     layer_of = layer_of or _default_layer_of
     new_state: dict[str, Any] = {}

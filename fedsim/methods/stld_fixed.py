@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 
 from fedsim.methods.base import Method, MethodParams, RoundContext, register
 from fedsim.methods.compose import compressible
-from fedsim.plan import ClientPlan, RoundPlans
+from fedsim.core.plan import ClientPlan, RoundPlans
 
 Profile = Literal["uniform", "rising", "falling"]
 

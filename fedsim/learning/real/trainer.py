@@ -1,0 +1,209 @@
+"""The real trainer: PyTorch + peft LoRA behind the :class:`~fedsim.learning.base.Trainer` protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedsim.core.plan import ClientPlan
+from fedsim.learning.base import AggregateFn, ClientResult, EvalResult
+from fedsim.learning.real.aggregate import fedavg_per_layer
+from fedsim.learning.real.config import DataSpec, ModelSpec, TrainSpec
+from fedsim.learning.real.data import TextData, load_data, tokenizer_identity
+from fedsim.learning.real.evaluate import eval_indices, evaluate_model
+from fedsim.learning.real.local import train_client
+from fedsim.learning.real.model import FedModel, build_model, load_tokenizer, resolve_device
+from fedsim.learning.real.partition import Partition, make_partition
+from fedsim.learning.real.personal import PersonalStore, evaluate_personal, finetuned_tensors, train_personal
+
+__all__ = ["TorchTrainer"]
+
+
+class TorchTrainer:
+    """Trains a LoRA classifier for real, one client after another on one model object.
+
+    Args:
+        data: Data set, tokenisation and partition settings.
+        model: Model and LoRA settings.
+        train: Optimiser and host settings (``train.device``: where the model, batches,
+            evaluation and aggregation run; client deltas stay on that device).
+        num_clients: Fleet size; client ``i`` is device ``i``.
+        rng: Source of randomness; three independent streams are spawned from it (the
+            partition, the model's new weights, the clients of personalised evaluation).
+    """
+
+    def __init__(
+        self, data: DataSpec, model: ModelSpec, train: TrainSpec, num_clients: int, rng: np.random.Generator
+    ) -> None:
+        self.data_spec = data
+        self.model_spec = model
+        self.train_spec = train
+        torch.set_num_threads(train.threads)
+        self.device = resolve_device(train.device)  # before the slow loading: a bad device fails fast
+        part_rng, model_rng, eval_rng = rng.spawn(3)
+        tokenizer, tok_name = load_tokenizer(model)
+        self.data: TextData = load_data(data, tokenizer, tokenizer_identity(tokenizer, tok_name))
+        self.partition: Partition = make_partition(self.data.train.labels, num_clients, data.partition, part_rng,
+                                                   test_labels=self.data.test.labels)
+        self.fm: FedModel = build_model(
+            model, self.data.num_labels, seed=int(model_rng.integers(0, 2**63 - 1)), vocab_size=len(tokenizer),
+            device=self.device,
+        )
+        self._eval_idx = eval_indices(len(self.data.test), data.eval_subsample, data.split_seed)
+        # Optional hook (Caesar's download compression): (client id, plan, global trainable
+        # state) -> the state that client starts local training from.
+        self.download_transform: Callable[[int, ClientPlan, dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
+        # Personal layers (plan.personal_layers, DropPEFT's PTLS): sparse per-client LoRA tensors.
+        self.personal = PersonalStore()
+        # Personalised accuracy: the same seeded clients whatever the method (the stream
+        # depends on the run's seed only), and a seed for fine-tuning at evaluation.
+        k = min(data.personal_eval_clients, num_clients)
+        self.personal_eval_clients: np.ndarray = np.sort(eval_rng.choice(num_clients, size=k, replace=False))
+        self._eval_seed = int(eval_rng.integers(0, 2**63 - 1))
+        # Optional (FedLoRA's local_finetune): before personalised evaluation each evaluated
+        # client trains this plan from the global model (and its personal tensors) on its
+        # local train shard; the global model is not changed.
+        self.eval_finetune: ClientPlan | None = None
+        # Parameters aggregation has replaced (the trainable ones, and base weights under
+        # full fine-tuning): what a checkpoint must store of the global model.
+        self._aggregated: set[str] = set(self.fm.base_trainable)
+
+    @property
+    def model_config(self) -> Any:
+        """The Hugging Face config of the model (layer count, hidden size, ... for the cost model)."""
+        return self.fm.config
+
+    @property
+    def num_layers(self) -> int:
+        return self.fm.num_layers
+
+    @property
+    def num_clients(self) -> int:
+        return self.partition.num_clients
+
+    def num_examples(self, client_ids: np.ndarray | Sequence[int]) -> np.ndarray:
+        """Local train sizes of the given clients."""
+        return self.partition.train.sizes[np.asarray(client_ids, dtype=np.int64)]
+
+    def global_state(self) -> dict[str, torch.Tensor]:
+        """Copies of the global trainable parameters (LoRA adapters and head)."""
+        return self.fm.trainable_state()
+
+    def train(
+        self,
+        round_idx: int,
+        client_ids: np.ndarray,
+        plans: Sequence[ClientPlan],
+        seeds: np.ndarray,
+    ) -> list[ClientResult]:
+        """Train each client from the current global model, sequentially."""
+        if not len(client_ids) == len(plans) == len(seeds):
+            raise ValueError(
+                f"train: {len(client_ids)} client ids, {len(plans)} plans and {len(seeds)} seeds; need one of each per client"
+            )
+        results = []
+        global_now = self.global_state() if self.download_transform is not None else None
+        for cid, plan, seed in zip(client_ids, plans, seeds):
+            if global_now is not None:
+                self.fm.load_state(self.download_transform(int(cid), plan, global_now))
+            if plan.has_personal:
+                results.append(train_personal(self.fm, self.data.train, self.partition.train[int(cid)], plan,
+                                              self.train_spec, seed=int(seed), client_id=int(cid), store=self.personal))
+                continue
+            results.append(
+                train_client(
+                    self.fm,
+                    self.data.train,
+                    self.partition.train[int(cid)],
+                    plan,
+                    self.train_spec,
+                    seed=int(seed),
+                    client_id=int(cid),
+                )
+            )
+        if global_now is not None:
+            self.fm.load_state(global_now)  # clients' deltas apply to the true global model
+        return results
+
+    def update_gains(self, round_idx: int, results: Sequence[ClientResult], num_examples: int) -> np.ndarray:
+        """Drop in validation loss when each update alone is applied to the global model.
+
+        Measured on a fixed seeded subsample of ``num_examples`` of the evaluation split;
+        the global model is left as it was. An update with no delta gets NaN.
+        """
+        idx = eval_indices(len(self.data.test), num_examples, self.data_spec.split_seed + 1)
+        batch = self.train_spec.eval_batch_size
+        base = evaluate_model(self.fm.model, self.data.test, idx, batch).loss
+        params = dict(self.fm.model.named_parameters())
+        gains = np.full(len(results), np.nan)
+        for i, r in enumerate(results):
+            if not r.delta:
+                continue
+            names = [n for n in r.delta if n in params]
+            before = {n: params[n].detach().clone() for n in names}
+            self.fm.load_state({n: before[n] + torch.as_tensor(r.delta[n], dtype=before[n].dtype) for n in names})
+            gains[i] = base - evaluate_model(self.fm.model, self.data.test, idx, batch).loss
+            self.fm.load_state(before)
+        return gains
+
+    def aggregate(
+        self, round_idx: int, results: Sequence[ClientResult], aggregate_fn: AggregateFn | None
+    ) -> None:
+        """Fold the results into the global model with ``aggregate_fn`` (default FedAvg per layer).
+
+        The state handed to ``aggregate_fn`` holds the global trainable parameters plus any
+        other parameter a client sent (e.g. base weights under full fine-tuning).
+        """
+        fn = aggregate_fn or fedavg_per_layer
+        names = set(self.fm.base_trainable)
+        for r in results:
+            if r.delta:
+                names.update(r.delta)
+        params = dict(self.fm.model.named_parameters())
+        state = {n: params[n].detach().clone() for n in sorted(names)}
+        self._aggregated |= names
+        self.fm.load_state(fn(state, results))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The global parameters aggregation has touched, and the personal-layer store."""
+        params = dict(self.fm.model.named_parameters())
+        return {"params": {n: params[n].detach().clone() for n in sorted(self._aggregated)},
+                "personal": self.personal.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._aggregated = set(self.fm.base_trainable) | set(state["params"])
+        self.fm.load_state(state["params"])
+        self.personal.load_state_dict(state["personal"])
+
+    def evaluate(self, round_idx: int) -> EvalResult:
+        """Accuracy and loss of the global model on the test split (or its fixed subsample),
+        and the personalised accuracy (:meth:`evaluate_personal`)."""
+        result = evaluate_model(self.fm.model, self.data.test, self._eval_idx, self.train_spec.eval_batch_size)
+        result.personal_accuracy = self.evaluate_personal(round_idx)
+        return result
+
+    def evaluate_personal(self, round_idx: int = 0) -> float | None:
+        """Accuracy over the pooled local test shards of the ``personal_eval_clients``.
+
+        Each client evaluates the model it would use: the global one with its personal
+        tensors swapped in (PTLS; none: the global model), fine-tuned first with
+        ``eval_finetune`` when a method set it (seeded by run, round and client).
+        ``None`` when no client is evaluated or none has local test examples.
+        """
+        if self.personal_eval_clients.size == 0:
+            return None
+        test = self.data.test if self.partition.test_source == "test" else self.data.train
+
+        def tensors(cid: int) -> dict[str, torch.Tensor]:
+            own = self.personal.get(cid)
+            if self.eval_finetune is None:
+                return own
+            seed = int(np.random.default_rng([self._eval_seed, round_idx, cid]).integers(0, 2**63 - 1))
+            return finetuned_tensors(self.fm, self.data.train, self.partition.train[cid], self.eval_finetune,
+                                     self.train_spec, seed, start=own)
+
+        return evaluate_personal(self.fm, test, self.partition.test, self.personal_eval_clients, tensors,
+                                 self.train_spec.eval_batch_size)

@@ -1,0 +1,141 @@
+"""An analytic learning-curve trainer: a *surrogate* for real training.
+
+It trains nothing. It turns the work that clients report into a scalar "progress" and
+maps progress to accuracy with a saturating curve, so engine tests and what-if studies
+over 10^5-10^6 devices run in seconds. Its numbers are a model, not a measurement: use
+the PyTorch trainer (``trainer.kind: torch``) for anything about accuracy itself.
+
+The curve, with ``E_i = batch_i * steps_i * q(plan_i)`` the effective examples of client i
+in round r::
+
+    progress_r = progress_{r-1} + rate * (sum_i E_i) ** data_exponent
+    accuracy   = acc_max - (acc_max - acc_start) * exp(-progress)
+    observed   = accuracy + Normal(0, noise_std)        (evaluation noise)
+
+``q(plan) = keep ** e``: a step with layers dropped learns less than a full step, with
+``e = drop_exponent`` at the start, moving linearly to ``drop_exponent_late`` (if set) as
+the accuracy closes its gap to ``acc_max`` (``e = e0 + (e1 - e0) * (1 - exp(-progress))``):
+the best dropout can change during training, cheap progress early, costly late; step (``drop_exponent < 1`` says dropout hurts less than proportionally, as STLD's
+authors report; on MiniLM-L6 it hurts far more, see docs/droppeft.md). ``keep`` is the
+share of layers the plan runs, layer ``l`` weighted ``(l + 1) ** depth_exponent``
+(:func:`fedsim.core.plan.depth_weighted_keep`; 0: the plain mean). ``data_exponent < 1``
+gives diminishing returns to more data per round, as averaging more clients reduces
+variance but not bias.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from fedsim.core.configio import Spec
+from fedsim.core.plan import ClientPlan, depth_weighted_keep
+from fedsim.learning.base import AggregateFn, ClientResult, EvalResult
+
+__all__ = ["SurrogateSpec", "SurrogateTrainer"]
+
+
+class SurrogateSpec(Spec):
+    """Parameters of the analytic learning curve (see the module docstring)."""
+
+    acc_start: float = Field(0.25, ge=0.0, le=1.0, description="accuracy before training")
+    acc_max: float = Field(0.9, ge=0.0, le=1.0, description="accuracy the curve saturates at")
+    rate: float = Field(0.002, gt=0.0, description="progress per (effective example) ** data_exponent")
+    data_exponent: float = Field(0.5, gt=0.0, le=1.0)
+    drop_exponent: float = Field(0.5, ge=0.0, le=4.0)
+    drop_exponent_late: float | None = Field(None, ge=0.0, le=4.0, description="drop_exponent as accuracy nears acc_max (null: constant)")
+    depth_exponent: float = Field(0.0, ge=-4.0, le=4.0, description="weight of layer l in keep: (l + 1) ** this")
+    noise_std: float = Field(0.0, ge=0.0, le=0.2, description="std of evaluation noise")
+    gain_noise: float = Field(0.3, ge=0.0, le=2.0, description="relative std (log scale) of an update's gain measured on 128 examples")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.acc_max < self.acc_start:
+            raise ValueError(f"acc_max ({self.acc_max}) must be at least acc_start ({self.acc_start})")
+        return self
+
+
+class SurrogateTrainer:
+    """Implements :class:`~fedsim.learning.base.Trainer` with the curve above."""
+
+    def __init__(self, spec: SurrogateSpec, num_layers: int, examples_per_client: np.ndarray, seed: int) -> None:
+        self.spec = spec
+        self.num_layers = num_layers
+        self.examples_per_client = examples_per_client
+        self.seed = int(seed)
+        self.progress = 0.0
+
+    def num_examples(self, client_ids: np.ndarray) -> np.ndarray:
+        return self.examples_per_client[np.asarray(client_ids, dtype=np.int64)]
+
+    def drop_exponent(self) -> float:
+        """The exponent of ``keep`` at the current progress (module docstring)."""
+        s = self.spec
+        if s.drop_exponent_late is None:
+            return s.drop_exponent
+        return s.drop_exponent + (s.drop_exponent_late - s.drop_exponent) * (1.0 - float(np.exp(-self.progress)))
+
+    def effective_examples(self, plan: ClientPlan) -> float:
+        q = depth_weighted_keep(plan.keep_prob, self.spec.depth_exponent) ** self.drop_exponent()
+        return plan.batch_size * plan.local_steps * q
+
+    def _loss_at(self, progress: float) -> float:
+        s = self.spec
+        acc = s.acc_max - (s.acc_max - s.acc_start) * float(np.exp(-progress))
+        return float(-np.log(max(acc, 1e-6)))
+
+    def update_gains(self, round_idx: int, results: Sequence[ClientResult], num_examples: int) -> np.ndarray:
+        """Loss drop if each update alone were applied, with measurement noise (log-normal,
+        ``gain_noise`` on 128 examples, shrinking with the square root of more)."""
+        s = self.spec
+        base = self._loss_at(self.progress)
+        alone = np.array([self._loss_at(self.progress + s.rate * r.extras["effective_examples"] ** s.data_exponent)
+                          for r in results])
+        sd = s.gain_noise * np.sqrt(128.0 / max(int(num_examples), 1))
+        rng = np.random.default_rng([self.seed, 0x6A17, round_idx])
+        return (base - alone) * np.exp(sd * rng.standard_normal(len(results)) - 0.5 * sd**2)
+
+    def train(self, round_idx: int, client_ids: np.ndarray, plans: Sequence[ClientPlan], seeds: np.ndarray) -> list[ClientResult]:
+        loss = float(-np.log(max(self.accuracy(), 1e-6)))
+        per_plan: dict[ClientPlan, tuple[np.ndarray, float]] = {}  # plans repeat: price each once
+        grad_norms = np.zeros(self.num_layers)
+        results = []
+        for cid, plan in zip(client_ids.tolist(), plans):
+            cached = per_plan.get(plan)
+            if cached is None:
+                cached = per_plan[plan] = (np.rint(plan.keep_prob * plan.local_steps).astype(np.int64), self.effective_examples(plan))
+            results.append(
+                ClientResult(
+                    client_id=cid,
+                    num_examples=int(self.examples_per_client[cid]),
+                    layer_steps=cached[0],
+                    train_loss=loss,
+                    grad_norms=grad_norms,
+                    extras={"effective_examples": cached[1]},
+                )
+            )
+        return results
+
+    def aggregate(self, round_idx: int, results: Sequence[ClientResult], aggregate_fn: AggregateFn | None) -> None:
+        total = sum(r.extras["effective_examples"] for r in results)
+        if total > 0:
+            self.progress += self.spec.rate * total**self.spec.data_exponent
+
+    def accuracy(self) -> float:
+        s = self.spec
+        return s.acc_max - (s.acc_max - s.acc_start) * float(np.exp(-self.progress))
+
+    def evaluate(self, round_idx: int) -> EvalResult:
+        acc = self.accuracy()
+        if self.spec.noise_std > 0:
+            rng = np.random.default_rng([self.seed, 0xE7A1, round_idx])
+            acc = float(np.clip(acc + rng.normal(0.0, self.spec.noise_std), 0.0, 1.0))
+        return EvalResult(accuracy=acc, loss=float(-np.log(max(acc, 1e-6))))
+
+    def state_dict(self) -> dict:
+        return {"progress": self.progress}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.progress = float(state["progress"])
