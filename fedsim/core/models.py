@@ -20,7 +20,7 @@ from fedsim.core.configio import read_json_object
 
 __all__ = [
     "MINILM_NAME", "TINY_BERT_NAME", "TINY_BERT", "MODELS_ENV", "model_dir", "model_dir_env", "model_config_dict",
-    "check_trainable",
+    "check_trainable", "LORA_TARGETS", "default_lora_targets",
 ]
 
 MINILM_NAME = "minilm-l6"
@@ -126,3 +126,26 @@ def check_trainable(name_or_path: str) -> None:
         raise ValueError(f"{tokenizer_dir} holds no tokenizer; expected one of {', '.join(_TOKENIZER_FILES)}")
     if path is not None and not any((path / f).is_file() for f in _WEIGHT_FILES):
         raise ValueError(f"{path} holds no weights; expected one of {', '.join(_WEIGHT_FILES)}")
+
+
+# The attention query / value projections, as each family names them: the default LoRA
+# targets of real training and of the cost model alike.
+LORA_TARGETS = {
+    "bert": ("query", "value"),
+    "roberta": ("query", "value"),
+    "xlm-roberta": ("query", "value"),
+    "electra": ("query", "value"),
+    "mpnet": ("q", "v"),
+    "distilbert": ("q_lin", "v_lin"),
+}
+
+
+def default_lora_targets(model_type: str) -> tuple[str, ...]:
+    """The attention query/value projections, as the family names them."""
+    try:
+        return LORA_TARGETS[model_type]
+    except KeyError:
+        raise ValueError(
+            f"no default LoRA targets for model type '{model_type}'; set model.lora_targets to the "
+            f"names of the linear modules to adapt (known families: {', '.join(sorted(LORA_TARGETS))})"
+        ) from None

@@ -25,7 +25,7 @@ from fedsim.engine.sync import Progress, RunResult, SyncEngine
 from fedsim.core.errors import ConfigError, FedsimError
 from fedsim.fleet.fleet import sample_fleet
 from fedsim.methods.base import get_method
-from fedsim.core.models import model_config_dict
+from fedsim.core.models import default_lora_targets, model_config_dict
 from fedsim.core.plan import ClientPlan
 from fedsim.fleet.profiles import load_profiles
 from fedsim.engine.records import RunRecorder, config_text, read_summary
@@ -55,7 +55,7 @@ def _default_labels(sc: Scenario) -> int:
 
 def build_base_plan(sc: Scenario, shape: ModelShape, lora_targets: tuple[str, ...] | None = None) -> ClientPlan:
     """The plan every client gets unless its method says otherwise."""
-    targets = lora_targets or sc.model.lora_targets or _family_targets(shape.family)
+    targets = lora_targets or sc.model.lora_targets or default_lora_targets(shape.family)
     return ClientPlan.uniform(
         shape.num_layers,
         drop_prob=0.0,
@@ -66,10 +66,6 @@ def build_base_plan(sc: Scenario, shape: ModelShape, lora_targets: tuple[str, ..
         local_steps=sc.local.local_steps,
         name="full",
     )
-
-
-def _family_targets(family: str) -> tuple[str, ...]:
-    return {"distilbert": ("q_lin", "v_lin"), "mpnet": ("q", "v")}.get(family, ("query", "value"))
 
 
 def _build_trainer(sc: Scenario, seeds: Seeds, fleet_size: int):

@@ -32,14 +32,13 @@ import torch
 from torch import nn
 
 from fedsim.core.errors import ConfigError
-from fedsim.core.models import MINILM_NAME, TINY_BERT, TINY_BERT_NAME, model_dir
+from fedsim.core.models import MINILM_NAME, TINY_BERT, TINY_BERT_NAME, default_lora_targets, model_dir
 from fedsim.learning.real.config import ModelSpec
 
 __all__ = [
     "FedModel",
     "build_model",
     "load_tokenizer",
-    "resolve_model_dir",
     "resolve_device",
     "find_layers",
     "layer_of",
@@ -48,15 +47,6 @@ __all__ = [
     "MINILM_NAME",
     "TINY_BERT_NAME",
 ]
-
-_DEFAULT_TARGETS = {
-    "bert": ("query", "value"),
-    "roberta": ("query", "value"),
-    "xlm-roberta": ("query", "value"),
-    "electra": ("query", "value"),
-    "mpnet": ("q", "v"),
-    "distilbert": ("q_lin", "v_lin"),
-}
 
 _LAYER_RE = re.compile(r"(?:^|\.)(?:encoder|transformer)\.layer\.(\d+)\.")
 
@@ -69,17 +59,6 @@ def layer_of(param_name: str) -> int | None:
     """
     m = _LAYER_RE.search(param_name)
     return int(m.group(1)) if m else None
-
-
-def default_lora_targets(model_type: str) -> tuple[str, ...]:
-    """The attention query/value projections, as the family names them."""
-    try:
-        return _DEFAULT_TARGETS[model_type]
-    except KeyError:
-        raise ValueError(
-            f"no default LoRA targets for model type '{model_type}'; set model.lora_targets to the "
-            f"names of the linear modules to adapt (known families: {', '.join(sorted(_DEFAULT_TARGETS))})"
-        ) from None
 
 
 def find_layers(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
@@ -99,14 +78,6 @@ def find_layers(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
         f"cannot find the transformer layers of {type(model).__name__}: expected an "
         f"'encoder.layer' or 'transformer.layer' ModuleList (BERT, RoBERTa, DistilBERT, MPNet)"
     )
-
-
-def resolve_model_dir(name_or_path: str) -> Path | None:
-    """Directory holding the model files; ``None`` for ``tiny-bert`` (no weights).
-
-    The tiny BERT borrows the MiniLM tokenizer, see :func:`load_tokenizer`.
-    """
-    return model_dir(name_or_path)
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -134,7 +105,7 @@ def load_tokenizer(spec: ModelSpec) -> tuple[Any, str]:
     """
     from transformers import AutoTokenizer
 
-    path = resolve_model_dir(spec.name_or_path) or resolve_model_dir(MINILM_NAME)
+    path = model_dir(spec.name_or_path) or model_dir(MINILM_NAME)
     assert path is not None
     tok = AutoTokenizer.from_pretrained(str(path), use_fast=True)
     name = MINILM_NAME if spec.name_or_path in (MINILM_NAME, TINY_BERT_NAME) else path.name
@@ -223,7 +194,7 @@ def build_model(
     from peft import LoraConfig, inject_adapter_in_model
     from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
-    path = resolve_model_dir(spec.name_or_path)
+    path = model_dir(spec.name_or_path)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if path is None:
