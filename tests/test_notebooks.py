@@ -1,6 +1,5 @@
 """The notebooks run from top to bottom (executed with nbclient, fast settings)."""
 
-import os
 from pathlib import Path
 
 import pytest

@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import Field
 
 from fedsim.methods.base import Method, MethodParams, RoundContext, register
-from fedsim.core.plan import ClientPlan, RoundPlans
+from fedsim.core.plan import RoundPlans
 
 MAX_DROP = 0.95
 
