@@ -22,7 +22,8 @@ Rows, with the same fleet, data, selection and seeds in every row of an environm
 * ``droppeft``: as shipped (Thompson sampling, learning on);
 * ``droppeft-no-learning``: the same planner with the prior alone (``learning: false``);
 * ``droppeft-flat``: no curve, every arm alike a priori, per-arm learning only;
-* ``droppeft-greedy``: learning without exploration (``explore: false``).
+* ``droppeft-greedy``: learning without exploration (``explore: false``);
+* ``droppeft-thompson``: plain Thompson sampling, exploration not budgeted (``explore_budget: null``).
 
 Time to target: simulated time of the first evaluation at or above the environment's
 target; a run that does not reach it counts with its last simulated time (a lower bound,
@@ -53,17 +54,20 @@ from fedsim.study.parallel import run_all  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV_DIR = ROOT / "scenarios" / "configurator"
-ENVS = ["minilm-iid", "minilm-dir01", "minilm-memstarved", "minilm-3g", "mpnet-12l", "minilm-r8", "minilm-shift"]
-SURROGATE_ONLY = {"mpnet-12l", "minilm-shift"}  # no weights to train (mpnet) / a synthetic truth (shift)
+ENVS = ["minilm-iid", "minilm-dir01", "minilm-memstarved", "minilm-3g", "mpnet-12l", "minilm-r8", "minilm-shift", "mpnet-cheapdrop", "minilm-steep-shallow"]
+SURROGATE_ONLY = {"mpnet-12l", "minilm-shift", "mpnet-cheapdrop", "minilm-steep-shallow"}  # no weights to train (mpnet) / a synthetic truth
 # Where DropPEFT's prior (worth = share of layers run) is wrong: the surrogate truths
-# say dropout costs more than that (minilm-*: keep ** 2.4, deep layers first) or changes.
-PRIOR_WRONG = {"minilm-iid", "minilm-dir01", "minilm-memstarved", "minilm-3g", "minilm-shift"}
+# say dropout costs more than that (minilm-*: keep ** 2.4, deep layers first; far more,
+# shallow layers first: minilm-steep-shallow), less (mpnet-cheapdrop) or changes (minilm-shift).
+PRIOR_WRONG = {"minilm-iid", "minilm-dir01", "minilm-memstarved", "minilm-3g", "minilm-shift", "mpnet-cheapdrop",
+               "minilm-steep-shallow"}
 ARMS = [(m, p) for m in (0.25, 0.5, 0.75) for p in ("uniform", "rising", "falling")]
 DROPPEFT_ROWS = {
     "droppeft": {},
     "droppeft-no-learning": {"learning": False},
     "droppeft-flat": {"prior": "flat"},
     "droppeft-greedy": {"explore": False},
+    "droppeft-thompson": {"explore_budget": None},
 }
 
 
@@ -193,10 +197,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-configurator")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="scenario override for every run")
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--report", type=Path, default=None,
+                    help="also write the tables and goals here (default: docs/bench/configurator-<trainer>.md "
+                         "when every environment and the default seeds are run)")
     ap.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "configurator-shift.png")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(range(5 if args.trainer == "surrogate" else 3))
     envs = [e for e in args.envs.split(",") if e]
+    if args.report is None and args.seeds is None and set(envs) >= set(ENVS) - (SURROGATE_ONLY if args.trainer == "torch" else set()):
+        args.report = ROOT / "docs" / "bench" / f"configurator-{args.trainer}.md"
     if args.trainer == "torch":
         envs = [e for e in envs if e not in SURROGATE_ONLY]
     base = args.out / args.trainer
@@ -231,14 +240,20 @@ def main(argv: list[str] | None = None) -> int:
 
     # 3. tables
     summary: dict[str, dict[str, float]] = {}
-    print(f"\n# Time to target (simulated s), trainer {args.trainer}, seeds {seeds}: mean ± sd over seeds\n")
+    report: list[str] = []
+
+    def emit(text: str = "") -> None:  # the tables go to stdout and to the report file
+        report.append(text)
+        print(text, flush=True)
+
+    emit(f"\n# Time to target (simulated s), trainer {args.trainer}, seeds {seeds}: mean ± sd over seeds\n")
     for e in envs:
         oracle_row = min(top[e], key=lambda row: mean_time(row_times(base, e, row, seeds, targets[e])))
         oracle = mean_time(row_times(base, e, oracle_row, seeds, targets[e]))
         fed = mean_time(row_times(base, e, "fedlora", seeds, targets[e]))
-        print(f"## {e} (target {targets[e]:g}; oracle = best fixed arm in hindsight: {oracle_row})\n")
-        print("| row | seeds | time to target (s) | reached | / oracle | fedlora / row |")
-        print("|---|---|---|---|---|---|")
+        emit(f"## {e} (target {targets[e]:g}; oracle = best fixed arm in hindsight: {oracle_row})\n")
+        emit("| row | seeds | time to target (s) | reached | / oracle | fedlora / row |")
+        emit("|---|---|---|---|---|---|")
         shown = list(methods) + ["fedlora"] + [r for r in top[e] if r != "fedlora"] + \
             [r for r in arms if r not in top[e] and r != "fedlora"]
         summary[e] = {"oracle": oracle, "fedlora": fed}
@@ -249,15 +264,15 @@ def main(argv: list[str] | None = None) -> int:
             m = mean_time(ts)
             summary[e][row] = m
             reached = sum(ok for _, ok in ts)
-            print(f"| {row} | {len(ts)} | {fmt_times(ts)} | {reached}/{len(ts)} | {m / oracle:.2f} | {fed / m:.2f}x |")
+            emit(f"| {row} | {len(ts)} | {fmt_times(ts)} | {reached}/{len(ts)} | {m / oracle:.2f} | {fed / m:.2f}x |")
         drops = mean_drop_by_class(base, e, "droppeft", seeds)
-        print("\ndroppeft's mean dropout of the updates that arrived, per device class: "
+        emit("\ndroppeft's mean dropout of the updates that arrived, per device class: "
               + ", ".join(f"{k} {v:.2f}" for k, v in drops.items()) + "\n")
 
     # 4. goals
-    print("# Goals\n")
+    emit("# Goals\n")
     def line(ok: bool, text: str) -> None:
-        print(f"- {'met' if ok else 'MISSED'}: {text}")
+        emit(f"- {'met' if ok else 'MISSED'}: {text}")
     for e in envs:
         s = summary[e]
         if "droppeft" in s:
@@ -274,6 +289,11 @@ def main(argv: list[str] | None = None) -> int:
             r = summary[e]["fedlora"] / summary[e]["droppeft"]
             line(r >= goal, f"{e}: {r:.2f}x faster than fedlora (goal >= {goal}x)")
 
+    if args.report is not None:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(f"<!-- written by: python benchmarks/bench_configurator.py --trainer {args.trainer} -->\n"
+                               + "\n".join(report) + "\n")
+        print(f"wrote {args.report}")
     if "minilm-shift" in envs and args.trainer == "surrogate":
         plot_shift(base, seeds, targets["minilm-shift"], arms, args.plot)
     if "minilm-iid" in envs:

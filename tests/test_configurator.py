@@ -14,7 +14,7 @@ import pytest
 from fedsim.core.costmodel import CostCoefficients, ModelShape
 from fedsim.fleet.fleet import Fleet
 from fedsim.methods.base import RoundContext, RoundReport
-from fedsim.methods.configurator import ProgressModel, paced_assignment, utility_scores
+from fedsim.methods.configurator import ProgressModel, paced_assignment, plan_value, utility_scores
 from fedsim.methods.droppeft import DropPEFT, DropPEFTParams, feasible_arms
 from fedsim.core.plan import ClientPlan, depth_weighted_keep
 from fedsim.learning.base import ClientResult, EvalResult
@@ -234,3 +234,27 @@ def test_paced_assignment_respects_feasibility_and_fallback():
     feasible = np.array([[False, True], [False, False]])
     arms, _ = paced_assignment(np.array([5.0, 1.0]), np.ones((2, 2)), feasible, 1, np.array([1, 0]))
     assert arms.tolist() == [1, 0]
+
+
+def test_plan_value_is_mean_worth_of_the_first_quota_over_the_last_of_their_times():
+    # Prepare: 3 clients, 2 arms; client 2 is predicted to arrive last
+    times = np.array([[4.0, 2.0], [3.0, 1.0], [9.0, 5.0]])
+    worth = np.array([1.0, 0.5])
+    # Execute / Assert: quota 2 counts clients 0 (arm 0, 4 s) and 1 (arm 1, 1 s)
+    assert plan_value(worth, times, np.array([0, 1, 0]), 2) == pytest.approx((1.0 + 0.5) / 2 / 4.0)
+
+
+def test_zero_exploration_budget_plans_as_the_posterior_median_and_none_as_plain_thompson():
+    # Prepare: the same truth and seeds under three policies
+    worth = TRUTHS["steep-deep"]
+    # Execute
+    budget0, _ = _run(worth, 12, 3, explore_budget=0.0)
+    greedy, _ = _run(worth, 12, 3, explore=False)
+    plain, _ = _run(worth, 12, 3, explore_budget=None)
+    budget, _ = _run(worth, 12, 3, explore_budget=0.2)
+    # Assert: a budget of 0 never departs from the median's plan; a budget does not
+    # change what plain Thompson sampling would explore when it can afford it, but it
+    # cannot spend more than plain Thompson sampling
+    assert (budget0 == greedy).all()
+    assert not (plain == greedy).all()
+    assert np.abs(budget - greedy).sum() <= np.abs(plain - greedy).sum()

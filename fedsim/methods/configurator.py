@@ -31,7 +31,9 @@ Observations made ``k`` evaluations ago weigh ``discount ** k`` (``window``: onl
 last ones are kept), so the model follows a best arm that changes as training goes on.
 Thompson sampling turns the posterior into the utilities a round is planned with: one
 draw per client, which spreads a round over the arms still plausible and so makes the
-gains of one round compare them. :func:`paced_assignment` then gives
+gains of one round compare them (:class:`~fedsim.methods.droppeft.DropPEFT` shrinks the
+draws towards the median when what they are predicted to cost exceeds its exploration
+budget, :func:`plan_value`). :func:`paced_assignment` then gives
 every client of a synchronous round the arm that maximises the round's predicted progress
 per second, the times coming from the cost model.
 """
@@ -42,7 +44,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["ProgressModel", "utility_scores", "paced_assignment", "PRIOR_BETA"]
+__all__ = ["ProgressModel", "utility_scores", "paced_assignment", "plan_value", "PRIOR_BETA"]
 
 FASTEST_TOLERANCE = 0.1  # paced_assignment: arms this close to a client's fastest count as fastest
 PRIOR_BETA = 1.0  # prior mean of beta: an update is worth the share of layers it runs
@@ -261,3 +263,16 @@ def paced_assignment(utility: np.ndarray, times: np.ndarray, feasible: np.ndarra
             best_val, best_arms, best_T = val, arms, float(ct[order[-1]])
     out[rows] = best_arms
     return out, best_T
+
+
+def plan_value(worth: np.ndarray, times: np.ndarray, arms: np.ndarray, quota: int) -> float:
+    """Predicted progress per second of a synchronous round planned as ``arms``: the mean
+    ``worth`` of the ``quota`` clients predicted to arrive first over the time of the last
+    of them (the value :func:`paced_assignment` maximises)."""
+    t = np.asarray(times, dtype=float)[np.arange(len(arms)), arms]
+    ok = np.isfinite(t)
+    if not ok.any():
+        return 0.0
+    idx = np.flatnonzero(ok)
+    first = idx[np.argsort(t[idx], kind="stable")[: max(min(int(quota), idx.size), 1)]]
+    return float(np.asarray(worth, dtype=float)[arms[first]].mean()) / max(float(t[first].max()), 1e-9)
