@@ -19,11 +19,11 @@ Rows, with the same fleet, data, selection and seeds in every row of an environm
   alone (with ``fedlora`` the arm without dropout). Every arm runs on the first seed; the best
   ``--top-arms`` of them (by time to target on that seed) run on every seed; the best of
   those in hindsight is the **oracle** (best fixed arm; DropPEFT is not told which);
-* ``droppeft``: as shipped (Thompson sampling, learning on);
+* ``droppeft``: as shipped (information-directed sampling, learning on);
 * ``droppeft-no-learning``: the same planner with the prior alone (``learning: false``);
 * ``droppeft-flat``: no curve, every arm alike a priori, per-arm learning only;
 * ``droppeft-greedy``: learning without exploration (``explore: false``);
-* ``droppeft-thompson``: plain Thompson sampling, exploration not budgeted (``explore_budget: null``).
+* ``droppeft-thompson``: the other exploration policy offered, Thompson sampling (``policy: thompson``).
 
 Time to target: simulated time of the first evaluation at or above the environment's
 target; a run that does not reach it counts with its last simulated time (a lower bound,
@@ -67,7 +67,7 @@ DROPPEFT_ROWS = {
     "droppeft-no-learning": {"learning": False},
     "droppeft-flat": {"prior": "flat"},
     "droppeft-greedy": {"explore": False},
-    "droppeft-thompson": {"explore_budget": None},
+    "droppeft-thompson": {"policy": "thompson"},
 }
 
 
@@ -82,8 +82,10 @@ def method_rows() -> dict[str, dict]:
     return {k: {"name": "droppeft", "params": v} if v else {"name": "droppeft"} for k, v in DROPPEFT_ROWS.items()}
 
 
-def run_one(out_dir: Path, env: str, method: dict, seed: int, trainer: str, overrides: list[str]) -> str:
-    """Run (or reuse) one environment x row x seed; returns its status."""
+def run_one(out_dir: Path, env: str, method: dict, seed: int, trainer: str, overrides: list[str],
+            horizon: int = 1) -> str:
+    """Run (or reuse) one environment x row x seed; returns its status. ``horizon`` K > 1
+    (surrogate): the surrogate learns K times slower and the run may last K times longer."""
     from fedsim.study.scenario import load_scenario
     from fedsim.study.simulate import simulate
 
@@ -93,6 +95,10 @@ def run_one(out_dir: Path, env: str, method: dict, seed: int, trainer: str, over
     raw["trainer"]["kind"] = trainer
     if trainer == "torch":
         raw["trainer"].pop("surrogate", None)
+    elif horizon != 1:
+        raw["trainer"]["surrogate"]["rate"] /= horizon
+        raw["engine"]["max_rounds"] *= horizon
+        raw["engine"]["max_sim_time_s"] *= horizon
     raw["name"] = f"{env}-{out_dir.parent.name}"
     scenario_file = out_dir / "scenario.yaml"
     summary_path = out_dir / "summary.json"
@@ -197,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-configurator")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="scenario override for every run")
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--horizon", type=int, default=1,
+                    help="surrogate: learn this many times slower (runs this many times longer), to see what learning repays")
     ap.add_argument("--report", type=Path, default=None,
                     help="also write the tables and goals here (default: docs/bench/configurator-<trainer>.md "
                          "when every environment and the default seeds are run)")
@@ -204,11 +212,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(range(5 if args.trainer == "surrogate" else 3))
     envs = [e for e in args.envs.split(",") if e]
+    if args.horizon != 1 and args.trainer != "surrogate":
+        ap.error("--horizon applies to the surrogate only")
+    kind = args.trainer if args.horizon == 1 else f"{args.trainer}-horizon{args.horizon}"
     if args.report is None and args.seeds is None and set(envs) >= set(ENVS) - (SURROGATE_ONLY if args.trainer == "torch" else set()):
-        args.report = ROOT / "docs" / "bench" / f"configurator-{args.trainer}.md"
+        args.report = ROOT / "docs" / "bench" / f"configurator-{kind}.md"
     if args.trainer == "torch":
         envs = [e for e in envs if e not in SURROGATE_ONLY]
-    base = args.out / args.trainer
+    base = args.out / kind
     targets = {e: float(yaml.safe_load((ENV_DIR / f"{e}.yaml").read_text())["engine"]["target_accuracy"]) for e in envs}
     arms, methods = arm_rows(), method_rows()
 
@@ -223,10 +234,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.table_only:
         # 1. every arm and every DropPEFT row; arms on the first seed only, the rest on every seed
-        first = [(base / e / row / f"seed{seeds[0]}", e, m, seeds[0], args.trainer, args.overrides)
+        first = [(base / e / row / f"seed{seeds[0]}", e, m, seeds[0], args.trainer, args.overrides, args.horizon)
                  for e in envs for row, m in arms.items() if row != "fedlora"]
         every = {"fedlora": arms["fedlora"], **methods}  # FedLoRA is a row of its own on every seed
-        rest = [(base / e / row / f"seed{s}", e, m, s, args.trainer, args.overrides)
+        rest = [(base / e / row / f"seed{s}", e, m, s, args.trainer, args.overrides, args.horizon)
                 for e in envs for row, m in every.items() for s in seeds]
         execute(first + rest)
     # 2. the best arms of the first seed on every seed
@@ -235,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         ranked = sorted(arms, key=lambda row: mean_time(row_times(base, e, row, seeds[:1], targets[e])))
         top[e] = ranked[: args.top_arms]
     if not args.table_only:
-        execute((base / e / row / f"seed{s}", e, arms[row], s, args.trainer, args.overrides)
+        execute((base / e / row / f"seed{s}", e, arms[row], s, args.trainer, args.overrides, args.horizon)
                 for e in envs for row in top[e] for s in seeds[1:])
 
     # 3. tables
@@ -291,12 +302,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.report is not None:
         args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(f"<!-- written by: python benchmarks/bench_configurator.py --trainer {args.trainer} -->\n"
+        args.report.write_text(f"<!-- written by: python benchmarks/bench_configurator.py --trainer {args.trainer}"
+                               + (f" --horizon {args.horizon}" if args.horizon != 1 else "") + " -->\n"
                                + "\n".join(report) + "\n")
         print(f"wrote {args.report}")
-    if "minilm-shift" in envs and args.trainer == "surrogate":
+    if "minilm-shift" in envs and kind == "surrogate":
         plot_shift(base, seeds, targets["minilm-shift"], arms, args.plot)
-    if "minilm-iid" in envs:
+    if "minilm-iid" in envs and args.horizon == 1:
         plot_classes(base, "minilm-iid", seeds, args.plot.with_name(f"configurator-classes-{args.trainer}.png"))
     return 0
 

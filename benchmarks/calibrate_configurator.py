@@ -38,8 +38,8 @@ from fedsim.learning.base import ClientResult, EvalResult  # noqa: E402
 SHAPE = ModelShape("bert", 6, 384, 12, 1536, 30522, 512, 2, 4)
 BASE = ClientPlan.uniform(6, lora_rank=8, batch_size=16, seq_len=64, local_steps=2)
 ROWS = {
-    "droppeft (budgeted Thompson, learning)": {},
-    "plain Thompson (no exploration budget)": {"explore_budget": None},
+    "droppeft (information-directed sampling, learning)": {},
+    "Thompson sampling (policy: thompson)": {"policy": "thompson"},
     "learning without exploration": {"explore": False},
     "learning off (prior only)": {"learning": False},
     "flat prior (per-arm learning only)": {"prior": "flat"},

@@ -14,7 +14,8 @@ import pytest
 from fedsim.core.costmodel import CostCoefficients, ModelShape
 from fedsim.fleet.fleet import Fleet
 from fedsim.methods.base import RoundContext, RoundReport
-from fedsim.methods.configurator import ProgressModel, paced_assignment, plan_value, utility_scores
+from fedsim.methods.configurator import (ProgressModel, ids_assignment, information_gain, paced_assignment,
+                                          plan_value, utility_scores)
 from fedsim.methods.droppeft import DropPEFT, DropPEFTParams, feasible_arms
 from fedsim.core.plan import ClientPlan, depth_weighted_keep
 from fedsim.learning.base import ClientResult, EvalResult
@@ -96,12 +97,20 @@ TRUTHS = {
 }
 
 
+POLICIES = ["ids", "thompson"]  # every exploration policy DropPEFTParams.policy offers
+
+
+def test_every_policy_offered_is_tested():
+    assert set(POLICIES) == set(DropPEFTParams.model_fields["policy"].annotation.__args__)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("truth", sorted(TRUTHS))
-def test_converges_on_the_best_arm_within_40_rounds_and_not_without_learning(truth):
+def test_converges_on_the_best_arm_within_40_rounds_and_not_without_learning(truth, policy):
     # Prepare
     worth = TRUTHS[truth]
     # Execute: 4 seeds with learning, 1 without
-    shares = [_good_share(_run(worth, 40, seed)[0], worth, 39) for seed in range(4)]
+    shares = [_good_share(_run(worth, 40, seed, policy=policy)[0], worth, 39) for seed in range(4)]
     off = _good_share(_run(worth, 12, 0, learning=False)[0], worth, 11)
     # Assert: in the last 10 of 40 rounds, 60% of the clients run a best arm (mean over
     # seeds; a uniform choice would give 10%), and no seed stays below 30%
@@ -119,7 +128,8 @@ def test_learning_off_ignores_what_is_observed():
     assert not np.array_equal(_run(TRUTHS["free-dropout"], 8, 0)[0], _run(TRUTHS["steep-deep"], 8, 0)[0])
 
 
-def test_follows_a_best_arm_that_switches_half_way():
+@pytest.mark.parametrize("policy", POLICIES)
+def test_follows_a_best_arm_that_switches_half_way(policy):
     # Prepare: dropout is cheap for 30 rounds (a heavy arm is best), then costly (no dropout)
     early, late = TRUTHS["shallow-matters"], TRUTHS["steep-deep"]
     def worth(r, times):
@@ -127,7 +137,7 @@ def test_follows_a_best_arm_that_switches_half_way():
     # Execute
     shares_early, shares_late = [], []
     for seed in range(3):
-        counts, _ = _run(worth, 60, seed, decay=0.97)
+        counts, _ = _run(worth, 60, seed, decay=0.97, policy=policy)
         shares_early.append(_good_share(counts[:30], early, 29))
         shares_late.append(_good_share(counts, late, 59))
     # Assert: on the early best by round 30, on the late best within 30 rounds of the switch
@@ -244,17 +254,31 @@ def test_plan_value_is_mean_worth_of_the_first_quota_over_the_last_of_their_time
     assert plan_value(worth, times, np.array([0, 1, 0]), 2) == pytest.approx((1.0 + 0.5) / 2 / 4.0)
 
 
-def test_zero_exploration_budget_plans_as_the_posterior_median_and_none_as_plain_thompson():
-    # Prepare: the same truth and seeds under three policies
-    worth = TRUTHS["steep-deep"]
+def test_information_gain_needs_contrast_and_grows_with_it():
+    # Prepare: a fresh model (the prior)
+    model = ProgressModel(_keeps())
     # Execute
-    budget0, _ = _run(worth, 12, 3, explore_budget=0.0)
-    greedy, _ = _run(worth, 12, 3, explore=False)
-    plain, _ = _run(worth, 12, 3, explore_budget=None)
-    budget, _ = _run(worth, 12, 3, explore_budget=0.2)
-    # Assert: a budget of 0 never departs from the median's plan; a budget does not
-    # change what plain Thompson sampling would explore when it can afford it, but it
-    # cannot spend more than plain Thompson sampling
-    assert (budget0 == greedy).all()
-    assert not (plain == greedy).all()
-    assert np.abs(budget - greedy).sum() <= np.abs(plain - greedy).sum()
+    one_arm = information_gain(model, np.zeros(10, np.int64))
+    two_arms = information_gain(model, np.array([0] * 5 + [9] * 5))
+    many = information_gain(model, np.arange(10))
+    # Assert: updates of one arm say little about relative worth; contrast says more
+    assert 0.0 <= one_arm < two_arms < many
+
+
+def test_ids_runs_the_median_plan_once_the_posterior_is_sure():
+    # Prepare: 60 evaluations in which every arm's gain is its share of layers run, exactly
+    keeps = _keeps()
+    model = ProgressModel(keeps, discount=1.0)
+    worth = np.array([k.mean() for k in keeps])
+    for _ in range(60):
+        model.observe(np.arange(len(keeps)), worth)
+    fleet = _identical_fleet()
+    ids = np.arange(fleet.size)
+    arms = DropPEFT(DropPEFTParams(), SHAPE, BASE).arms
+    feasible, _, times = feasible_arms(fleet, ids, SHAPE, arms, CostCoefficients(), None)
+    fallback = np.zeros(ids.size, np.int64)
+    # Execute
+    chosen, _ = ids_assignment(model, np.random.default_rng(0), times, feasible, QUOTA, fallback)
+    median, _ = paced_assignment(model.worth(), times, feasible, QUOTA, fallback)
+    # Assert
+    assert np.array_equal(chosen, median)

@@ -31,9 +31,9 @@ Observations made ``k`` evaluations ago weigh ``discount ** k`` (``window``: onl
 last ones are kept), so the model follows a best arm that changes as training goes on.
 Thompson sampling turns the posterior into the utilities a round is planned with: one
 draw per client, which spreads a round over the arms still plausible and so makes the
-gains of one round compare them (:class:`~fedsim.methods.droppeft.DropPEFT` shrinks the
-draws towards the median when what they are predicted to cost exceeds its exploration
-budget, :func:`plan_value`). :func:`paced_assignment` then gives
+gains of one round compare them. :func:`ids_assignment` (the default policy) runs, of the
+posterior median's plan and several Thompson plans, the one whose expected regret
+squared per unit of information is least. :func:`paced_assignment` gives
 every client of a synchronous round the arm that maximises the round's predicted progress
 per second, the times coming from the cost model.
 """
@@ -44,7 +44,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["ProgressModel", "utility_scores", "paced_assignment", "plan_value", "PRIOR_BETA"]
+__all__ = ["ProgressModel", "utility_scores", "paced_assignment", "plan_value", "information_gain", "ids_assignment", "PRIOR_BETA"]
 
 FASTEST_TOLERANCE = 0.1  # paced_assignment: arms this close to a client's fastest count as fastest
 PRIOR_BETA = 1.0  # prior mean of beta: an update is worth the share of layers it runs
@@ -276,3 +276,60 @@ def plan_value(worth: np.ndarray, times: np.ndarray, arms: np.ndarray, quota: in
     idx = np.flatnonzero(ok)
     first = idx[np.argsort(t[idx], kind="stable")[: max(min(int(quota), idx.size), 1)]]
     return float(np.asarray(worth, dtype=float)[arms[first]].mean()) / max(float(t[first].max()), 1e-9)
+
+
+def information_gain(model: ProgressModel, arms: np.ndarray) -> float:
+    """Expected information (nats) that gains of updates run with ``arms`` (one entry per
+    update) bring about the arms' worths: the fall in the log-determinant of the
+    posterior covariance of ``log theta`` (every arm), averaged over ``gamma`` by weight."""
+    p, posts = model.fit()
+    arms = np.asarray(arms, dtype=np.int64)
+    total = 0.0
+    for g, (mn, cov, s2) in enumerate(posts):
+        if p[g] < 1e-3:
+            continue
+        A = model._arm_features(g)
+        F = A[arms].copy()
+        F[:, 0] = 1.0  # the phase of the round they are observed in
+        prec = np.linalg.inv(cov)
+        post = np.linalg.inv(prec + F.T @ F / max(s2, 1e-12))
+        jitter = 1e-9 * np.eye(A.shape[0])
+        before = np.linalg.slogdet(A @ cov @ A.T + jitter)[1]
+        after = np.linalg.slogdet(A @ post @ A.T + jitter)[1]
+        total += p[g] * 0.5 * max(before - after, 0.0)
+    return float(total)
+
+
+def ids_assignment(model: ProgressModel, rng: np.random.Generator, times: np.ndarray, feasible: np.ndarray,
+                   quota: int, fallback: np.ndarray, candidates: int = 8, worlds: int = 16) -> tuple[np.ndarray, float]:
+    """Arms for one round by information-directed sampling (Russo and Van Roy, 2018).
+
+    Candidate plans: the posterior median's plan and ``candidates`` Thompson plans (one
+    draw per client). Each is scored by its expected regret ``Delta`` (over ``worlds``
+    joint posterior draws: the best plan's value in that world minus this plan's) and the
+    information ``g`` its arriving updates bring (:func:`information_gain`); the plan of
+    least ``Delta ** 2 / g`` is run. A plan that costs nothing in expectation (the
+    posterior is sure) is run whatever it teaches; one that teaches nothing is not run
+    unless it costs nothing.
+    """
+    times = np.asarray(times, dtype=float)
+    q = max(min(int(quota), times.shape[0]), 1)
+    median = model.worth()
+    plans = [paced_assignment(median, times, feasible, quota, fallback)]
+    plans += [paced_assignment(model.sample(rng, times.shape[0]), times, feasible, quota, fallback)
+              for _ in range(candidates)]
+    ws = model.sample(rng, worlds)
+    value = np.array([[plan_value(w, times, arms, quota) for arms, _ in plans] for w in ws])
+    best = np.array([plan_value(w, times, paced_assignment(w, times, feasible, quota, fallback)[0], quota) for w in ws])
+    regret = np.maximum(best, value.max(axis=1))[:, None] - value
+    delta = regret.mean(axis=0)
+    rows = np.arange(times.shape[0])
+    gain = []
+    for arms, _ in plans:
+        t = times[rows, arms]
+        arrive = np.argsort(np.where(np.isfinite(t), t, np.inf), kind="stable")[:q]
+        gain.append(information_gain(model, arms[arrive]))
+    gain = np.maximum(np.array(gain), 1e-12)
+    ratio = delta**2 / gain
+    pick = int(np.argmin(ratio))
+    return plans[pick]

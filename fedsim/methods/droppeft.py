@@ -29,7 +29,7 @@ from fedsim.core.configio import Spec
 from fedsim.core.costmodel import client_times, plan_cost
 from fedsim.methods.base import Method, MethodParams, RoundContext, RoundReport, register
 from fedsim.methods.compose import compressible
-from fedsim.methods.configurator import ProgressModel, paced_assignment, plan_value, utility_scores
+from fedsim.methods.configurator import ProgressModel, ids_assignment, paced_assignment, utility_scores
 from fedsim.methods.stld_fixed import Profile, profile_ratios
 from fedsim.core.plan import ClientPlan, RoundPlans
 
@@ -70,9 +70,9 @@ class DropPEFTParams(MethodParams):
                                       description="gammas averaged over: layer l weighs (l + 1) ** gamma in an arm's keep")
     arm_sd: float = Field(1.0, gt=0.0, description="prior sd of an arm's own correction (log scale, in noise sds)")
     gain_examples: int = Field(128, ge=1, description="validation examples each update's gain is measured on")
-    explore_budget: float | None = Field(0.2, ge=0.0, le=1.0, description=(
-        "exploration may cost at most this share of the posterior median plan's predicted progress, cumulatively "
-        "(conservative bandits); null: plain Thompson sampling"))
+    policy: Literal["ids", "thompson"] = Field("ids", description=(
+        "exploration: ids = information-directed sampling over the median's and Thompson plans; "
+        "thompson = Thompson sampling, one draw per client"))
     learning: bool = Field(True, description="ablation: false plans with the prior alone, whatever is observed")
     explore: bool = Field(True, description="ablation: false plans with the posterior median (no Thompson draws)")
     prior: Literal["shapes", "flat"] = Field(
@@ -174,7 +174,6 @@ class DropPEFT(Method):
         self.model = ProgressModel([a.keep_prob for a in self.arms], depths, discount=params.discount,
                                    window=params.window, arm_sd=params.arm_sd)
         self._round_pace: float | None = None
-        self._slack = 0.0  # exploration budget saved (progress per second), explore_budget
         self._round_arms: np.ndarray | None = None
 
         # PTLS: per-layer gradient norms per step, fleet-wide (discounted mean) and per client (sparse).
@@ -197,27 +196,12 @@ class DropPEFT(Method):
         if not p.bandit:
             return self._fixed_or_nearest(feasible, fallback), feasible
         quota = ctx.quota if ctx.quota is not None else len(ids)
-        util = utility_scores(self.model, ctx.rng, len(ids), explore=p.explore, learning=p.learning)
-        if p.explore_budget is None or not (p.explore and p.learning):
+        if p.policy == "ids" and p.explore and p.learning:
+            arms, self._round_pace = ids_assignment(self.model, ctx.rng, total, feasible, quota, fallback)
+        else:
+            util = utility_scores(self.model, ctx.rng, len(ids), explore=p.explore, learning=p.learning)
             arms, self._round_pace = paced_assignment(util, total, feasible, quota, fallback)
-            return arms, feasible
-        # Conservative exploration: the Thompson plan, shrunk towards the posterior median's
-        # plan until what it is predicted to cost fits the budget saved so far.
-        worth = self.model.worth()
-        greedy, pace = paced_assignment(worth, total, feasible, quota, fallback)
-        v_greedy = plan_value(worth, total, greedy, quota)
-        self._slack += p.explore_budget * v_greedy
-        log_w, log_u = np.log(worth), np.log(np.maximum(util, 1e-300))
-        for scale in (1.0, 0.5, 0.25):
-            u = np.exp(log_w + scale * (log_u - log_w))
-            arms, t = paced_assignment(u, total, feasible, quota, fallback)
-            cost = v_greedy - plan_value(worth, total, arms, quota)
-            if cost <= self._slack:
-                self._slack -= max(cost, 0.0)
-                self._round_pace = t
-                return arms, feasible
-        self._round_pace = pace
-        return greedy, feasible
+        return arms, feasible
 
     def _fixed_or_nearest(self, feasible: np.ndarray, fallback: np.ndarray) -> np.ndarray:
         """``fixed_arm`` where feasible, else the feasible arm with the nearest mean drop at or above it."""
