@@ -55,6 +55,8 @@ def _axes(grid: Sequence[str | Axis], sweep: dict) -> list[Axis]:
     axes = [g if isinstance(g, Axis) else parse_grid(g) for g in grid]
     keys = [a.key for a in axes]
     for k in keys:
+        if k.split(".")[0] in ("seed", "sweep"):
+            raise ConfigError("--grid", [(k, None, k, "a scenario key; seeds are given with --seeds")])
         if keys.count(k) > 1:
             raise ConfigError("--grid", [(k, None, k, "each key in one --grid only")])
     own = [Axis(key=k, values=tuple(v) if isinstance(v, list) else (v,), name=str(k).split(".")[-1], factor=str(k).startswith("fleet.scale."))

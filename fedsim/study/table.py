@@ -109,8 +109,8 @@ def render(rows: Sequence[dict[str, Any]], width: int = 80) -> str:
         names = _wrap(b[0], widths[0])
         lines.append(line([names[0], *b[1:]]))
         lines += names[1:]
-    note = "mean±std over seeds; time to target over the seeds that reached it"
-    lines.append(note + ("; surrogate trainer" if surrogate else ""))
+    note = "mean±std over seeds (to target: over those that reached it)"
+    lines.append(note + ("; surrogate" if surrogate else ""))
     return "\n".join(lines) + "\n"
 
 
