@@ -138,9 +138,14 @@ def run(
                     say(f"error in {v.label}: {_point_error(exc, run_dir)}", err=True)
                     failed, res = True, None
             results.append(res)
-    table = Table(title=Text(f"{variants[0].scenario.name}: {root}"))
+    from rich import box
+
+    # Numbers never wrap; a long variant label folds instead (80 columns stay readable).
+    table = Table(title=Text(f"{variants[0].scenario.name}: {root}"), box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True)
     for col in ("variant", "rounds", "sim time", "acc", "to target", "stop", "wall s", "overhead"):
-        table.add_column(col, no_wrap=col in ("stop", "variant"))
+        table.add_column(col, no_wrap=col != "variant", overflow="fold" if col == "variant" else "ellipsis",
+                         justify="left" if col in ("variant", "stop") else "right",
+                         min_width=min(16, max(len(v.label) for v in variants)) if col == "variant" else None)
     for v, res in zip(variants, results):
         if res is None:
             table.add_row(*_row(v.label, "-", "-", "-", "-", "failed", "-", "-"))
@@ -148,7 +153,7 @@ def run(
         tta = "-" if res.time_to_target_s is None else duration(res.time_to_target_s)
         acc = "-" if res.final_accuracy is None else f"{res.final_accuracy:.3f}"
         outside = (res.wall_s - res.train_wall_s) / res.wall_s if res.wall_s > 0 else 0.0
-        table.add_row(*_row(v.label, res.rounds, duration(res.sim_time_s), acc, tta, res.stop_reason, f"{res.wall_s:.0f}", f"{outside:.1%}"))
+        table.add_row(*_row(v.label, res.rounds, duration(res.sim_time_s), acc, tta, res.stop_reason.replace("target_accuracy", "target"), f"{res.wall_s:.0f}", f"{outside:.1%}"))
     console.print(table)
     ok_dirs = [d for d, r in zip(dirs, results) if r is not None]
     if ok_dirs:

@@ -94,7 +94,8 @@ def plot_time_to_target(groups: Sequence[Group], differ: Sequence[str], out_file
     ax.set_ylabel(f"time to accuracy {target:g} ({unit})")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.set_title("Time to target (mean over seeds that reached it; x: none did)", fontsize=10)
+    missed = any(p[3] == 0 for pts in lines.values() for p in pts)
+    ax.set_title("Time to target (mean over the seeds that reached it" + ("; x: none did)" if missed else ")"), fontsize=10)
     legend_below(fig, ax, len(lines))
     return save(fig, out_file)[0]
 

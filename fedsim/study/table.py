@@ -79,8 +79,8 @@ def _wrap(text: str, width: int) -> list[str]:
 
 
 def render(rows: Sequence[dict[str, Any]], width: int = 80) -> str:
-    """The table as text no wider than ``width`` (long point names wrap; numbers never
-    do): mean±std over seeds; time to target in the unit that fits, with ``reached/runs``."""
+    """The table as text no wider than ``width`` (a point name too long for its
+    column gets a line of its own; numbers never wrap): mean±std over seeds; time to target in the unit that fits, with ``reached/runs``."""
     tmax = max((r["time_to_target"] for r in rows if math.isfinite(r["time_to_target"])), default=0.0)
     per, unit = time_unit(tmax)
     mark = " [surrogate]"
@@ -95,7 +95,7 @@ def render(rows: Sequence[dict[str, Any]], width: int = 80) -> str:
             _pm(r["final_accuracy"], r["final_accuracy_std"], 3),
             _pm(r["traffic_gb"], r["traffic_gb_std"]),
             _pm(r["energy_kj"], r["energy_kj_std"]),
-            _pm(r["failures"], r["failures_std"], 1 if r["failures_std"] else 0),
+            _pm(r["failures"], r["failures_std"], None if r["failures"] >= 10 or not r["failures_std"] else 1),
         ])
     widths = [max(len(h[0]), len(h[1]), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     rest = sum(widths[1:]) + 2 * (len(head) - 1)
@@ -106,9 +106,10 @@ def render(rows: Sequence[dict[str, Any]], width: int = 80) -> str:
 
     lines = [line([h[0] for h in head]), line([h[1] for h in head]), "-" * min(width, sum(widths) + 2 * (len(head) - 1))]
     for b in body:
-        names = _wrap(b[0], widths[0])
-        lines.append(line([names[0], *b[1:]]))
-        lines += names[1:]
+        if len(b[0]) > widths[0]:  # the name on a line of its own, the numbers under it
+            lines += _wrap(b[0], width)
+            b = ["", *b[1:]]
+        lines.append(line(b))
     note = "mean±std over seeds (to target: over those that reached it)"
     lines.append(note + ("; surrogate" if surrogate else ""))
     return "\n".join(lines) + "\n"
