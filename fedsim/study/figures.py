@@ -26,7 +26,7 @@ from fedsim.study.plot import legend_below, new_figure, plot_time_to_accuracy, s
 __all__ = ["study_figures", "plot_time_to_target", "plot_resources", "plot_participation", "plot_timeline"]
 
 _FAILURES = ("oom", "dropout", "straggler", "transfer_failed", "rejected")
-_KIND_COLOURS = {"oom": "#d62728", "dropout": "#9467bd", "straggler": "#ff7f0e", "transfer_failed": "#8c564b", "rejected": "#7f7f7f"}
+_KIND_HATCHES = {"oom": "", "dropout": "////", "straggler": "....", "transfer_failed": "xxxx", "rejected": "----"}
 
 
 def study_figures(run_dirs: Sequence[str | Path], out_dir: str | Path, target: float | None = None) -> list[Path]:
@@ -84,7 +84,7 @@ def plot_time_to_target(groups: Sequence[Group], differ: Sequence[str], out_file
             if n_hit < n and math.isfinite(y):
                 ax.annotate(f"{n_hit}/{n}", (x, y / per), textcoords="offset points", xytext=(4, 4), fontsize=7)
             if n_hit == 0:
-                ax.plot([x], [0], marker="x", color=st["color"], linestyle="none")
+                ax.plot([x], [0], marker="x", markersize=9, markeredgewidth=2, color=st["color"], linestyle="none", clip_on=False)
     ax.set_xlabel(x_key.replace("fleet.scale.", "scale factor on ") if x_key.startswith("fleet.scale.") else x_key)
     xs_all = sorted({x for pts in lines.values() for x, *_ in pts})
     if x_key.startswith("fleet.scale.") and xs_all[0] > 0 and xs_all[-1] / xs_all[0] > 4:
@@ -158,27 +158,36 @@ def plot_resources(groups: Sequence[Group], out_file: str | Path) -> Path:
 
 
 def plot_participation(groups: Sequence[Group], out_file: str | Path) -> Path:
-    """Completed updates per device class (bars per group), and the failed share of the
-    selected clients by kind (stacked, over all the groups' runs)."""
+    """Completed updates per device class, and the share of selected clients that failed,
+    by kind (stacked: the kind is the hatching), one bar per group in its colour."""
+    from matplotlib.patches import Patch
+
     classes, per_group = _per_class(groups)
-    fig, axes = new_figure(2, width=10, height=3.8)
+    fig, axes = new_figure(2, width=11, height=3.8)
     _bars(axes[0], classes, groups, per_group, "ok")
     axes[0].set_title("completed updates per run", fontsize=9)
     axes[0].set_ylabel("clients (mean over seeds)", fontsize=8)
-    bottom = np.zeros(len(classes))
-    for kind in _FAILURES:
-        selected = np.array([sum(s.get(c, {}).get("selected", 0.0) for s in per_group) for c in classes])
-        failed = np.array([sum(s.get(c, {}).get(kind, 0.0) for s in per_group) for c in classes])
-        share = np.divide(failed, selected, out=np.zeros_like(failed), where=selected > 0) * 100
-        if share.any():
-            axes[1].bar(classes, share, bottom=bottom, label=kind, color=_KIND_COLOURS[kind])
-            bottom += share
-    axes[1].set_title("failed share of selected clients (all groups)", fontsize=9)
-    axes[1].set_ylabel("% of selected", fontsize=8)
+    width = 0.8 / max(1, len(groups))
+    x = np.arange(len(classes))
+    used = set()
+    for i, sums in enumerate(per_group):
+        selected = np.array([sums.get(c, {}).get("selected", 0.0) for c in classes])
+        bottom = np.zeros(len(classes))
+        for kind in _FAILURES:
+            failed = np.array([sums.get(c, {}).get(kind, 0.0) for c in classes])
+            share = np.divide(failed, selected, out=np.zeros_like(failed), where=selected > 0) * 100
+            if share.any():
+                axes[1].bar(x + (i - (len(groups) - 1) / 2) * width, share, width, bottom=bottom, color=style(i)["color"],
+                            hatch=_KIND_HATCHES[kind], edgecolor="white", linewidth=0.5)
+                bottom += share
+                used.add(kind)
+    axes[1].set_xticks(x, classes, fontsize=8)
+    axes[1].set_title("failed share of selected clients, by kind", fontsize=9)
+    axes[1].set_ylabel("% of selected (mean over seeds)", fontsize=8)
     axes[1].grid(alpha=0.3, axis="y")
-    axes[1].tick_params(axis="x", labelsize=8)
-    if bottom.any():
-        axes[1].legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, fontsize=8, frameon=False)
+    kinds = [Patch(facecolor="#999999", edgecolor="white", hatch=_KIND_HATCHES[k], label=k) for k in _FAILURES if k in used]
+    if kinds:
+        axes[1].legend(handles=kinds, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(kinds), fontsize=8, frameon=False)
     legend_below(fig, axes[0], len(groups))
     fig.suptitle("Participation and failures by device class", fontsize=10)
     return save(fig, out_file)[0]
