@@ -109,3 +109,13 @@ def test_executors_by_name():
     with pytest.raises(FedsimError, match="needs the ray executor"):
         get_executor("process", address="ray://x:1")
     assert [r for _, r in get_executor("local")(abs, [(-2,), (3,)], 1)] == [2, 3]
+
+
+def test_the_ray_executor_missing_is_one_line_before_anything_is_written(swept, tmp_path, monkeypatch):
+    import sys
+
+    sc, _, _ = swept
+    monkeypatch.setitem(sys.modules, "fedsim.study.ray_executor", None)  # import fails as without Ray
+    res = _cli("sweep", sc, "--executor", "ray", "--jobs", "2", "--out", tmp_path / "r", "-q")
+    assert res.exit_code == 2 and "the ray executor is not available" in res.stderr and "pip install" in res.stderr
+    assert not (tmp_path / "r").exists()

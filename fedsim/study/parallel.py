@@ -96,10 +96,11 @@ def get_executor(name: str, address: str | None = None) -> Executor:
     if name == "process":
         return run_all
 
+    try:  # here, not at the top: Ray is an optional extra
+        from fedsim.study.ray_executor import run_all_ray
+    except ImportError as exc:
+        raise FedsimError(f"the ray executor is not available ({exc}); install it with: pip install 'fedsim[ray]'") from None
+
     def ray(fn, tasks, jobs=1):
-        try:
-            from fedsim.study.ray_executor import run_all_ray
-        except ImportError as exc:
-            raise FedsimError(f"the ray executor is not available ({exc}); install it with: pip install 'fedsim[ray]'") from None
         return run_all_ray(fn, tasks, jobs, address=address)
     return ray
