@@ -193,18 +193,26 @@ def plot_participation(groups: Sequence[Group], out_file: str | Path) -> Path:
     return save(fig, out_file)[0]
 
 
-def plot_timeline(run_dir: str | Path, out_file: str | Path, rounds: int = 3, max_clients: int = 60) -> Path:
-    """The first ``rounds`` rounds of one run, one row per selected client: download,
-    compute and upload, then idle until the round ends; failed clients marked x (their
-    bar stops where they failed)."""
+def plot_timeline(run_dir: str | Path, out_file: str | Path, rounds: int = 3, max_clients: int = 64) -> Path:
+    """The first ``rounds`` rounds of one run (fewer if they hold more than ``max_clients``
+    clients; of a larger first round, ``max_clients`` clients spread evenly over it), one
+    row per selected client: download, compute and upload, then idle until the round
+    ends; failed clients marked x (their bar stops where they failed)."""
     run_dir = Path(run_dir)
     c = read_clients(run_dir)
     r = read_rounds(run_dir)
     take = np.flatnonzero(c["round"] < rounds)
-    if take.size > max_clients:  # whole rounds only (at least the first)
+    shown = ""
+    if take.size > max_clients:  # whole rounds while they fit; else clients evenly spread over the first
         counts = np.cumsum(np.bincount(c["round"][take].astype(int)))
-        keep = max(1, int(np.searchsorted(counts, max_clients, side="right")))
-        take = take[c["round"][take] < keep]
+        keep = int(np.searchsorted(counts, max_clients, side="right"))
+        if keep == 0:
+            first = take[c["round"][take] == c["round"][take[0]]]
+            take = first[np.unique(np.linspace(0, first.size - 1, max_clients).round().astype(int))]
+            shown = f", {take.size} of its {first.size} clients"
+            keep = 1
+        else:
+            take = take[c["round"][take] < keep]
         rounds = keep
     round_end = {int(k): float(e) for k, e in zip(r["round"], r["sim_time_s"])}
     top = max([float(c["end_s"][take].max()) if take.size else 0.0] + [round_end.get(int(k), 0.0) for k in np.unique(c["round"][take])])
@@ -225,21 +233,24 @@ def plot_timeline(run_dir: str | Path, out_file: str | Path, rounds: int = 3, ma
         if end is not None and (end - t0) / per > x and not failed:
             ax.barh(row, (end - t0) / per - x, left=x, color=colours["idle"], height=0.7)
         if failed:
-            ax.plot([(c["end_s"][i] - t0) / per], [row], marker="x", color="#d62728", markersize=6, markeredgewidth=2)
+            ax.plot([(c["end_s"][i] - t0) / per], [row], marker="x", color="#d62728", markersize=6, markeredgewidth=2, clip_on=False)
     for k in np.unique(c["round"][take]):
         if int(k) in round_end:
             ax.axvline((round_end[int(k)] - t0) / per, color="black", linewidth=0.6, linestyle=":")
     labels = [f"r{int(c['round'][i])} {c['device_class'][i]}" for i in take]
     ax.set_yticks(range(take.size), labels, fontsize=6)
     ax.invert_yaxis()
+    ax.set_xlim(0, (top - t0) / per * 1.03)
     ax.set_xlabel(f"simulated time ({unit})")
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     handles = [Patch(color=v, label=k) for k, v in colours.items()]
     handles.append(Line2D([], [], marker="x", color="#d62728", linestyle="none", markeredgewidth=2, label="failed"))
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.08 if take.size > 20 else -0.16), ncol=5, fontsize=8, frameon=False)
+    axes_h = fig.get_figheight() - 1.2  # inches, about: the x label's height and 0.5 in below it
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.6 / max(axes_h, 1.0)), ncol=5, fontsize=8, frameon=False)
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    ax.set_title(tex_safe(f"First {rounds} rounds of {summary.get('variant') or run_dir.name} (dotted: round ends)"), fontsize=10)
+    which = "round 0" if rounds == 1 else f"rounds 0-{rounds - 1}"
+    ax.set_title(tex_safe(f"{summary.get('variant') or run_dir.name}: {which}{shown} (dotted: round ends)"), fontsize=10)
     ax.grid(alpha=0.3, axis="x")
     return save(fig, out_file)[0]
