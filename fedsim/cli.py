@@ -269,19 +269,26 @@ def sweep(
         existing = "resume" if resume else "overwrite" if force else "refuse"
         failed = []
         say(f"{len(plan.points)} points x {len(plan.seeds)} seeds = {len(plan.runs)} runs in {out}", err=True)
-        with Progress(TextColumn("runs"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"), TimeElapsedColumn(),
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"), TimeElapsedColumn(),
                       TextColumn("left ~"), TimeRemainingColumn(), console=err_console, disable=quiet) as progress:
             task = progress.add_task("runs", total=len(plan.runs), last="")
+            rounds_task = progress.add_task("rounds", total=None, last="", visible=False)
+
+            def on_round(run, row):
+                progress.update(rounds_task, visible=True, total=run.scenario.engine.max_rounds, completed=row["round"] + 1,
+                                last=f"{run.label}: round {row['round'] + 1}, t={duration(row['sim_time_s'])}")
 
             def on_done(run, result):
                 if isinstance(result, BaseException):
                     failed.append(run)
                     say(f"error in {run.label}: {_point_error(result, run.run_dir)}", err=True)
                 progress.update(task, advance=1, last=run.label)
+                progress.reset(rounds_task, visible=False, last="")
 
             with signals_interrupt():
                 try:
-                    run_sweep(plan, executor=name, jobs=jobs, address=ray_address, existing=existing, on_done=on_done)
+                    run_sweep(plan, executor=name, jobs=jobs, address=ray_address, existing=existing, on_done=on_done,
+                              on_round=on_round)
                 except (KeyboardInterrupt, Interrupted) as exc:
                     say(f"interrupted; finish it with: fedsim sweep {scenario} --out {out} --resume (same options)", err=True)
                     raise typer.Exit(143 if isinstance(exc, Interrupted) else 130)

@@ -134,11 +134,11 @@ def write_sweep_file(root: Path, variants: Sequence[Variant], existing: Existing
     atomic_write(path, text)
 
 
-def run_one(scenario: Scenario, run_dir: Path, label: str, existing: Existing):
+def run_one(scenario: Scenario, run_dir: Path, label: str, existing: Existing, on_round: Callable[[dict], None] | None = None):
     """One run of a sweep (the task each executor runs; importable, so picklable)."""
     from fedsim.study.simulate import simulate
 
-    return simulate(scenario, run_dir, label=label, existing=existing)
+    return simulate(scenario, run_dir, label=label, existing=existing, on_round=on_round)
 
 
 def run_sweep(
@@ -149,11 +149,13 @@ def run_sweep(
     address: str | None = None,
     existing: Existing = "refuse",
     on_done: Callable[[SweepRun, Any], None] | None = None,
+    on_round: Callable[[SweepRun, dict], None] | None = None,
 ) -> list[tuple[SweepRun, Any]]:
     """Run every run of ``plan``; ``(run, RunResult or the exception it raised)`` each,
     in plan order. ``existing`` is :func:`fedsim.study.simulate.simulate`'s rule; with
     ``refuse``, a folder holding records or a ``sweep.yaml`` stops the sweep before it
-    starts. ``on_done`` is called as each run finishes.
+    starts. ``on_done`` is called as each run finishes; ``on_round`` with each round's
+    ``rounds.csv`` row, by the ``local`` executor only (other executors run elsewhere).
     """
     if existing == "refuse":
         taken = [d for d in [plan.root, *(r.run_dir for r in plan.runs)] if has_records(d) or (d / "sweep.yaml").exists()]
@@ -163,6 +165,8 @@ def run_sweep(
     write_sweep_file(plan.root, plan.variants, existing)
     by_label = {r.label: r for r in plan.runs}
     tasks = [(r.scenario, r.run_dir, r.label, existing) for r in plan.runs]
+    if on_round is not None and executor == "local":
+        tasks = [(*t, lambda row, r=r: on_round(r, row)) for t, r in zip(tasks, plan.runs)]
     results: dict[str, Any] = {}
     for task, result in run(run_one, tasks, jobs):
         r = by_label[task[2]]
