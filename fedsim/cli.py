@@ -219,7 +219,7 @@ def validate(
         try:
             if grid or seeds:
                 plan = _plan(f, Path("."), grid, seeds, set_, None)
-                say(f"{f}: OK ({len(plan.points)} point{'s' if len(plan.points) != 1 else ''} x {len(plan.seeds)} seed{'s' if len(plan.seeds) != 1 else ''} = {len(plan.runs)} runs; points: {', '.join(plan.points)})")
+                say(f"{f}: OK ({_count(len(plan.points), 'point')} x {_count(len(plan.seeds), 'seed')} = {_count(len(plan.runs), 'run')}; points: {', '.join(plan.points)})")
                 continue
             variants = load_scenario(f, overrides=set_ or [])
         except FedsimError as exc:
@@ -229,6 +229,10 @@ def validate(
         say(f"{f}: OK ({len(variants)} run{'s' if len(variants) != 1 else ''}: {', '.join(v.label for v in variants)})")
     if bad:
         raise typer.Exit(2)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _plan(scenario: Path, out: Path, grid, seeds, set_, names):
@@ -268,8 +272,8 @@ def sweep(
         name = executor or ("process" if jobs > 1 else "local")
         existing = "resume" if resume else "overwrite" if force else "refuse"
         failed = []
-        say(f"{len(plan.points)} points x {len(plan.seeds)} seeds = {len(plan.runs)} runs in {out}", err=True)
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"), TimeElapsedColumn(),
+        say(f"{_count(len(plan.points), 'point')} x {_count(len(plan.seeds), 'seed')} = {_count(len(plan.runs), 'run')} in {out}", err=True)
+        with Progress(TextColumn("{task.description}"), BarColumn(bar_width=16), MofNCompleteColumn(), TextColumn("{task.fields[last]}"), TimeElapsedColumn(),
                       TextColumn("left ~"), TimeRemainingColumn(), console=err_console, disable=quiet) as progress:
             task = progress.add_task("runs", total=len(plan.runs), last="")
             rounds_task = progress.add_task("rounds", total=None, last="", visible=False)
