@@ -83,7 +83,7 @@ def run(
 ) -> None:
     """Run a scenario (every sweep combination) and write its records."""
     from rich.markup import escape
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from fedsim.study.plot import plot_time_to_accuracy
     from fedsim.engine.rundir import Interrupted, child, has_records, safe_name, signals_interrupt
@@ -118,7 +118,7 @@ def run(
             total = v.scenario.engine.max_rounds
             with Progress(
                 TextColumn(escape(v.label).replace("{", "{{").replace("}", "}}"), style="bold"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+                TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("left ~"), TimeRemainingColumn(),
                 console=err_console, disable=quiet, transient=False,
             ) as progress:
                 task = progress.add_task(v.label, total=total, status="")
@@ -138,9 +138,14 @@ def run(
                     say(f"error in {v.label}: {_point_error(exc, run_dir)}", err=True)
                     failed, res = True, None
             results.append(res)
-    table = Table(title=Text(f"{variants[0].scenario.name}: {root}"))
+    from rich import box
+
+    # Numbers never wrap; a long variant label folds instead (80 columns stay readable).
+    table = Table(title=Text(f"{variants[0].scenario.name}: {root}"), box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True)
     for col in ("variant", "rounds", "sim time", "acc", "to target", "stop", "wall s", "overhead"):
-        table.add_column(col, no_wrap=col in ("stop", "variant"))
+        table.add_column(col, no_wrap=col != "variant", overflow="fold" if col == "variant" else "ellipsis",
+                         justify="left" if col in ("variant", "stop") else "right",
+                         min_width=min(16, max(len(v.label) for v in variants)) if col == "variant" else None)
     for v, res in zip(variants, results):
         if res is None:
             table.add_row(*_row(v.label, "-", "-", "-", "-", "failed", "-", "-"))
@@ -148,7 +153,7 @@ def run(
         tta = "-" if res.time_to_target_s is None else duration(res.time_to_target_s)
         acc = "-" if res.final_accuracy is None else f"{res.final_accuracy:.3f}"
         outside = (res.wall_s - res.train_wall_s) / res.wall_s if res.wall_s > 0 else 0.0
-        table.add_row(*_row(v.label, res.rounds, duration(res.sim_time_s), acc, tta, res.stop_reason, f"{res.wall_s:.0f}", f"{outside:.1%}"))
+        table.add_row(*_row(v.label, res.rounds, duration(res.sim_time_s), acc, tta, res.stop_reason.replace("target_accuracy", "target"), f"{res.wall_s:.0f}", f"{outside:.1%}"))
     console.print(table)
     ok_dirs = [d for d, r in zip(dirs, results) if r is not None]
     if ok_dirs:
@@ -191,31 +196,32 @@ def _variants(scenario: Path | None, resume: Path | None, overrides: list[str], 
 
 
 def _write_sweep(root: Path, variants, existing: str) -> None:
-    """``sweep.yaml``: every variant's resolved configuration, so ``--resume`` can finish
-    the sweep without the scenario file, skipping the runs that finished."""
-    from fedsim.engine.records import config_text
-    from fedsim.engine.rundir import atomic_write
+    from fedsim.study.sweep import write_sweep_file
 
-    configs = [{**v.scenario.model_dump(mode="json", exclude={"sweep"}), "variant": v.label} for v in variants]
-    text = config_text({"variants": configs})
-    path = root / "sweep.yaml"
-    if existing == "resume" and path.is_file():
-        if path.read_text(encoding="utf-8") != text:
-            _fail(FedsimError(f"{root} holds a sweep of another configuration (its sweep.yaml differs)"))
-        return
-    root.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, text)
+    try:
+        write_sweep_file(root, variants, existing)
+    except FedsimError as exc:
+        _fail(exc)
 
 
 @app.command()
-def validate(files: Annotated[list[Path], typer.Argument(help="scenario YAML files")]) -> None:
-    """Check scenario files (and the profiles they use) without running them."""
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="scenario YAML files")],
+    grid: Annotated[Optional[list[str]], typer.Option("--grid", help="check this sweep grid too (as fedsim sweep takes it)")] = None,
+    seeds: Annotated[Optional[str], typer.Option("--seeds", help="seeds of the grid, e.g. 0,1,2 or 0-4")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="dotted.key=value override (repeatable)")] = None,
+) -> None:
+    """Check scenario files (and the profiles they use), or a whole sweep grid, without running them."""
     from fedsim.study.scenario import load_scenario
 
     bad = 0
     for f in files:
         try:
-            variants = load_scenario(f)
+            if grid or seeds:
+                plan = _plan(f, Path("."), grid, seeds, set_, None)
+                say(f"{f}: OK ({_count(len(plan.points), 'point')} x {_count(len(plan.seeds), 'seed')} = {_count(len(plan.runs), 'run')}; points: {', '.join(plan.points)})")
+                continue
+            variants = load_scenario(f, overrides=set_ or [])
         except FedsimError as exc:
             say(f"error: {exc}", err=True)
             bad += 1
@@ -223,6 +229,96 @@ def validate(files: Annotated[list[Path], typer.Argument(help="scenario YAML fil
         say(f"{f}: OK ({len(variants)} run{'s' if len(variants) != 1 else ''}: {', '.join(v.label for v in variants)})")
     if bad:
         raise typer.Exit(2)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _plan(scenario: Path, out: Path, grid, seeds, set_, names):
+    from fedsim.study.grid import parse_seeds
+    from fedsim.study.sweep import plan_sweep
+
+    return plan_sweep(scenario, out, grid or [], parse_seeds(seeds) if seeds else None, set_ or [], names)
+
+
+@app.command()
+def sweep(
+    scenario: Annotated[Path, typer.Argument(help="scenario YAML file")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder: one run folder per point and seed, the study table and plots")],
+    grid: Annotated[Optional[list[str]], typer.Option("--grid", help="KEY=v1,v2,... or KIND.CLASS.FIELD*=f1,f2,... (repeatable), e.g. 'network.*.up_mbps*=1,0.5,0.25'")] = None,
+    seeds: Annotated[Optional[str], typer.Option("--seeds", help="seeds of every point, e.g. 0,1,2 or 0-4 (default: the scenario's)")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="dotted.key=value override of the scenario (repeatable)")] = None,
+    names: Annotated[Optional[str], typer.Option("--name-points", help="folder names of the points, comma-separated, in the order 'fedsim validate --grid' lists them")] = None,
+    executor: Annotated[Optional[str], typer.Option("--executor", help="local, process or ray (default: local, or process with --jobs > 1)")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="runs side by side")] = 1,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="an existing Ray cluster (ray executor)")] = None,
+    target: Annotated[Optional[float], typer.Option("--target", min=0.0, max=1.0, help="time to this accuracy in the table (default: the scenario's target)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="replace the records already in the output folder")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="finish a sweep stopped in --out (finished runs are kept)")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="draw the study plots")] = True,
+) -> None:
+    """Run a what-if grid: every point of the scenario's sweep and the --grid keys, for every seed; then its study table and plots."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from fedsim.engine.rundir import Interrupted, signals_interrupt
+    from fedsim.study.sweep import run_sweep
+
+    if force and resume:
+        _fail(FedsimError("--force and --resume contradict each other; give one"))
+    with _failing_cleanly():
+        plan = _plan(scenario, out, grid, seeds, set_, names)
+        name = executor or ("process" if jobs > 1 else "local")
+        existing = "resume" if resume else "overwrite" if force else "refuse"
+        failed = []
+        say(f"{_count(len(plan.points), 'point')} x {_count(len(plan.seeds), 'seed')} = {_count(len(plan.runs), 'run')} in {out}", err=True)
+        with Progress(TextColumn("{task.description}"), BarColumn(bar_width=16), MofNCompleteColumn(), TextColumn("{task.fields[last]}"), TimeElapsedColumn(),
+                      TextColumn("left ~"), TimeRemainingColumn(), console=err_console, disable=quiet) as progress:
+            task = progress.add_task("runs", total=len(plan.runs), last="")
+            rounds_task = progress.add_task("rounds", total=None, last="", visible=False)
+
+            def on_round(run, row):
+                progress.update(rounds_task, visible=True, total=run.scenario.engine.max_rounds, completed=row["round"] + 1,
+                                last=f"{run.label}: round {row['round'] + 1}, t={duration(row['sim_time_s'])}")
+
+            def on_done(run, result):
+                if isinstance(result, BaseException):
+                    failed.append(run)
+                    say(f"error in {run.label}: {_point_error(result, run.run_dir)}", err=True)
+                progress.update(task, advance=1, last=run.label)
+                progress.reset(rounds_task, visible=False, last="")
+
+            with signals_interrupt():
+                try:
+                    run_sweep(plan, executor=name, jobs=jobs, address=ray_address, existing=existing, on_done=on_done,
+                              on_round=on_round)
+                except (KeyboardInterrupt, Interrupted) as exc:
+                    say(f"interrupted; finish it with: fedsim sweep {scenario} --out {out} --resume (same options)", err=True)
+                    raise typer.Exit(143 if isinstance(exc, Interrupted) else 130)
+        _study_outputs(plan.root, [r.run_dir for r in plan.runs if r not in failed], target, plots)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _study_outputs(root: Path, run_dirs: list[Path], target: float | None, plots: bool) -> None:
+    """The study table (printed, ``study.csv``) and, with ``plots``, the study figures."""
+    from fedsim.engine.rundir import finished_ok
+    from fedsim.study.table import render, study_rows, write_study_csv
+
+    done = [d for d in run_dirs if finished_ok(d)]
+    if not done:
+        return
+    rows, differ = study_rows(done, target)
+    say(render(rows).rstrip("\n"))
+    if differ:
+        say(f"points differ in: {', '.join(differ)}")
+    say(f"wrote {write_study_csv(rows, differ, root / 'study.csv')}")
+    if plots:
+        from fedsim.study.figures import study_figures
+
+        for path in study_figures(done, root / "plots", target=target):
+            say(f"plot: {path}")
 
 
 @app.command()
@@ -260,48 +356,73 @@ def profiles(
     console.print(t)
 
 
-@app.command()
-def plot(
-    run_dirs: Annotated[list[Path], typer.Argument(help="run directories")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="image file")] = Path("time_to_accuracy.png"),
-    x: Annotated[str, typer.Option(help="x axis: time or round")] = "time",
-) -> None:
-    """Plot accuracy against simulated time (or round) for one or more runs."""
-    from fedsim.study.plot import plot_time_to_accuracy
-
-    for d in run_dirs:
-        if not (d / "rounds.csv").is_file():
-            _fail(FedsimError(f"{d} is not a run directory (no rounds.csv); give folders written by 'fedsim run'"))
-    if x not in ("time", "round"):
-        _fail(FedsimError(f"--x must be 'time' or 'round', got {x!r}"))
-    with _failing_cleanly():
-        say(f"wrote {plot_time_to_accuracy(run_dirs, out, x=x)}")
-
-
-@app.command()
-def compare(
-    run_dirs: Annotated[list[Path], typer.Argument(help="run directories, or folders holding them")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="folder for compare.csv and compare.md (default: first argument)")] = None,
-) -> None:
-    """Table of methods over seeds (mean ± std): time to target, accuracy, memory, traffic, energy, failures."""
-    from fedsim.study.compare import compare_runs, find_runs, to_markdown, write_csv
+def _finished_runs(run_dirs: list[Path]) -> list[Path]:
+    """Finished runs at or below ``run_dirs`` (others are named on stderr); an error if none."""
     from fedsim.engine.rundir import finished_ok
+    from fedsim.study.compare import find_runs
 
     found = find_runs(run_dirs)
     dirs = [d for d in found if finished_ok(d)]
     for d in found:
         if d not in dirs:
             say(f"skipped {d}: not a finished run (its summary.json does not say status: ok)", err=True)
+    if not found:
+        _fail(FedsimError(f"{run_dirs[0]} is not a run directory (no rounds.csv and summary.json at or below it); give folders written by 'fedsim run' or 'fedsim sweep'"))
     if not dirs:
         _fail(FedsimError(f"no finished run directories (summary.json with status ok + rounds.csv) at or below {[str(d) for d in run_dirs]}"))
+    return dirs
+
+
+def _say_differences(differ: list[str]) -> None:
+    if differ:
+        say(f"groups differ in: {', '.join(differ)} (runs that differ in the seed alone are one group)")
+
+
+@app.command()
+def plot(
+    run_dirs: Annotated[list[Path], typer.Argument(help="run directories, or folders holding them (seeds are aggregated)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="an image file (.png/.pdf: accuracy over time only) or a folder for every study plot")] = Path("plots"),
+    x: Annotated[str, typer.Option(help="x axis of the accuracy plot: time or round")] = "time",
+    target: Annotated[Optional[float], typer.Option("--target", min=0.0, max=1.0, help="time to this accuracy (default: the runs' target)")] = None,
+) -> None:
+    """Plot runs: accuracy over simulated time (seeds aggregated), time to target against the swept value, resources, participation and failures by device class, a timeline."""
+    from fedsim.study.figures import study_figures
+    from fedsim.study.groups import group_runs
+    from fedsim.study.plot import plot_time_to_accuracy
+
+    if x not in ("time", "round"):
+        _fail(FedsimError(f"--x must be 'time' or 'round', got {x!r}"))
+    dirs = [d for d in run_dirs if (d / "rounds.csv").is_file()] if all((d / "rounds.csv").is_file() for d in run_dirs) else _finished_runs(run_dirs)
     with _failing_cleanly():
-        rows = compare_runs(dirs)
+        _say_differences(group_runs(dirs)[1])
+        if out.suffix.lower() in (".png", ".pdf", ".svg"):
+            say(f"wrote {plot_time_to_accuracy(dirs, out, x=x, target=target)}")
+            return
+        for path in study_figures(dirs, out, target=target):
+            say(f"wrote {path}")
+
+
+@app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="run directories, or folders holding them")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="folder for compare.csv and compare.md (default: first argument)")] = None,
+    target: Annotated[Optional[float], typer.Option("--target", min=0.0, max=1.0, help="time to this accuracy, recomputed from rounds.csv (default: each run's target)")] = None,
+) -> None:
+    """Table of run groups over seeds (mean ± std): time to target, accuracy, memory, traffic, energy, failures."""
+    from fedsim.study.compare import compare_groups, to_markdown, write_csv
+
+    dirs = _finished_runs(run_dirs)
+    with _failing_cleanly():
+        rows, differ = compare_groups(dirs, target)
         md = to_markdown(rows)
         dest = out or (run_dirs[0] if run_dirs[0].is_dir() else run_dirs[0].parent)
         write_csv(rows, dest / "compare.csv")
         (dest / "compare.md").write_text(md, encoding="utf-8")
     # markup=False: method labels such as droppeft[compression=caesar] are not rich tags.
     console.print(md, highlight=False, soft_wrap=True, markup=False)
+    if target is not None:
+        say(f"time to target: to accuracy {target:g}, from rounds.csv")
+    _say_differences(differ)
     say(f"wrote {dest / 'compare.csv'} and {dest / 'compare.md'} ({len(dirs)} runs)")
 
 

@@ -191,3 +191,19 @@ def test_a_plan_that_trains_nothing_returns_an_empty_delta():
     # Assert
     assert result.delta == {} and np.isfinite(result.train_loss)
     assert all(p.requires_grad == (n in fm.base_trainable) for n, p in fm.model.named_parameters())
+
+
+def test_loading_a_model_without_its_head_prints_no_load_report(tmp_path, capfd):
+    # Prepare: an encoder saved without a classification head (as MiniLM is)
+    import logging
+
+    from transformers import BertModel
+
+    BertModel(_tiny_config("bert")).save_pretrained(tmp_path)
+    level = logging.getLogger("transformers").level
+    # Execute
+    build_model(ModelSpec(name_or_path=str(tmp_path), lora_rank=2), num_labels=3, seed=1)
+    # Assert: nothing about the new head, and the library's logging as it was
+    out, err = capfd.readouterr()
+    assert "MISSING" not in out + err and "LOAD REPORT" not in out + err and "Loading weights" not in out + err
+    assert logging.getLogger("transformers").level == level

@@ -11,11 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_serializer
 
 from fedsim.core.configio import Spec
 
 from fedsim.fleet.profiles import ProfileSet
+from fedsim.fleet.scaling import ScaleSpec
 
 __all__ = ["FleetSpec", "Fleet", "sample_fleet"]
 
@@ -35,6 +36,15 @@ class FleetSpec(Spec):
         description="device class -> its own network mix (e.g. Jetsons on ethernet)",
     )
     profiles_dir: str | None = Field(None, description="profile folder (default: device_profiles/)")
+    scale: ScaleSpec | None = Field(None, description="factors on profile fields (fedsim.fleet.scaling)")
+
+    @model_serializer(mode="wrap")
+    def _without_unset_scale(self, handler) -> dict:
+        # Absent unless given: the resolved config.yaml of every run without it stays as it was.
+        data = handler(self)
+        if data.get("scale") is None:
+            data.pop("scale", None)
+        return data
 
     @field_validator("devices", "networks")
     @classmethod
@@ -65,6 +75,8 @@ class FleetSpec(Spec):
             for nname in mix:
                 if nname not in profiles.networks:
                     problems.append((f"fleet.network_by_device.{dname}.{nname}", nname, f"expected a network class, one of {known_n}"))
+        if self.scale is not None:
+            problems += self.scale.class_problems(profiles)
         return problems
 
 

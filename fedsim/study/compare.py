@@ -2,9 +2,9 @@
 
 Each run directory (``summary.json``, ``rounds.csv``, ``clients.csv``, and the resolved
 ``config.yaml`` for the method's parameters) gives one row of metrics (:func:`run_metrics`);
-runs that differ only in their seed form a group (method and its parameters, prefixed by
-the scenario name when several scenarios are compared; see :func:`group_key`), and each group is
-reported as mean ± std over its runs (:func:`compare_runs`). Tables are written as CSV
+runs whose resolved configurations differ only in their seed form a group, labelled by
+what differs (:mod:`fedsim.study.groups`), and each group is reported as mean ± std over
+its runs (:func:`compare_runs`). Tables are written as CSV
 (one column per statistic) and Markdown.
 """
 
@@ -21,8 +21,9 @@ import numpy as np
 
 from fedsim.core.configio import read_yaml
 from fedsim.engine.records import read_clients, read_rounds, read_summary
+from fedsim.study.groups import SEED_RE, group_runs, method_label, time_to
 
-__all__ = ["METRICS", "run_metrics", "group_key", "compare_runs", "to_markdown", "write_csv", "find_runs"]
+__all__ = ["METRICS", "run_metrics", "group_key", "compare_runs", "compare_groups", "aggregate", "to_markdown", "write_csv", "find_runs"]
 
 # (key, column title, scale applied to the raw value, digits)
 METRICS: tuple[tuple[str, str, float, int], ...] = (
@@ -42,36 +43,23 @@ METRICS: tuple[tuple[str, str, float, int], ...] = (
     ("dropout", "dropout", 1.0, 0),
 )
 
-_SEED_RE = re.compile(r"(^|[_-])seed-?\d+")
-
-
 def group_key(summary: dict[str, Any], config: dict[str, Any] | None = None) -> str:
-    """The label of a run's group: its method and method parameters, without the seed.
+    """The label of one run's method: its method and method parameters, without the seed.
 
     From the resolved ``config.yaml`` when there is one (``droppeft[compression=caesar]``),
     else the variant label without its ``seed-N`` part and sweep index. Runs of the
-    analytic surrogate are marked ``[surrogate]``, so they never share a group (or a
-    label) with real training.
+    analytic surrogate are marked ``[surrogate]``. (Which runs form a group is
+    :func:`fedsim.study.groups.group_runs`'s business: their whole configurations.)
     """
     config = config if isinstance(config, dict) else {}
     trainer = config.get("trainer").get("kind") if isinstance(config.get("trainer"), dict) else None
     mark = " [surrogate]" if (trainer or summary.get("trainer")) == "surrogate" else ""
-    method = config.get("method")
-    if isinstance(method, dict) and method.get("name"):
-        params = method.get("params") if isinstance(method.get("params"), dict) else {}
-        inner = ",".join(f"{k}={_short(v)}" for k, v in sorted(params.items()))
-        return (f"{method['name']}[{inner}]" if inner else str(method["name"])) + mark
+    label = method_label(config)
+    if label:
+        return label + mark
     label = str(summary.get("variant") or summary.get("method") or "run")
-    label = re.sub(r"^\d+-", "", _SEED_RE.sub("", label)).strip("_-")
+    label = re.sub(r"^\d+-", "", SEED_RE.sub("", label)).strip("_-")
     return (label or str(summary.get("method", "run"))) + mark
-
-
-def _short(v: Any) -> str:
-    if isinstance(v, dict):
-        return "{" + ",".join(f"{k}={_short(x)}" for k, x in sorted(v.items())) + "}"
-    if isinstance(v, list | tuple):
-        return "[" + ",".join(_short(x) for x in v) + "]"
-    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def _last_finite(x: np.ndarray) -> float:
@@ -79,8 +67,9 @@ def _last_finite(x: np.ndarray) -> float:
     return float(x[-1]) if x.size else math.nan
 
 
-def run_metrics(run_dir: str | Path) -> dict[str, Any]:
-    """One run's metrics, raw units (seconds, bytes, joules); NaN where not available."""
+def run_metrics(run_dir: str | Path, target: float | None = None) -> dict[str, Any]:
+    """One run's metrics, raw units (seconds, bytes, joules); NaN where not available.
+    With ``target``, time to target is recomputed from ``rounds.csv`` for that accuracy."""
     run_dir = Path(run_dir)
     s = read_summary(run_dir)
     rounds = read_rounds(run_dir)
@@ -92,7 +81,8 @@ def run_metrics(run_dir: str | Path) -> dict[str, Any]:
         "method": s.get("method"),
         "seed": s.get("seed"),
         "status": s.get("status"),
-        "time_to_target": s.get("time_to_target_s") if s.get("time_to_target_s") is not None else math.nan,
+        "time_to_target": (time_to(run_dir, target) if target is not None
+                           else s.get("time_to_target_s") if s.get("time_to_target_s") is not None else math.nan),
         "final_accuracy": s.get("final_accuracy") if s.get("final_accuracy") is not None else math.nan,
         "best_accuracy": s.get("best_accuracy") if s.get("best_accuracy") is not None else math.nan,
         "personal_accuracy": _last_finite(rounds["personal_accuracy"]),
@@ -104,6 +94,8 @@ def run_metrics(run_dir: str | Path) -> dict[str, Any]:
         "oom": float(np.nansum(rounds["oom"])),
         "straggler": float(np.nansum(rounds["straggler"])),
         "dropout": float(np.nansum(rounds["dropout"])),
+        "failures": float(np.nansum(rounds["failures"])),
+        "traffic_gb": float(np.nansum(rounds["bytes_up"]) + np.nansum(rounds["bytes_down"])),
     }
     clients = read_clients(run_dir) if (run_dir / "clients.csv").is_file() else None
     if clients is not None and len(clients["round"]):
@@ -116,28 +108,35 @@ def run_metrics(run_dir: str | Path) -> dict[str, Any]:
     return out
 
 
-def compare_runs(run_dirs: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """One row per group: ``n`` runs, ``reached`` (runs that hit the target), and for every
-    metric of :data:`METRICS` its mean and std over the runs (``<key>`` / ``<key>_std``),
-    scaled to the table's units. Time to target is averaged over the runs that reached it."""
-    per_run = [run_metrics(d) for d in run_dirs]
-    if len({m["scenario"] for m in per_run}) > 1:
-        for m in per_run:
-            m["group"] = f"{m['scenario']}/{m['group']}"
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for m in per_run:
-        groups.setdefault(m["group"], []).append(m)
+def compare_runs(run_dirs: Iterable[str | Path], target: float | None = None) -> list[dict[str, Any]]:
+    """One row per group of runs that differ in their seed alone
+    (:func:`fedsim.study.groups.group_runs`): ``n`` runs, ``reached`` (runs that hit the
+    target; ``target`` recomputes it for another accuracy), and for every metric of
+    :data:`METRICS` its mean and std over the runs (``<key>`` / ``<key>_std``), scaled
+    to the table's units. Time to target is averaged over the runs that reached it."""
+    return compare_groups(run_dirs, target)[0]
+
+
+def compare_groups(run_dirs: Iterable[str | Path], target: float | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """:func:`compare_runs`' rows and the configuration keys that differ between groups."""
+    groups, differ = group_runs(run_dirs)
     rows = []
-    for name, runs in groups.items():
-        row: dict[str, Any] = {"group": name, "method": runs[0]["method"], "n": len(runs),
-                               "reached": int(sum(np.isfinite(r["time_to_target"]) for r in runs))}
-        for key, _, scale, _ in METRICS:
-            vals = np.array([r[key] for r in runs], dtype=float) * scale
-            vals = vals[np.isfinite(vals)]
-            row[key] = float(vals.mean()) if vals.size else math.nan
-            row[f"{key}_std"] = float(vals.std(ddof=1)) if vals.size > 1 else (0.0 if vals.size else math.nan)
-        rows.append(row)
-    return rows
+    for g in groups:
+        runs = [run_metrics(d, target) for d in g.runs]
+        rows.append({"group": g.label, "method": runs[0]["method"], **aggregate(runs, [(k, scale) for k, _, scale, _ in METRICS])})
+    return rows, differ
+
+
+def aggregate(runs: Sequence[dict[str, Any]], metrics: Sequence[tuple[str, float]]) -> dict[str, Any]:
+    """``n``, ``reached`` and, for each ``(key, scale)``, the mean and sample std of the
+    runs' finite values (``<key>``, ``<key>_std``) times ``scale``."""
+    row: dict[str, Any] = {"n": len(runs), "reached": int(sum(np.isfinite(r["time_to_target"]) for r in runs))}
+    for key, scale in metrics:
+        vals = np.array([r[key] for r in runs], dtype=float) * scale
+        vals = vals[np.isfinite(vals)]
+        row[key] = float(vals.mean()) if vals.size else math.nan
+        row[f"{key}_std"] = float(vals.std(ddof=1)) if vals.size > 1 else (0.0 if vals.size else math.nan)
+    return row
 
 
 def _cell(mean: float, std: float, digits: int) -> str:

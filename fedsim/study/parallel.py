@@ -13,8 +13,10 @@ GPU (a few hundred MB each; a MiniLM-L6 run needs well under 1 GB). An exception
 run comes back as its result (the run's ``summary.json`` already says ``status:
 failed``); the others go on.
 
-This is the single-machine seam that a distributed backend (e.g. Ray tasks over the
-same ``fn`` and ``tasks``) can replace.
+This is the single-machine seam that a distributed backend replaces: :func:`get_executor`
+names one of ``local`` (this process, in order), ``process`` (:func:`run_all` in worker
+processes) or ``ray`` (``fedsim.study.ray_executor.run_all_ray``, the same contract over
+Ray tasks, imported only when asked for).
 """
 
 from __future__ import annotations
@@ -25,7 +27,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, TypeVar
 
-__all__ = ["run_all"]
+from fedsim.core.errors import FedsimError
+
+__all__ = ["run_all", "get_executor", "EXECUTORS"]
+
+EXECUTORS = ("local", "process", "ray")
 
 T = TypeVar("T", bound=Sequence[Any])
 
@@ -61,3 +67,40 @@ def run_all(fn: Callable[..., Any], tasks: Iterable[T], jobs: int = 1) -> Iterat
                 task = pending.pop(fut)
                 exc = fut.exception()
                 yield task, (exc if exc is not None else fut.result())
+
+
+Executor = Callable[[Callable[..., Any], Iterable[T], int], Iterator[tuple[T, Any]]]
+
+
+def get_executor(name: str, address: str | None = None) -> Executor:
+    """``executor(fn, tasks, jobs)`` with :func:`run_all`'s contract, by name.
+
+    ``local`` runs the tasks here, one after another (``jobs`` must be 1); ``process``
+    is :func:`run_all`; ``ray`` runs them as Ray tasks on a local Ray started on the fly,
+    or on the cluster at ``address``.
+
+    Raises:
+        FedsimError: an unknown name, an address for another executor, or Ray (or its
+            executor module) not installed.
+    """
+    if name not in EXECUTORS:
+        raise FedsimError(f"unknown executor {name!r}; expected one of {', '.join(EXECUTORS)}")
+    if address is not None and name != "ray":
+        raise FedsimError(f"a Ray address ({address}) needs the ray executor, not {name!r}")
+    if name == "local":
+        def local(fn, tasks, jobs=1):
+            if jobs != 1:
+                raise FedsimError(f"the local executor runs one task at a time; for --jobs {jobs} use --executor process or ray")
+            return run_all(fn, tasks, 1)
+        return local
+    if name == "process":
+        return run_all
+
+    try:  # here, not at the top: Ray is an optional extra
+        from fedsim.study.ray_executor import run_all_ray
+    except ImportError as exc:
+        raise FedsimError(f"the ray executor is not available ({exc}); install it with: pip install 'fedsim[ray]'") from None
+
+    def ray(fn, tasks, jobs=1):
+        return run_all_ray(fn, tasks, jobs, address=address)
+    return ray

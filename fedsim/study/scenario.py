@@ -30,10 +30,14 @@ from fedsim.fleet.fleet import FleetSpec
 from fedsim.methods.base import get_method, method_names
 from fedsim.core.models import check_trainable
 from fedsim.fleet.profiles import ProfileSet, load_profiles
+from fedsim.fleet.scaling import ScaleError, scale_profiles
 from fedsim.learning.surrogate import SurrogateSpec
 from fedsim.learning.real.config import DataSpec, ModelSpec, TrainSpec
 
-__all__ = ["Scenario", "LocalSpec", "TrainerSpec", "MethodSpec", "Variant", "load_scenario", "expand", "MAX_SWEEP_POINTS"]
+__all__ = [
+    "Scenario", "LocalSpec", "TrainerSpec", "MethodSpec", "Variant", "load_scenario", "read_scenario", "validate_points",
+    "expand", "sweep_points", "MAX_SWEEP_POINTS",
+]
 
 # Counted before any point is built: a sweep is a list of runs, and 10^7 of them is a typo.
 MAX_SWEEP_POINTS = 10_000
@@ -108,6 +112,11 @@ def _check_semantics(sc: Scenario, file, lines, profiles: ProfileSet, label: str
     for path, value, expected in sc.fleet.check_classes(profiles):
         key = tuple(path.split("."))
         problems.append((path, lines.get(key) or lines.get(key[:-1]), value, expected))
+    if not problems:
+        try:
+            scale_profiles(profiles, sc.fleet.scale)
+        except ScaleError as exc:
+            problems.append((exc.path, lines.get(tuple(exc.path.split("."))), exc.value, exc.expected))
     problems += _data_problems(sc, lines, {} if memo is None else memo)
     shape, model_problems = _model_shape(sc, lines)
     problems += model_problems
@@ -200,14 +209,16 @@ def _slug(value: Any) -> str:
     return text or "x"
 
 
-def expand(data: dict, file=None) -> list[tuple[str, dict]]:
-    """The (label, raw scenario) pairs of every sweep combination (one if no sweep)."""
+def sweep_points(data: dict, file=None) -> list[tuple[list[tuple[str, Any]], dict]]:
+    """``(the (key, value) of each swept key, raw scenario)`` for every sweep combination
+    (one with no keys if there is no sweep); a sweep over more than
+    :data:`MAX_SWEEP_POINTS` runs is refused from the lengths of its lists."""
     sweep = data.get("sweep") or {}
     if not isinstance(sweep, dict):
         raise ConfigError(file, [("sweep", None, sweep, "a mapping from dotted keys to lists of values")])
     base = {k: v for k, v in data.items() if k != "sweep"}
     if not sweep:
-        return [("", base)]
+        return [([], base)]
     keys = list(sweep)
     for k in keys:
         if not isinstance(sweep[k], list) or not sweep[k]:
@@ -218,10 +229,19 @@ def expand(data: dict, file=None) -> list[tuple[str, dict]]:
         raise ConfigError(file, [("sweep", None, ConfigError.MISSING, f"has {sizes} = {points:,} points; expected at most {MAX_SWEEP_POINTS:,} runs")])
     out = []
     for combo in itertools.product(*(sweep[k] for k in keys)):
-        overrides = [(k, v) for k, v in zip(keys, combo)]
+        overrides = list(zip(keys, combo))
         raw = base
         for k, v in overrides:
             raw = _set(raw, k, v, file)
+        out.append((overrides, raw))
+    return out
+
+
+def expand(data: dict, file=None) -> list[tuple[str, dict]]:
+    """The (label, raw scenario) pairs of every sweep combination (one if no sweep)."""
+    out = []
+    for overrides, raw in sweep_points(data, file):
+        keys = [k for k, _ in overrides]
         label = "_".join(_slug(v) if len(keys) == 1 or k == "method" else f"{k.split('.')[-1]}-{_slug(v)}" for k, v in overrides)
         out.append((label, raw))
     labels = [label for label, _ in out]
@@ -245,12 +265,8 @@ def _set(data: dict, dotted: str, value: Any, file) -> dict:
     return data
 
 
-def load_scenario(path: str | Path, overrides: list[str] | None = None, seed: int | None = None) -> list[Variant]:
-    """Load, override, expand and validate a scenario file; one :class:`Variant` per run.
-
-    Raises:
-        ConfigError: anything wrong in the file, the overrides or the profile folder.
-    """
+def read_scenario(path: str | Path, overrides: list[str] | None = None, seed: int | None = None) -> tuple[dict, dict]:
+    """A scenario file's raw data (overrides and seed applied) and its line map."""
     data, lines = read_yaml(path)
     if data is None:
         data = {}
@@ -260,10 +276,30 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None, seed: in
         data = apply_overrides(data, overrides, file=path)
     if seed is not None:
         data["seed"] = seed
+    return data, lines
+
+
+def load_scenario(path: str | Path, overrides: list[str] | None = None, seed: int | None = None) -> list[Variant]:
+    """Load, override, expand and validate a scenario file; one :class:`Variant` per run.
+
+    Raises:
+        ConfigError: anything wrong in the file, the overrides or the profile folder.
+    """
+    data, lines = read_scenario(path, overrides, seed)
+    return validate_points(expand(data, file=path), path, lines)
+
+
+def validate_points(labelled: list[tuple[str, dict]], path: str | Path, lines: dict) -> list[Variant]:
+    """Validate every ``(label, raw scenario)`` (schema, then every check that needs no
+    training); one :class:`Variant` each.
+
+    Raises:
+        ConfigError: the first point with a problem, naming it.
+    """
     variants = []
     profiles_cache: dict[Any, ProfileSet] = {}
     data_memo: dict = {}
-    for label, raw in expand(data, file=path):
+    for label, raw in labelled:
         sc = validate(Scenario, raw, file=path, lines=lines)
         key = sc.fleet.profiles_dir
         if key is not None and not Path(key).is_dir():

@@ -28,6 +28,7 @@ from fedsim.methods.base import get_method
 from fedsim.core.models import default_lora_targets, model_config_dict
 from fedsim.core.plan import ClientPlan
 from fedsim.fleet.profiles import load_profiles
+from fedsim.fleet.scaling import ScaleError, scale_profiles
 from fedsim.engine.records import RunRecorder, config_text, read_summary
 from fedsim.core.rng import Seeds
 from fedsim.engine.rundir import Existing, Interrupted, clear, finished_ok, prepare
@@ -134,7 +135,10 @@ def simulate(
     saved = {"n": 0, "wall_s": 0.0, "bytes": 0, "since": t0, "last_s": 0.0}
     try:
         seeds = Seeds(sc.seed)
-        profiles = load_profiles(sc.fleet.profiles_dir)
+        try:
+            profiles = scale_profiles(load_profiles(sc.fleet.profiles_dir), sc.fleet.scale)
+        except ScaleError as exc:
+            raise ConfigError(None, [(exc.path, None, exc.value, exc.expected)]) from None
         fleet = sample_fleet(sc.fleet, profiles, seeds.generator("fleet"))
         availability = DiurnalAvailability(fleet, seeds.int_seed("availability"), sc.engine.start_hour_utc)
         trainer, shape = _build_trainer(sc, seeds, fleet.size)

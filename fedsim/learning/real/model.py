@@ -22,8 +22,11 @@ instead, but then every distinct plan would need its own model.)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,6 +176,28 @@ def _is_head(name: str, base_prefix: str) -> bool:
     return not name.startswith(base_prefix + ".") or ".pooler." in name
 
 
+@contextlib.contextmanager
+def _quiet_load() -> Iterator[None]:
+    """No load report ("classifier.weight | MISSING": the head is new by design), no
+    sharding notes and no "Loading weights" bar while a pretrained model loads: the
+    ``transformers`` loggers say only errors then; restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    loggers = [logging.getLogger("transformers")]
+    levels = [lg.level for lg in loggers]
+    bars = hf_logging.is_progress_bar_enabled()
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def build_model(
     spec: ModelSpec, num_labels: int, seed: int, vocab_size: int | None = None, device: str | torch.device = "cpu"
 ) -> FedModel:
@@ -202,9 +227,10 @@ def build_model(
             model = BertForSequenceClassification(tiny_bert_config(vocab_size, num_labels))
         else:
             # float32 whatever the files hold (transformers 5 would keep fp16 weights fp16).
-            model = AutoModelForSequenceClassification.from_pretrained(
-                str(path), num_labels=num_labels, dtype=torch.float32
-            )
+            with _quiet_load():
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    str(path), num_labels=num_labels, dtype=torch.float32
+                )
         config = model.config
         targets = tuple(spec.lora_targets) if spec.lora_targets else default_lora_targets(config.model_type)
         lora = LoraConfig(
