@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsim.fleet.availability import DiurnalAvailability
+from fedsim.fleet.availability import availability_model
 from fedsim.core.costmodel import CostCoefficients, ModelShape
 from fedsim.engine import checkpoint
 from fedsim.engine.checkpoint import Checkpoint
@@ -136,7 +136,7 @@ def simulate(
         seeds = Seeds(sc.seed)
         profiles = load_profiles(sc.fleet.profiles_dir)
         fleet = sample_fleet(sc.fleet, profiles, seeds.generator("fleet"))
-        availability = DiurnalAvailability(fleet, seeds.int_seed("availability"), sc.engine.start_hour_utc)
+        availability = availability_model(sc.fleet, fleet, seeds.int_seed("availability"), sc.engine.start_hour_utc)
         trainer, shape = _build_trainer(sc, seeds, fleet.size)
         base_plan = build_base_plan(sc, shape, getattr(trainer, "lora_targets", None))
         try:
