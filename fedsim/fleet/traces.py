@@ -218,7 +218,7 @@ def load_device_trace(path: str | Path) -> DeviceTrace:
         if bad.size:
             i = int(bad[0])
             more = f" ({bad.size - 1} more clients like it)" if bad.size > 1 else ""
-            raise TraceError(path, f"{values[i]!r}; expected a finite positive number of {unit}{more}", ids[i], field)
+            raise TraceError(path, f"{float(values[i])!r}; expected a finite positive number of {unit}{more}", ids[i], field)
     return DeviceTrace(source=str(path), client_ids=ids, ms_per_sample=comp, kbit_per_s=comm)
 
 
