@@ -229,11 +229,28 @@ def validate(files: Annotated[list[Path], typer.Argument(help="scenario YAML fil
 def profiles(
     name: Annotated[Optional[str], typer.Argument(help="a class to show in full")] = None,
     dir_: Annotated[Optional[Path], typer.Option("--dir", help="profile folder (default device_profiles/)")] = None,
+    check: Annotated[Optional[Path], typer.Option("--check", help="scenario: per device class, predicted round time and memory, and who cannot take part")] = None,
+    availability: Annotated[Optional[Path], typer.Option("--availability", help="scenario: plot the available share of its fleet over --days")] = None,
+    days: Annotated[float, typer.Option(min=0.01, max=366, help="with --availability: simulated days to plot")] = 1.0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="with --availability: image file")] = Path("availability.png"),
 ) -> None:
-    """List the device and network classes, or show one."""
+    """List the device and network classes, or show one; check a scenario's fleet (--check)
+    or plot its availability (--availability)."""
     import yaml
 
     from fedsim.fleet.profiles import load_profiles
+
+    if check is not None or availability is not None:
+        from fedsim.study.fleet_check import check_fleet, report
+        from fedsim.study.plot_availability import plot_availability
+        from fedsim.study.scenario import load_scenario
+
+        with _failing_cleanly():
+            for v in load_scenario(check) if check is not None else []:
+                say(report(v.label, *check_fleet(v.scenario)))
+            if availability is not None:
+                say(f"wrote {plot_availability(load_scenario(availability)[0].scenario, out, days)}")
+        return
 
     try:
         ps = load_profiles(dir_)

@@ -302,3 +302,50 @@ def test_device_leaving_mid_round_drops_out_at_that_time(tmp_path, shipped_profi
         (1, 0, "ok", 16.0), (1, 2, "ok", 20.0), (1, 3, "ok", 22.0),
     ]
     assert [h["available"] for h in engine.history] == [4, 3]
+
+
+# -- scenarios -------------------------------------------------------------------------------------
+
+
+def test_scenario_names_a_bad_trace_file(tmp_path, write_yaml):
+    from conftest import TINY_SCENARIO
+    from fedsim.core.errors import ConfigError
+    from fedsim.study.scenario import load_scenario
+
+    cap = _json(tmp_path, "cap.json", {"1": {"computation": 5, "communication": 0}})
+    text = TINY_SCENARIO.replace("  network_by_device:", f"  trace: {{capacity: {cap}, reference_gflops_per_sample: 1}}\n  network_by_device:")
+
+    with pytest.raises(ConfigError) as exc:
+        load_scenario(write_yaml("bad.yaml", text))
+
+    msg = str(exc.value)
+    assert "'fleet.trace.capacity'" in msg and "client '1', field 'communication'" in msg and "line 7" in msg
+
+
+def test_scenario_fleet_larger_than_capacity_trace(tmp_path, write_yaml):
+    from conftest import TINY_SCENARIO
+    from fedsim.core.errors import ConfigError
+    from fedsim.study.scenario import load_scenario
+
+    cap = _json(tmp_path, "cap.json", CAPACITY)
+    text = TINY_SCENARIO.replace("  network_by_device:", f"  trace: {{capacity: {cap}, reference_gflops_per_sample: 1}}\n  network_by_device:")
+
+    with pytest.raises(ConfigError, match="a trace of at least fleet.size = 60 clients; it holds 2"):
+        load_scenario(write_yaml("bad.yaml", text))
+
+
+def test_shipped_trace_scenario_runs(tmp_path, monkeypatch):
+    from fedsim.engine.records import read_rounds
+    from fedsim.study.scenario import load_scenario
+    from fedsim.study.simulate import build_fleet, simulate
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the scenario names its traces from the repository root
+    variant = load_scenario("scenarios/traces.yaml", overrides=["engine.max_rounds=3"])[0]
+    _, fleet, _ = build_fleet(variant.scenario)
+
+    simulate(variant.scenario, tmp_path / "run")
+
+    # MiniLM-L6 forward at 128 tokens (2.87 GFLOP) over the first client's 61.9 ms per sample.
+    first = load_device_trace("scenarios/traces/device_capacity.json")
+    assert fleet.flops_per_s[0] == pytest.approx(variant.scenario.fleet.trace.reference_flops() / (first.ms_per_sample[0] / 1e3))
+    assert len(read_rounds(tmp_path / "run")["round"]) == 3
