@@ -278,6 +278,37 @@ def profiles(
 
 
 @app.command()
+def calibrate(
+    model: Annotated[str, typer.Option("--model", "-m", help="minilm-l6, tiny-bert or a local model directory")] = "minilm-l6",
+    out: Annotated[Path, typer.Option("--out", "-o", help="profile file to write")] = Path("device_profiles/this-host.yaml"),
+    name: Annotated[Optional[str], typer.Option(help="device class name (default: the file's stem)")] = None,
+    configs: Annotated[Optional[str], typer.Option(help="SEQxBATCH[xLAYERS],... (default: 7 configurations)")] = None,
+    steps: Annotated[int, typer.Option(min=1, max=1000, help="timed steps per configuration")] = 4,
+    threads: Annotated[int, typer.Option(min=1, max=1024, help="torch threads while measuring (more than the idle cores makes them spin)")] = 1,
+    watts: Annotated[float, typer.Option(min=0.1, max=1e5, help="assumed power while training, for joules_per_gflop")] = 30.0,
+    force: Annotated[bool, typer.Option("--force", help="replace --out if it exists")] = False,
+) -> None:
+    """Measure this host's training step time and memory for a model, fit the cost model's
+    host figures and write a device profile; prints predicted against measured."""
+    from fedsim.study.calibrate import DEFAULT_CONFIGS, calibrate as run_calibration, parse_configs, table
+
+    try:
+        grid = parse_configs(configs) if configs else DEFAULT_CONFIGS
+    except ValueError as exc:
+        _fail(FedsimError(f"--configs {configs!r}: {exc}"))
+
+    def on_row(m) -> None:
+        say(f"  seq {m.config.seq_len} batch {m.config.batch_size} layers {m.layers_run}: {m.step_s:.4f} s/step, "
+            f"{m.peak_train_bytes / 1e6:.0f} MB", err=True)
+
+    with _failing_cleanly():
+        fitted = run_calibration(model, out, configs=grid, name=name, steps=steps, threads=threads, watts=watts,
+                                 force=force, on_row=on_row)
+    say(table(fitted))
+    say(f"wrote {out}")
+
+
+@app.command()
 def plot(
     run_dirs: Annotated[list[Path], typer.Argument(help="run directories")],
     out: Annotated[Path, typer.Option("--out", "-o", help="image file")] = Path("time_to_accuracy.png"),
