@@ -53,7 +53,7 @@ def test_tiny_model_calibration_writes_a_profile_a_scenario_uses(tmp_path, write
     shutil.copy(default_profiles_dir() / "networks.yaml", profiles)
     out = profiles / "lab-host.yaml"
 
-    f = calibrate("tiny-bert", out, configs=(CalibConfig(16, 2), CalibConfig(32, 4, 2)), steps=2, isolate=False,
+    f = calibrate("tiny-bert", out, configs=(CalibConfig(16, 2), CalibConfig(32, 4, 2)), steps=1, isolate=False,
                   app_memory_gb=4.0, watts=20.0)
 
     cls = load_profiles(profiles).device("lab-host")
@@ -69,3 +69,19 @@ def test_tiny_model_calibration_writes_a_profile_a_scenario_uses(tmp_path, write
 
     with pytest.raises(FedsimError, match="already exists"):
         calibrate("tiny-bert", out, configs=(CalibConfig(16, 2),), isolate=False)
+
+
+def test_cli_refuses_bad_configs_and_existing_files(tmp_path):
+    from typer.testing import CliRunner
+
+    from fedsim.cli import app
+
+    existing = tmp_path / "host.yaml"
+    existing.write_text("devices: {}\n", encoding="utf-8")
+    runner = CliRunner()
+
+    bad = runner.invoke(app, ["calibrate", "--model", "tiny-bert", "--configs", "64", "--out", str(tmp_path / "x.yaml")])
+    taken = runner.invoke(app, ["calibrate", "--model", "tiny-bert", "--out", str(existing)])
+
+    assert bad.exit_code == 2 and "'64' is not SEQxBATCH" in bad.output
+    assert taken.exit_code == 2 and "already exists" in taken.output and existing.read_text() == "devices: {}\n"

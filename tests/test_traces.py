@@ -349,3 +349,26 @@ def test_shipped_trace_scenario_runs(tmp_path, monkeypatch):
     first = load_device_trace("scenarios/traces/device_capacity.json")
     assert fleet.flops_per_s[0] == pytest.approx(variant.scenario.fleet.trace.reference_flops() / (first.ms_per_sample[0] / 1e3))
     assert len(read_rounds(tmp_path / "run")["round"]) == 3
+
+
+@fuzz(60)
+@given(st.dictionaries(
+    st.one_of(st.integers(), st.text(max_size=3)),
+    st.one_of(
+        st.fixed_dictionaries({}, optional={
+            "computation": st.one_of(st.floats(allow_nan=True), st.integers(-3, 3), st.booleans(), st.text(max_size=2), st.none()),
+            "communication": st.one_of(st.floats(allow_nan=True), st.integers(-3, 3), st.booleans(), st.none()),
+        }),
+        st.integers(), st.lists(st.integers(), max_size=2),
+    ),
+    max_size=4,
+))
+def test_any_capacity_pickle_loads_or_says_why(tmp_path_factory, data):
+    path = _pickle(tmp_path_factory.mktemp("fuzz"), "cap.pkl", data)
+
+    try:
+        trace = load_device_trace(path)
+    except TraceError as exc:
+        assert str(path) in str(exc)
+        return
+    assert np.all(np.isfinite(trace.ms_per_sample) & (trace.ms_per_sample > 0) & (trace.kbit_per_s > 0))
