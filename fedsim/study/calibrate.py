@@ -279,7 +279,7 @@ def profile_yaml(f: Fit, name: str, model: str, *, app_memory_gb: float, watts: 
     import yaml
 
     from fedsim.core.configio import validate
-    from fedsim.fleet.profiles import _ProfileFile
+    from fedsim.fleet.profiles import ProfileFile
 
     et = np.abs(f.time_errors)
     cls = {
@@ -294,7 +294,7 @@ def profile_yaml(f: Fit, name: str, model: str, *, app_memory_gb: float, watts: 
         "dropout_prob": 0.0,
         "joules_per_gflop": {"dist": "constant", "value": float(f"{watts / f.gflops_per_s:.4g}")},
     }
-    validate(_ProfileFile, {"devices": {name: cls}}, file=f"<profile {name}>")
+    validate(ProfileFile, {"devices": {name: cls}}, file=f"<profile {name}>")
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     header = [
         f"# Written by `fedsim calibrate --model {model}` on {when} ({platform.node() or 'host'}).",
