@@ -372,3 +372,23 @@ def test_any_capacity_pickle_loads_or_says_why(tmp_path_factory, data):
         assert str(path) in str(exc)
         return
     assert np.all(np.isfinite(trace.ms_per_sample) & (trace.ms_per_sample > 0) & (trace.kbit_per_s > 0))
+
+
+def test_available_matches_a_plain_loop_over_clients(tmp_path):
+    rng = np.random.default_rng(5)
+    data = {}
+    for c in range(300):
+        edges = np.unique(rng.integers(0, 10_000, size=2 * rng.integers(0, 6)))
+        edges = edges[: edges.size // 2 * 2].astype(float)
+        period = float(rng.choice([10_000, 12_345]))
+        data[c] = _behave(edges[0::2].tolist(), edges[1::2].tolist(), finish=period)
+    trace = load_availability_trace(_pickle(tmp_path, "b.pkl", data))
+    avail = TraceAvailability(trace, 450)
+
+    for t in rng.uniform(0, 50_000, 40).tolist() + [0.0, 10_000.0, 12_345.0]:
+        expected = []
+        for i in range(450):
+            e = data[i % 300]
+            x = t % e["finish_time"]
+            expected.append(any(a <= x < b for a, b in zip(e["active"], e["inactive"])))
+        assert avail.available(t).tolist() == expected
