@@ -40,7 +40,7 @@ def plot_availability(sc: Scenario, out_file: str | Path, days: float = 1.0, ste
 
     step_s = step_s or (600.0 if days <= 2 else 1800.0)
     t_s, shares = availability_share(sc, days, step_s)
-    fig, ax = plt.subplots(figsize=(8, 4), dpi=120)
+    fig, ax = plt.subplots(figsize=(9.5, 4), dpi=120)
     hours = t_s / 3600.0
     for name, share in shares.items():
         if name == "all":
@@ -56,7 +56,7 @@ def plot_availability(sc: Scenario, out_file: str | Path, days: float = 1.0, ste
     ax.set_xlim(0, hours[-1])
     ax.set_xticks(np.arange(0, hours[-1] + 1, 6 if days <= 2 else 24))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # outside: peaks stay visible
     fig.tight_layout()
     out = Path(out_file)
     out.parent.mkdir(parents=True, exist_ok=True)
