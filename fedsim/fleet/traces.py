@@ -39,7 +39,9 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from fedsim.core.configio import Spec
+from fedsim.core.costmodel import ModelShape, forward_flops_per_example
 from fedsim.core.errors import FedsimError
+from fedsim.core.models import model_config_dict
 
 __all__ = [
     "TraceSpec", "TraceError", "DeviceTrace", "AvailabilityTrace",
@@ -91,9 +93,6 @@ class TraceSpec(Spec):
         """Forward FLOPs per sample of the reference model (see docs/traces.md)."""
         if self.reference_gflops_per_sample is not None:
             return self.reference_gflops_per_sample * 1e9
-        from fedsim.core.costmodel import ModelShape, forward_flops_per_example
-        from fedsim.core.models import model_config_dict
-
         shape = ModelShape.from_hf_config(model_config_dict(self.reference_model))
         return forward_flops_per_example(shape, self.reference_seq_len)
 
