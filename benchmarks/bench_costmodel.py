@@ -70,7 +70,6 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -78,61 +77,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fedsim.study.calibrate import PeakRss, _rss_bytes  # noqa: E402  (the path above first)
+
 NUM_LABELS = 4
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _hwm_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise OSError("no VmHWM in /proc/self/status")
-
-
-class PeakRss:
-    """Peak RSS of this process while the block runs.
-
-    Resets the kernel's high-water mark (``echo 5 > /proc/self/clear_refs``) on entry and
-    reads ``VmHWM`` on exit; if that is not possible, samples RSS every millisecond in a
-    background thread instead.
-    """
-
-    def __init__(self, interval_s: float = 0.001) -> None:
-        self.interval_s = interval_s
-        self.peak_bytes = _rss_bytes()
-        self.method = "VmHWM"
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak_bytes = max(self.peak_bytes, _rss_bytes())
-            time.sleep(self.interval_s)
-
-    def __enter__(self) -> PeakRss:
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            if _hwm_bytes() > _rss_bytes() + (1 << 20):
-                raise OSError("VmHWM was not reset")
-        except OSError:
-            self.method = "sampled"
-            self._thread = threading.Thread(target=self._run, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self.peak_bytes = max(self.peak_bytes, _rss_bytes())
-        else:
-            self.peak_bytes = _hwm_bytes()
 
 
 def make_plan(num_layers: int, drop: float, seq_len: int, batch_size: int, rank: int, top_layers: int, steps: int):

@@ -325,11 +325,28 @@ def _study_outputs(root: Path, run_dirs: list[Path], target: float | None, plots
 def profiles(
     name: Annotated[Optional[str], typer.Argument(help="a class to show in full")] = None,
     dir_: Annotated[Optional[Path], typer.Option("--dir", help="profile folder (default device_profiles/)")] = None,
+    check: Annotated[Optional[Path], typer.Option("--check", help="scenario: per device class, predicted round time and memory, and who cannot take part")] = None,
+    availability: Annotated[Optional[Path], typer.Option("--availability", help="scenario: plot the available share of its fleet over --days")] = None,
+    days: Annotated[float, typer.Option(min=0.01, max=366, help="with --availability: simulated days to plot")] = 1.0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="with --availability: image file")] = Path("availability.png"),
 ) -> None:
-    """List the device and network classes, or show one."""
+    """List the device and network classes, or show one; check a scenario's fleet (--check)
+    or plot its availability (--availability)."""
     import yaml
 
     from fedsim.fleet.profiles import load_profiles
+
+    if check is not None or availability is not None:
+        from fedsim.study.fleet_check import check_fleet, report
+        from fedsim.study.plot_availability import plot_availability
+        from fedsim.study.scenario import load_scenario
+
+        with _failing_cleanly():
+            for v in load_scenario(check) if check is not None else []:
+                say(report(v.label, *check_fleet(v.scenario)))
+            if availability is not None:
+                say(f"wrote {plot_availability(load_scenario(availability)[0].scenario, out, days)}")
+        return
 
     try:
         ps = load_profiles(dir_)
@@ -354,6 +371,37 @@ def profiles(
     for n, c in ps.networks.items():
         t.add_row(*_row(n, f"{c.downlink_mbps.mean():.1f}", f"{c.uplink_mbps.mean():.1f}", f"{c.latency_ms.mean():.0f}", f"{c.dropout_prob:g}", c.description))
     console.print(t)
+
+
+@app.command()
+def calibrate(
+    model: Annotated[str, typer.Option("--model", "-m", help="minilm-l6, tiny-bert or a local model directory")] = "minilm-l6",
+    out: Annotated[Path, typer.Option("--out", "-o", help="profile file to write")] = Path("device_profiles/this-host.yaml"),
+    name: Annotated[Optional[str], typer.Option(help="device class name (default: the file's stem)")] = None,
+    configs: Annotated[Optional[str], typer.Option(help="SEQxBATCH[xLAYERS],... (default: 7 configurations)")] = None,
+    steps: Annotated[int, typer.Option(min=1, max=1000, help="timed steps per configuration")] = 4,
+    threads: Annotated[int, typer.Option(min=1, max=1024, help="torch threads while measuring (more than the idle cores makes them spin)")] = 1,
+    watts: Annotated[float, typer.Option(min=0.1, max=1e5, help="assumed power while training, for joules_per_gflop")] = 30.0,
+    force: Annotated[bool, typer.Option("--force", help="replace --out if it exists")] = False,
+) -> None:
+    """Measure this host's training step time and memory for a model, fit the cost model's
+    host figures and write a device profile; prints predicted against measured."""
+    from fedsim.study.calibrate import DEFAULT_CONFIGS, calibrate as run_calibration, parse_configs, table
+
+    try:
+        grid = parse_configs(configs) if configs else DEFAULT_CONFIGS
+    except ValueError as exc:
+        _fail(FedsimError(f"--configs {configs!r}: {exc}"))
+
+    def on_row(m) -> None:
+        say(f"  seq {m.config.seq_len} batch {m.config.batch_size} layers {m.layers_run}: {m.step_s:.4f} s/step, "
+            f"{m.peak_train_bytes / 1e6:.0f} MB", err=True)
+
+    with _failing_cleanly():
+        fitted = run_calibration(model, out, configs=grid, name=name, steps=steps, threads=threads, watts=watts,
+                                 force=force, on_row=on_row)
+    say(table(fitted))
+    say(f"wrote {out}")
 
 
 def _finished_runs(run_dirs: list[Path]) -> list[Path]:

@@ -39,6 +39,7 @@ __all__ = [
     "PlanCost",
     "plan_cost",
     "layer_forward_flops",
+    "forward_flops_per_example",
     "expected_layers_run",
     "client_times",
     "ClientTimes",
@@ -211,6 +212,11 @@ def layer_forward_flops(shape: ModelShape, seq_len: int) -> float:
     """Forward FLOPs of one encoder layer for one example (LoRA excluded)."""
     h, f, s = shape.hidden, shape.ffn, seq_len
     return s * (8 * h * h + 4 * h * f) + 4 * s * s * h
+
+
+def forward_flops_per_example(shape: ModelShape, seq_len: int) -> float:
+    """Forward FLOPs of the whole model (every layer and the head) for one example."""
+    return shape.num_layers * layer_forward_flops(shape, seq_len) + 2.0 * shape.head_params
 
 
 def expected_layers_run(plan: ClientPlan) -> float:

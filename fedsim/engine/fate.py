@@ -10,7 +10,8 @@ How a round closes (the server's rules):
 
 * a client whose plan needs more memory than its device has fails with ``oom`` when
   training would start (after its download); a client that drops out stops at a
-  uniform random point of its round, unless it ran out of memory first; a transfer that
+  uniform random point of its round, unless it ran out of memory first; a client whose
+  availability trace takes it offline mid-round drops out at that moment; a transfer that
   fails is retried after a back-off (:mod:`fedsim.engine.retries`), and a client whose retries
   all fail gives up with ``transfer_failed``, unless one of the others came first;
 * the round closes at the first of: ``quota`` updates have arrived, the deadline, or
@@ -143,10 +144,13 @@ def draw_slowdown(rng: np.random.Generator, fleet: Fleet, ids: np.ndarray, slowd
 
 
 def draw_failures(
-    rng: np.random.Generator, fleet: Fleet, ids: np.ndarray, times: ClientTimes, give_up_s: np.ndarray | None = None
+    rng: np.random.Generator, fleet: Fleet, ids: np.ndarray, times: ClientTimes, give_up_s: np.ndarray | None = None,
+    online_s: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per client, its own fate (``OK``, ``OOM``, ``DROPOUT`` or, where ``give_up_s`` is
-    finite, ``TRANSFER_FAILED``) and when, from its start, it comes."""
+    finite, ``TRANSFER_FAILED``) and when, from its start, it comes. ``online_s``: how
+    long each client stays online (its availability trace); one that leaves before its
+    fate comes drops out then."""
     n = ids.size
     dropping = rng.random(n) < fleet.dropout_prob[ids]
     drop_frac = rng.random(n)
@@ -160,6 +164,10 @@ def draw_failures(
     is_drop = dropping & (~times.oom | (drop_t < fail_at))
     fail[is_drop] = DROPOUT
     fail_at[is_drop] = drop_t[is_drop]
+    if online_s is not None:
+        leaves = online_s < fail_at
+        fail[leaves] = DROPOUT
+        fail_at[leaves] = online_s[leaves]
     if give_up_s is not None:
         gives_up = give_up_s < fail_at
         fail[gives_up] = TRANSFER_FAILED
@@ -201,9 +209,11 @@ def draw_fate(
     deadline_s: float | None,
     transfers: TransferSpec | None = None,
     transfer_rng: np.random.Generator | None = None,
+    online_s: np.ndarray | None = None,
 ) -> RoundFate:
     """The fate of one round: the clients ``ids`` running ``plans`` (priced as ``costs``)
-    from ``start_s``; ``transfer_rng`` draws failing transfers when ``transfers`` has any."""
+    from ``start_s``; ``transfer_rng`` draws failing transfers when ``transfers`` has any;
+    ``online_s`` says how long each client stays online (availability trace), if known."""
     slowdown = draw_slowdown(rng, fleet, ids, slowdown_dists)
     planned = client_times(fleet, ids, list(costs), plans.index, slowdown)
     dl, comp, up, n = planned.download_s, planned.compute_s, planned.upload_s, ids.size
@@ -215,7 +225,7 @@ def draw_fate(
         wait_down, wait_up = retry_down.wait_s, retry_up.wait_s
         give_up = np.where(retry_down.gave_up, wait_down, np.where(retry_up.gave_up, wait_down + dl + comp + wait_up, np.inf))
     times = planned if retry_down is None else replace(planned, download_s=wait_down + dl, upload_s=wait_up + up)
-    fail, fail_at = draw_failures(rng, fleet, ids, times, give_up)
+    fail, fail_at = draw_failures(rng, fleet, ids, times, give_up, online_s)
     end, outcome = close_round(start_s, times, fail, fail_at, quota, deadline_s)
 
     pending = (outcome == STRAGGLER) | (outcome == SURPLUS)

@@ -195,7 +195,13 @@ class SyncEngine:
             fleet=self.fleet, slowdown_dists=self._slowdown_dists, rng=self.seeds.generator("devices", r),
             quota=spec.clients_per_round, deadline_s=spec.round_deadline_s, transfers=spec.transfers,
             transfer_rng=self.seeds.generator("transfers", r) if spec.transfers.failure_prob > 0 else None,
+            online_s=self._online_for_s(now_s, ids),
         )
+
+    def _online_for_s(self, now_s: float, ids: np.ndarray) -> np.ndarray | None:
+        # Optional: an availability model that knows nothing of departures need not say so.
+        online_for_s = getattr(self.availability, "online_for_s", None)
+        return None if online_for_s is None else online_for_s(now_s, ids)
 
     def learn(self, fate: RoundFate, now_s: float) -> dict:
         """Consume a drawn round at ``now_s``: train the arrivals, aggregate, evaluate,

@@ -2,8 +2,8 @@
 
 Device ``i`` is row ``i`` of every array; there are no per-device Python objects, so a
 million devices cost a few tens of MB and sample in about a second. A fleet is built from
-a :class:`FleetSpec` (a mix of device and network classes) by :func:`sample_fleet`, or,
-later, from real traces by filling the same arrays.
+a :class:`FleetSpec` (a mix of device and network classes) by :func:`sample_fleet`; a trace
+(:mod:`fedsim.fleet.traces`) overwrites the arrays it measured.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from fedsim.core.configio import Spec
 
 from fedsim.fleet.profiles import ProfileSet
 from fedsim.fleet.scaling import ScaleSpec
+from fedsim.fleet.traces import TraceSpec, trace_arrays
 
 __all__ = ["FleetSpec", "Fleet", "sample_fleet"]
 
@@ -37,13 +38,15 @@ class FleetSpec(Spec):
     )
     profiles_dir: str | None = Field(None, description="profile folder (default: device_profiles/)")
     scale: ScaleSpec | None = Field(None, description="factors on profile fields (fedsim.fleet.scaling)")
+    trace: TraceSpec | None = Field(None, description="device capacity / availability trace files (docs/traces.md)")
 
     @model_serializer(mode="wrap")
-    def _without_unset_scale(self, handler) -> dict:
-        # Absent unless given: the resolved config.yaml of every run without it stays as it was.
+    def _without_unset_options(self, handler) -> dict:
+        # Absent unless given: the resolved config.yaml of every run without them stays as it was.
         data = handler(self)
-        if data.get("scale") is None:
-            data.pop("scale", None)
+        for key in ("scale", "trace"):
+            if data.get(key) is None:
+                data.pop(key, None)
         return data
 
     @field_validator("devices", "networks")
@@ -228,6 +231,11 @@ def sample_fleet(spec: FleetSpec, profiles: ProfileSet, rng: np.random.Generator
         fleet.joules_per_byte_down[idx] = cls.joules_per_mb_down.sample(rng, k) / MB
         fleet.joules_per_byte_up[idx] = cls.joules_per_mb_up.sample(rng, k) / MB
         link_drop[idx] = cls.dropout_prob
+    if spec.trace is not None and spec.trace.availability is not None:
+        device_drop[:] = 0.0  # the trace says when a device leaves
     # The device quits or the link breaks: independent causes of the same outcome.
     fleet.dropout_prob[:] = 1.0 - (1.0 - device_drop) * (1.0 - link_drop)
+    if spec.trace is not None:
+        for name, values in trace_arrays(spec.trace, n).items():
+            getattr(fleet, name)[:] = values
     return fleet

@@ -24,6 +24,7 @@ __all__ = [
     "NetworkClass",
     "Availability",
     "ProfileSet",
+    "ProfileFile",
     "load_profiles",
     "default_profiles_dir",
 ]
@@ -115,7 +116,9 @@ class NetworkClass(Spec):
         return _within(dist, low, high, info.field_name)
 
 
-class _ProfileFile(Spec):
+class ProfileFile(Spec):
+    """One profile YAML file: device and/or network classes by name."""
+
     devices: dict[str, DeviceClass] = Field(default_factory=dict)
     networks: dict[str, NetworkClass] = Field(default_factory=dict)
 
@@ -166,7 +169,7 @@ def load_profiles(directory: str | Path | None = None) -> ProfileSet:
         raise ConfigError(directory, [("", None, ConfigError.MISSING, "at least one *.yaml profile file; the directory has none")])
     for path in paths:
         data, lines = read_yaml(path)
-        parsed = validate(_ProfileFile, data or {}, file=path, lines=lines)
+        parsed = validate(ProfileFile, data or {}, file=path, lines=lines)
         for kind, source, target in (("devices", parsed.devices, devices), ("networks", parsed.networks, networks)):
             for name, cls in source.items():
                 if name in target:

@@ -117,7 +117,9 @@ def _check_semantics(sc: Scenario, file, lines, profiles: ProfileSet, label: str
             scale_profiles(profiles, sc.fleet.scale)
         except ScaleError as exc:
             problems.append((exc.path, lines.get(tuple(exc.path.split("."))), exc.value, exc.expected))
-    problems += _data_problems(sc, lines, {} if memo is None else memo)
+    memo = {} if memo is None else memo
+    problems += _data_problems(sc, lines, memo)
+    problems += _trace_problems(sc, lines, memo)
     shape, model_problems = _model_shape(sc, lines)
     problems += model_problems
     if sc.method.name not in method_names():
@@ -168,6 +170,38 @@ def _method_problems(sc: Scenario, params, shape, lines) -> list:
     except ValueError as exc:
         return [("method.params", lines.get(("method", "params")) or lines.get(("method",)), sc.method.params, f"parameters that fit the model ({str(exc).rstrip('.')})")]
     return []
+
+
+def _trace_problems(sc: Scenario, lines, memo: dict) -> list:
+    """Trace files the fleet is built from: readable, valid, enough clients."""
+    from fedsim.fleet.traces import TraceError, load_availability_trace, load_device_trace
+
+    spec = sc.fleet.trace
+    if spec is None:
+        return []
+    problems = []
+    for key, load in (("capacity", load_device_trace), ("availability", load_availability_trace)):
+        path = getattr(spec, key)
+        if path is None:
+            continue
+        seen = ("trace", key, str(path))
+        if seen not in memo:
+            try:
+                memo[seen] = load(path).size
+            except TraceError as exc:
+                memo[seen] = exc
+        where = (f"fleet.trace.{key}", lines.get(("fleet", "trace", key)), str(path))
+        if isinstance(memo[seen], TraceError):
+            problems.append((*where, f"a valid trace file ({str(memo[seen]).rstrip('.')})"))
+        elif key == "capacity" and memo[seen] < sc.fleet.size:
+            problems.append((*where, f"a trace of at least fleet.size = {sc.fleet.size:,} clients; it holds {memo[seen]:,}"))
+    if spec.reference_model is not None:
+        try:
+            spec.reference_flops()
+        except ValueError as exc:
+            problems.append(("fleet.trace.reference_model", lines.get(("fleet", "trace", "reference_model")),
+                             spec.reference_model, f"a model whose architecture the cost model knows ({exc})"))
+    return problems
 
 
 def _data_problems(sc: Scenario, lines, memo: dict) -> list:

@@ -17,17 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsim.fleet.availability import DiurnalAvailability
+from fedsim.fleet.availability import AvailabilityModel, availability_model
 from fedsim.core.costmodel import CostCoefficients, ModelShape
 from fedsim.engine import checkpoint
 from fedsim.engine.checkpoint import Checkpoint
 from fedsim.engine.sync import Progress, RunResult, SyncEngine
 from fedsim.core.errors import ConfigError, FedsimError
-from fedsim.fleet.fleet import sample_fleet
+from fedsim.fleet.fleet import Fleet, sample_fleet
 from fedsim.methods.base import get_method
 from fedsim.core.models import default_lora_targets, model_config_dict
 from fedsim.core.plan import ClientPlan
-from fedsim.fleet.profiles import load_profiles
+from fedsim.fleet.profiles import ProfileSet, load_profiles
 from fedsim.fleet.scaling import ScaleError, scale_profiles
 from fedsim.engine.records import RunRecorder, config_text, read_summary
 from fedsim.core.rng import Seeds
@@ -35,7 +35,7 @@ from fedsim.engine.rundir import Existing, Interrupted, clear, finished_ok, prep
 from fedsim.study.scenario import Scenario
 from fedsim.learning.surrogate import SurrogateTrainer
 
-__all__ = ["simulate", "build_base_plan", "model_shape_for", "AUTO_RATIO"]
+__all__ = ["simulate", "build_base_plan", "build_fleet", "model_shape_for", "AUTO_RATIO"]
 
 AUTO_RATIO = 20.0  # automatic checkpoints: run time between two >= this x the time one takes
 
@@ -48,6 +48,17 @@ def model_shape_for(sc: Scenario, num_labels: int | None = None) -> ModelShape:
         raise ConfigError(None, [("model.name_or_path", None, sc.model.name_or_path, str(exc))]) from None
     labels = num_labels if num_labels is not None else _default_labels(sc)
     return ModelShape.from_hf_config(config, num_labels=labels)
+
+
+def build_fleet(sc: Scenario, seeds: Seeds | None = None) -> tuple[ProfileSet, Fleet, AvailabilityModel]:
+    """The scenario's profiles, fleet and availability model, as a run builds them."""
+    seeds = seeds or Seeds(sc.seed)
+    try:
+        profiles = scale_profiles(load_profiles(sc.fleet.profiles_dir), sc.fleet.scale)
+    except ScaleError as exc:
+        raise ConfigError(None, [(exc.path, None, exc.value, exc.expected)]) from None
+    fleet = sample_fleet(sc.fleet, profiles, seeds.generator("fleet"))
+    return profiles, fleet, availability_model(sc.fleet, fleet, seeds.int_seed("availability"), sc.engine.start_hour_utc)
 
 
 def _default_labels(sc: Scenario) -> int:
@@ -135,12 +146,7 @@ def simulate(
     saved = {"n": 0, "wall_s": 0.0, "bytes": 0, "since": t0, "last_s": 0.0}
     try:
         seeds = Seeds(sc.seed)
-        try:
-            profiles = scale_profiles(load_profiles(sc.fleet.profiles_dir), sc.fleet.scale)
-        except ScaleError as exc:
-            raise ConfigError(None, [(exc.path, None, exc.value, exc.expected)]) from None
-        fleet = sample_fleet(sc.fleet, profiles, seeds.generator("fleet"))
-        availability = DiurnalAvailability(fleet, seeds.int_seed("availability"), sc.engine.start_hour_utc)
+        profiles, fleet, availability = build_fleet(sc, seeds)
         trainer, shape = _build_trainer(sc, seeds, fleet.size)
         base_plan = build_base_plan(sc, shape, getattr(trainer, "lora_targets", None))
         try:
