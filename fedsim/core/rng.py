@@ -23,6 +23,7 @@ STREAMS = {
     "data": 7,
     "trainer": 8,
     "transfers": 9,
+    "cells": 10,
 }
 
 

@@ -26,9 +26,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from typing import Literal
+
 import numpy as np
 import simpy
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from fedsim.fleet.availability import AvailabilityModel
 from fedsim.core.configio import Spec
@@ -42,7 +44,9 @@ from fedsim.core.rng import Seeds
 from fedsim.engine.fate import (
     DROPOUT, OK, OOM, OUTCOMES, REJECTED, STRAGGLER, SURPLUS, TRANSFER_FAILED, RoundFate, draw_fate, selection_size,
 )
+from fedsim.engine.links import CellSpec, LinkSpec, SharedLinks
 from fedsim.engine.retries import TransferSpec
+from fedsim.engine.staleness import FedBuffSpec
 from fedsim.learning.base import EvalResult, Trainer, is_finite
 
 __all__ = ["EngineSpec", "SyncEngine", "RunResult", "Progress", "OUTCOMES"]
@@ -63,6 +67,22 @@ class EngineSpec(Spec):
     max_idle_s: float = Field(7 * 86400.0, gt=0, description="give up after this long without a round")
     server_overhead_s: float = Field(0.0, ge=0, description="aggregation time added to every round")
     transfers: TransferSpec = Field(default_factory=TransferSpec, description="failing transfers and their retries")
+    server_link: LinkSpec | None = Field(None, description="capacity the clients' transfers share (fedsim.engine.links); null: none")
+    cells: CellSpec | None = Field(None, description="cells the devices are spread over, each a shared link; null: none")
+    driver: Literal["sync", "async"] = Field("sync", description="synchronous rounds, or FedBuff's buffered asynchronous steps")
+    fedbuff: FedBuffSpec = Field(default_factory=FedBuffSpec, description="the async driver's buffer, concurrency and staleness")
+
+    @model_validator(mode="after")
+    def _check(self):
+        shared = self.server_link is not None or self.cells is not None
+        if shared and self.transfers.failure_prob > 0:
+            raise ValueError("shared links (server_link, cells) and failing transfers (transfers.failure_prob > 0) "
+                             "cannot be combined; set one of them off")
+        if shared and self.driver == "async":
+            raise ValueError("shared links (server_link, cells) are modelled for the sync driver only")
+        if self.driver == "async" and self.server_overhead_s > 0:
+            raise ValueError("server_overhead_s must be 0 with driver: async (aggregation is instantaneous there)")
+        return self
 
 
 @dataclass
@@ -125,6 +145,7 @@ class SyncEngine:
         self.after_round = after_round  # e.g. write a checkpoint; called once the round is recorded
         self.progress = Progress()
         self._slowdown_dists = [profiles.device(name).straggle_slowdown for name in fleet.device_names]
+        self.links = SharedLinks.from_specs(spec.server_link, spec.cells, fleet.size, seeds.generator("cells"))
         method.bind_trainer(trainer)
 
     @property
@@ -195,6 +216,7 @@ class SyncEngine:
             fleet=self.fleet, slowdown_dists=self._slowdown_dists, rng=self.seeds.generator("devices", r),
             quota=spec.clients_per_round, deadline_s=spec.round_deadline_s, transfers=spec.transfers,
             transfer_rng=self.seeds.generator("transfers", r) if spec.transfers.failure_prob > 0 else None,
+            links=self.links,
         )
 
     def learn(self, fate: RoundFate, now_s: float) -> dict:
