@@ -234,9 +234,20 @@ class SyncEngine:
         if not finite.all():  # the global model never takes a NaN or infinite update
             fate = fate.reject(ok[~finite])
             results = [x for x, keep in zip(results, finite) if keep]
+        return self.apply(fate, now_s, results, t_train)
+
+    def apply(self, fate: RoundFate, now_s: float, results: list, t_train: float,
+              weights: np.ndarray | None = None, columns: dict[str, np.ndarray] | None = None) -> dict:
+        """Aggregate the trained ``results`` of ``fate`` (each scaled by its entry of
+        ``weights``, if given), evaluate, tell the method, record (``clients.csv`` columns
+        replaced or added by ``columns``). ``t_train``: when the host began learning."""
+        spec, p, r = self.spec, self.progress, fate.round_idx
         gain_examples = self.method.update_gain_examples()
         gains = self.trainer.update_gains(r, results, gain_examples) if gain_examples and results else None
-        self.trainer.aggregate(r, results, self.method.aggregate_fn())
+        if weights is None:
+            self.trainer.aggregate(r, results, self.method.aggregate_fn())
+        else:
+            self.trainer.aggregate(r, results, self.method.aggregate_fn(), weights=weights)
         p.model_version += 1
         last = r + 1 >= spec.max_rounds or (spec.max_sim_time_s is not None and now_s >= spec.max_sim_time_s)
         evaluation: EvalResult | None = None
@@ -256,7 +267,7 @@ class SyncEngine:
             p.time_to_target_s = now_s if p.time_to_target_s is None else p.time_to_target_s
             p.stop_reason = "target_accuracy"
         if self.recorder is not None:
-            self.recorder.clients(client_columns(fate, self.fleet, self.trainer.num_examples(fate.device_ids)))
+            self.recorder.clients(client_columns(fate, self.fleet, self.trainer.num_examples(fate.device_ids)) | (columns or {}))
             self.recorder.round(row)
         if self.on_round is not None:
             self.on_round(row)
