@@ -456,3 +456,26 @@ def test_a_round_where_every_client_fails_is_recorded_and_the_run_goes_on(tmp_pa
     assert set(c["outcome"]) == {"oom"}
     assert [h["participants"] for h in engine.history] == [0, 0, 0]
     assert result.final_accuracy == SurrogateSpec().acc_start
+
+
+def test_server_link_shares_transfers_fairly_in_a_round(tmp_path, shipped_profiles):
+    # 2,944 bit/s shared by the downloads (four at 736 bit/s: 2 s after the 0.5 s
+    # latency) and the uploads (three starting together at 5 s: 1.5 s each; the fourth,
+    # alone, at its own 1,472 bit/s: 1 s).
+    fleet = make_fleet(compute_s=(2, 2, 2, 8))
+    link = {"down_mbps": 2944e-6, "up_mbps": 2944e-6}
+
+    engine, result, c, dev = run_recorded(tmp_path, fleet, shipped_profiles, clients_per_round=4, max_rounds=1,
+                                          server_link=link)
+
+    assert [c["download_s"][dev[i]] for i in range(4)] == pytest.approx([2.5] * 4, rel=1e-12)
+    assert [c["upload_s"][dev[i]] for i in range(4)] == pytest.approx([2.0, 2.0, 2.0, 1.5], rel=1e-12)
+    assert [c["end_s"][dev[i]] for i in range(4)] == pytest.approx([6.5, 6.5, 6.5, 12.0], rel=1e-12)
+    assert result.sim_time_s == pytest.approx(12.0, rel=1e-12)
+
+
+def test_shared_links_refuse_failing_transfers_and_the_async_driver():
+    with pytest.raises(ValueError, match="cannot be combined"):
+        EngineSpec(server_link={"up_mbps": 100}, transfers={"failure_prob": 0.1})
+    with pytest.raises(ValueError, match="sync driver only"):
+        EngineSpec(cells={"count": 3, "up_mbps": 10}, driver="async")

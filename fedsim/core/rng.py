@@ -23,7 +23,8 @@ STREAMS = {
     "data": 7,
     "trainer": 8,
     "transfers": 9,
-    "check": 10,  # fedsim profiles --check: which devices it prices
+    "check": 11,  # fedsim profiles --check: which devices it prices
+    "cells": 10,
 }
 
 

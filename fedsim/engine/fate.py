@@ -38,6 +38,7 @@ import numpy as np
 from fedsim.core.costmodel import ClientTimes, PlanCost, client_times
 from fedsim.fleet.fleet import Fleet
 from fedsim.core.plan import RoundPlans
+from fedsim.engine.links import SharedLinks, share_phases
 from fedsim.engine.retries import TransferSpec, draw_retries
 
 __all__ = ["OUTCOMES", "RoundFate", "draw_fate", "draw_failures", "close_round", "spent_times", "selection_size"]
@@ -210,12 +211,16 @@ def draw_fate(
     transfers: TransferSpec | None = None,
     transfer_rng: np.random.Generator | None = None,
     online_s: np.ndarray | None = None,
+    links: SharedLinks | None = None,
 ) -> RoundFate:
     """The fate of one round: the clients ``ids`` running ``plans`` (priced as ``costs``)
     from ``start_s``; ``transfer_rng`` draws failing transfers when ``transfers`` has any;
-    ``online_s`` says how long each client stays online (availability trace), if known."""
+    ``online_s`` says how long each client stays online (availability trace), if known;
+    ``links`` (:mod:`fedsim.engine.links`) stretches transfers that share a bottleneck."""
     slowdown = draw_slowdown(rng, fleet, ids, slowdown_dists)
     planned = client_times(fleet, ids, list(costs), plans.index, slowdown)
+    if links is not None:
+        planned = share_phases(links, planned, fleet, ids, start_s)
     dl, comp, up, n = planned.download_s, planned.compute_s, planned.upload_s, ids.size
     lat = fleet.latency_s[ids].astype(np.float64)
     wait_down = wait_up = np.zeros(n)

@@ -30,7 +30,7 @@ from fedsim.core.errors import FedsimError, format_value
 from fedsim.engine.rundir import atomic_write
 
 __all__ = [
-    "RunRecorder", "RecordError", "config_text", "ROUND_COLUMNS", "CLIENT_COLUMNS", "read_rounds", "read_summary", "read_clients",
+    "RunRecorder", "RecordError", "config_text", "ROUND_COLUMNS", "CLIENT_COLUMNS", "ASYNC_CLIENT_COLUMNS", "read_rounds", "read_summary", "read_clients",
 ]
 
 ROUND_COLUMNS = (
@@ -49,7 +49,10 @@ _CLIENT_FORMAT = (
     ("mem_cap_bytes", "%d"), ("num_examples", "%d"), ("retries", "%d"),
 )
 CLIENT_COLUMNS = tuple(name for name, _ in _CLIENT_FORMAT)
-_CLIENT_ROW = ",".join(fmt for _, fmt in _CLIENT_FORMAT) + "\n"
+# Written only by the asynchronous driver: per update, aggregations between its download
+# and its aggregation (empty for a client whose update was not aggregated).
+ASYNC_CLIENT_COLUMNS = CLIENT_COLUMNS + ("staleness",)
+_EXTRA_FORMAT = {"staleness": "%s"}
 
 
 def _jsonable(x: Any) -> Any:
@@ -74,11 +77,16 @@ class RunRecorder:
 
     With ``resume_offsets`` (the byte sizes of ``rounds.csv`` and ``clients.csv`` that a
     checkpoint saw) the logs are cut back to those sizes and appended to; the directory's
-    ``config.yaml`` must be the one this run would write.
+    ``config.yaml`` must be the one this run would write. ``client_columns``: those of
+    ``clients.csv`` (:data:`CLIENT_COLUMNS`, or :data:`ASYNC_CLIENT_COLUMNS`).
     """
 
-    def __init__(self, out_dir: str | Path, config: dict[str, Any], resume_offsets: dict[str, int] | None = None) -> None:
+    def __init__(self, out_dir: str | Path, config: dict[str, Any], resume_offsets: dict[str, int] | None = None,
+                 client_columns: tuple[str, ...] = CLIENT_COLUMNS) -> None:
         self.out_dir = Path(out_dir)
+        formats = dict(_CLIENT_FORMAT) | _EXTRA_FORMAT
+        self.client_columns = client_columns
+        self._client_row = ",".join(formats[name] for name in client_columns) + "\n"
         self.out_dir.mkdir(parents=True, exist_ok=True)
         text = config_text(config)
         config_path = self.out_dir / "config.yaml"
@@ -95,7 +103,7 @@ class RunRecorder:
         self._clients = open(self.out_dir / "clients.csv", "a" if resume_offsets else "w", encoding="utf-8")
         if resume_offsets is None:
             self._round_writer.writeheader()
-            self._clients.write(",".join(CLIENT_COLUMNS) + "\n")
+            self._clients.write(",".join(client_columns) + "\n")
             self._rounds.flush()
             self._clients.flush()
 
@@ -104,9 +112,9 @@ class RunRecorder:
         self._rounds.flush()
 
     def clients(self, columns: dict[str, np.ndarray]) -> None:
-        """Append the per-client rows of one round; arrays keyed by :data:`CLIENT_COLUMNS`."""
-        lists = [np.asarray(columns[name]).tolist() for name in CLIENT_COLUMNS]
-        self._clients.write("".join(_CLIENT_ROW % row for row in zip(*lists)))
+        """Append the per-client rows of one round; arrays keyed by the recorder's ``client_columns``."""
+        lists = [np.asarray(columns[name]).tolist() for name in self.client_columns]
+        self._clients.write("".join(self._client_row % row for row in zip(*lists)))
         self._clients.flush()
 
     def offsets(self) -> dict[str, int]:
@@ -154,7 +162,7 @@ _SUMMARY_NUMBERS = (
 _SUMMARY_TEXTS = ("scenario", "variant", "method", "status", "error", "trainer")
 _CLIENT_TEXTS = ("device_class", "network_class", "plan", "outcome")
 # Columns that records written by older versions lack; readers leave them out.
-_ADDED_LATER = ("rejected", "transfer_failed", "retries", "num_examples")
+_ADDED_LATER = ("rejected", "transfer_failed", "retries", "num_examples", "staleness")
 
 
 def _read_csv(path: Path, columns: tuple[str, ...]) -> tuple[list[dict[str, str]], list[str]]:
@@ -206,7 +214,7 @@ def read_clients(run_dir: str | Path) -> dict[str, np.ndarray]:
         RecordError: the file is missing, truncated or holds a bad number.
     """
     path = Path(run_dir) / "clients.csv"
-    rows, columns = _read_csv(path, CLIENT_COLUMNS)
+    rows, columns = _read_csv(path, ASYNC_CLIENT_COLUMNS)
     out = {}
     for k in columns:
         if k in _CLIENT_TEXTS:

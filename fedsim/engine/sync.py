@@ -26,9 +26,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from typing import Literal
+
 import numpy as np
 import simpy
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from fedsim.fleet.availability import AvailabilityModel
 from fedsim.core.configio import Spec
@@ -42,7 +44,9 @@ from fedsim.core.rng import Seeds
 from fedsim.engine.fate import (
     DROPOUT, OK, OOM, OUTCOMES, REJECTED, STRAGGLER, SURPLUS, TRANSFER_FAILED, RoundFate, draw_fate, selection_size,
 )
+from fedsim.engine.links import CellSpec, LinkSpec, SharedLinks
 from fedsim.engine.retries import TransferSpec
+from fedsim.engine.staleness import FedBuffSpec
 from fedsim.learning.base import EvalResult, Trainer, is_finite
 
 __all__ = ["EngineSpec", "SyncEngine", "RunResult", "Progress", "OUTCOMES"]
@@ -63,6 +67,22 @@ class EngineSpec(Spec):
     max_idle_s: float = Field(7 * 86400.0, gt=0, description="give up after this long without a round")
     server_overhead_s: float = Field(0.0, ge=0, description="aggregation time added to every round")
     transfers: TransferSpec = Field(default_factory=TransferSpec, description="failing transfers and their retries")
+    server_link: LinkSpec | None = Field(None, description="capacity the clients' transfers share (fedsim.engine.links); null: none")
+    cells: CellSpec | None = Field(None, description="cells the devices are spread over, each a shared link; null: none")
+    driver: Literal["sync", "async"] = Field("sync", description="synchronous rounds, or FedBuff's buffered asynchronous steps")
+    fedbuff: FedBuffSpec = Field(default_factory=FedBuffSpec, description="the async driver's buffer, concurrency and staleness")
+
+    @model_validator(mode="after")
+    def _check(self):
+        shared = self.server_link is not None or self.cells is not None
+        if shared and self.transfers.failure_prob > 0:
+            raise ValueError("shared links (server_link, cells) and failing transfers (transfers.failure_prob > 0) "
+                             "cannot be combined; set one of them off")
+        if shared and self.driver == "async":
+            raise ValueError("shared links (server_link, cells) are modelled for the sync driver only")
+        if self.driver == "async" and self.server_overhead_s > 0:
+            raise ValueError("server_overhead_s must be 0 with driver: async (aggregation is instantaneous there)")
+        return self
 
 
 @dataclass
@@ -125,6 +145,7 @@ class SyncEngine:
         self.after_round = after_round  # e.g. write a checkpoint; called once the round is recorded
         self.progress = Progress()
         self._slowdown_dists = [profiles.device(name).straggle_slowdown for name in fleet.device_names]
+        self.links = SharedLinks.from_specs(spec.server_link, spec.cells, fleet.size, seeds.generator("cells"))
         method.bind_trainer(trainer)
 
     @property
@@ -196,6 +217,7 @@ class SyncEngine:
             quota=spec.clients_per_round, deadline_s=spec.round_deadline_s, transfers=spec.transfers,
             transfer_rng=self.seeds.generator("transfers", r) if spec.transfers.failure_prob > 0 else None,
             online_s=self._online_for_s(now_s, ids),
+            links=self.links,
         )
 
     def _online_for_s(self, now_s: float, ids: np.ndarray) -> np.ndarray | None:
@@ -206,7 +228,7 @@ class SyncEngine:
     def learn(self, fate: RoundFate, now_s: float) -> dict:
         """Consume a drawn round at ``now_s``: train the arrivals, aggregate, evaluate,
         tell the method, record. Returns the ``rounds.csv`` row."""
-        spec, p, r = self.spec, self.progress, fate.round_idx
+        p, r = self.progress, fate.round_idx
         if fate.model_version != p.model_version:
             raise RuntimeError(f"round {r} was drawn against global model version {fate.model_version}, "
                                f"but the model is at version {p.model_version}")
@@ -218,9 +240,20 @@ class SyncEngine:
         if not finite.all():  # the global model never takes a NaN or infinite update
             fate = fate.reject(ok[~finite])
             results = [x for x, keep in zip(results, finite) if keep]
+        return self.apply(fate, now_s, results, t_train)
+
+    def apply(self, fate: RoundFate, now_s: float, results: list, t_train: float,
+              weights: np.ndarray | None = None, columns: dict[str, np.ndarray] | None = None) -> dict:
+        """Aggregate the trained ``results`` of ``fate`` (each scaled by its entry of
+        ``weights``, if given), evaluate, tell the method, record (``clients.csv`` columns
+        replaced or added by ``columns``). ``t_train``: when the host began learning."""
+        spec, p, r = self.spec, self.progress, fate.round_idx
         gain_examples = self.method.update_gain_examples()
         gains = self.trainer.update_gains(r, results, gain_examples) if gain_examples and results else None
-        self.trainer.aggregate(r, results, self.method.aggregate_fn())
+        if weights is None:
+            self.trainer.aggregate(r, results, self.method.aggregate_fn())
+        else:
+            self.trainer.aggregate(r, results, self.method.aggregate_fn(), weights=weights)
         p.model_version += 1
         last = r + 1 >= spec.max_rounds or (spec.max_sim_time_s is not None and now_s >= spec.max_sim_time_s)
         evaluation: EvalResult | None = None
@@ -240,7 +273,7 @@ class SyncEngine:
             p.time_to_target_s = now_s if p.time_to_target_s is None else p.time_to_target_s
             p.stop_reason = "target_accuracy"
         if self.recorder is not None:
-            self.recorder.clients(client_columns(fate, self.fleet, self.trainer.num_examples(fate.device_ids)))
+            self.recorder.clients(client_columns(fate, self.fleet, self.trainer.num_examples(fate.device_ids)) | (columns or {}))
             self.recorder.round(row)
         if self.on_round is not None:
             self.on_round(row)

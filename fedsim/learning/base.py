@@ -12,7 +12,9 @@ Round protocol, called by the engine in this order for round ``r``:
 2. ``update_gains(r, results, n)``, only when the method asks for it: each update's gain,
    the drop in loss on ``n`` validation examples when it alone is applied to the global
    model (DropPEFT's configurator learns from these);
-3. ``aggregate(r, results, aggregate_fn)`` folds the results into the global model;
+3. ``aggregate(r, results, aggregate_fn, weights=None)`` folds the results into the
+   global model; the asynchronous driver passes ``weights`` (one per result: its update
+   is scaled by it, FedBuff's staleness discount), the synchronous one never does;
 4. ``evaluate(r)`` when the evaluation schedule says so.
 
 A checkpoint stores ``state_dict()``; a resumed run builds the trainer again from the
@@ -96,7 +98,8 @@ class Trainer(Protocol):
     def update_gains(self, round_idx: int, results: Sequence[ClientResult], num_examples: int) -> np.ndarray: ...
 
     def aggregate(
-        self, round_idx: int, results: Sequence[ClientResult], aggregate_fn: AggregateFn | None
+        self, round_idx: int, results: Sequence[ClientResult], aggregate_fn: AggregateFn | None,
+        weights: np.ndarray | None = None,
     ) -> None: ...
 
     def evaluate(self, round_idx: int) -> EvalResult: ...

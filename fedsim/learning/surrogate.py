@@ -118,8 +118,13 @@ class SurrogateTrainer:
             )
         return results
 
-    def aggregate(self, round_idx: int, results: Sequence[ClientResult], aggregate_fn: AggregateFn | None) -> None:
-        total = sum(r.extras["effective_examples"] for r in results)
+    def aggregate(self, round_idx: int, results: Sequence[ClientResult], aggregate_fn: AggregateFn | None,
+                  weights: np.ndarray | None = None) -> None:
+        """Progress from the results' effective examples, each scaled by its weight (if given)."""
+        if weights is None:
+            total = sum(r.extras["effective_examples"] for r in results)
+        else:
+            total = sum(float(w) * r.extras["effective_examples"] for r, w in zip(results, weights, strict=True))
         if total > 0:
             self.progress += self.spec.rate * total**self.spec.data_exponent
 

@@ -175,6 +175,7 @@ class DropPEFT(Method):
                                    window=params.window, arm_sd=params.arm_sd)
         self._round_pace: float | None = None
         self._round_arms: np.ndarray | None = None
+        self._arm_of: dict[int, list[int]] = {}  # planned clients not yet reported: their arms, oldest first
 
         # PTLS: per-layer gradient norms per step, fleet-wide (discounted mean) and per client (sparse).
         self._norm_sum = np.zeros(shape.num_layers)
@@ -246,6 +247,8 @@ class DropPEFT(Method):
     def configure_round(self, ctx: RoundContext) -> RoundPlans:
         arms, _ = self.choose_arms(ctx)
         self._round_arms = arms
+        for d, a in zip(ctx.device_ids.tolist(), arms.tolist()):
+            self._arm_of.setdefault(d, []).append(a)
         used = np.unique(arms)
         remap = np.zeros(len(self.arms), dtype=np.int64)
         remap[used] = np.arange(used.size)
@@ -266,13 +269,23 @@ class DropPEFT(Method):
         if self._round_arms is None:
             raise RuntimeError("DropPEFT.round_finished called before configure_round")
         self._observe_norms(report)
+        # Under the async driver a report holds the clients that finished since the last
+        # aggregation (a device possibly twice), each planned alone when it was dispatched.
+        reported = np.array([self._pop_arm(d) for d in report.device_ids.tolist()], dtype=np.int64)
         entry = {"round": report.round_idx, "pace_s": self._round_pace,
-                 "arms": np.bincount(self._round_arms, minlength=len(self.arms)).tolist()}
+                 "arms": np.bincount(reported, minlength=len(self.arms)).tolist()}
         if self._learns and report.update_gains is not None:
-            arm_of = dict(zip(report.device_ids.tolist(), self._round_arms.tolist()))
-            self.model.observe(np.array([arm_of[r.client_id] for r in report.results]), report.update_gains)
+            # The results are the updates of the clients whose outcome is ok, in order.
+            self.model.observe(reported[np.asarray(report.outcome) == "ok"], report.update_gains)
             entry["worth"] = self.model.worth().tolist()
         self.history.append(entry)
+
+    def _pop_arm(self, client_id: int) -> int:
+        arms = self._arm_of[client_id]
+        arm = arms.pop(0)
+        if not arms:
+            del self._arm_of[client_id]
+        return arm
 
     def _observe_norms(self, report: RoundReport) -> None:
         if not self.params.ptls:

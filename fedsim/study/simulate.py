@@ -21,6 +21,7 @@ from fedsim.fleet.availability import AvailabilityModel, availability_model
 from fedsim.core.costmodel import CostCoefficients, ModelShape
 from fedsim.engine import checkpoint
 from fedsim.engine.checkpoint import Checkpoint
+from fedsim.engine.buffered import AsyncEngine
 from fedsim.engine.sync import Progress, RunResult, SyncEngine
 from fedsim.core.errors import ConfigError, FedsimError
 from fedsim.fleet.fleet import Fleet, sample_fleet
@@ -29,7 +30,7 @@ from fedsim.core.models import default_lora_targets, model_config_dict
 from fedsim.core.plan import ClientPlan
 from fedsim.fleet.profiles import ProfileSet, load_profiles
 from fedsim.fleet.scaling import ScaleError, scale_profiles
-from fedsim.engine.records import RunRecorder, config_text, read_summary
+from fedsim.engine.records import ASYNC_CLIENT_COLUMNS, CLIENT_COLUMNS, RunRecorder, config_text, read_summary
 from fedsim.core.rng import Seeds
 from fedsim.engine.rundir import Existing, Interrupted, clear, finished_ok, prepare
 from fedsim.study.scenario import Scenario
@@ -129,7 +130,9 @@ def simulate(
     ckpt = checkpoint.load(out_dir) if existing == "resume" else None
     if existing == "resume" and ckpt is None:
         clear(out_dir)  # killed before its first checkpoint: nothing to keep
-    recorder = RunRecorder(out_dir, config, resume_offsets=ckpt.offsets if ckpt else None)
+    asynchronous = sc.engine.driver == "async"
+    recorder = RunRecorder(out_dir, config, resume_offsets=ckpt.offsets if ckpt else None,
+                           client_columns=ASYNC_CLIENT_COLUMNS if asynchronous else CLIENT_COLUMNS)
     summary = {
         "scenario": sc.name,
         "variant": label,
@@ -174,7 +177,7 @@ def simulate(
             saved["n"] += 1
             saved["wall_s"] += saved["last_s"]
 
-        engine = SyncEngine(
+        engine = (AsyncEngine if asynchronous else SyncEngine)(
             spec=sc.engine, fleet=fleet, profiles=profiles, availability=availability, method=method,
             trainer=trainer, shape=shape, base_plan=base_plan, seeds=seeds, recorder=recorder,
             coefficients=coefficients, on_round=on_round, after_round=save_checkpoint,

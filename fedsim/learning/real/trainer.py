@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -150,14 +151,19 @@ class TorchTrainer:
         return gains
 
     def aggregate(
-        self, round_idx: int, results: Sequence[ClientResult], aggregate_fn: AggregateFn | None
+        self, round_idx: int, results: Sequence[ClientResult], aggregate_fn: AggregateFn | None,
+        weights: np.ndarray | None = None,
     ) -> None:
-        """Fold the results into the global model with ``aggregate_fn`` (default FedAvg per layer).
+        """Fold the results into the global model with ``aggregate_fn`` (default FedAvg per layer),
+        each result's delta first scaled by its entry of ``weights`` if given.
 
         The state handed to ``aggregate_fn`` holds the global trainable parameters plus any
         other parameter a client sent (e.g. base weights under full fine-tuning).
         """
         fn = aggregate_fn or fedavg_per_layer
+        if weights is not None:
+            results = [r if not r.delta else replace(r, delta={n: v * float(w) for n, v in r.delta.items()})
+                       for r, w in zip(results, weights, strict=True)]
         names = set(self.fm.base_trainable)
         for r in results:
             if r.delta:
