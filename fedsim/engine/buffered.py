@@ -154,6 +154,7 @@ class AsyncEngine(SyncEngine):
             plans=plans, costs=costs, fleet=self.fleet, slowdown_dists=self._slowdown_dists,
             rng=self.seeds.generator("devices", d), quota=1, deadline_s=spec.round_deadline_s, transfers=spec.transfers,
             transfer_rng=self.seeds.generator("transfers", d) if spec.transfers.failure_prob > 0 else None,
+            online_s=self._online_for_s(now_s, ids),
         )
         result = None
         if fate.outcome[0] == OK:
