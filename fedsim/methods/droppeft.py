@@ -4,16 +4,16 @@ Each round (see docs/droppeft.md):
 
 1. the *arms* (per-layer dropout configurations) that would run out of memory or miss
    the round deadline on a selected client, by the cost model, are masked out;
-2. the policy (UCB, Thompson sampling or epsilon-greedy) turns the posterior of each
-   arm's *utility* (the progress a round's quota of updates with it makes) into the
-   utilities the round is planned with (:mod:`fedsim.methods.configurator`);
+2. the policy (``ids``: information-directed sampling, or ``thompson``) turns the
+   posterior of each arm's *worth* (what an update with it is worth relative to running
+   every layer) into the round's plan (:mod:`fedsim.methods.configurator`);
 3. the paced planner gives every client the arm that maximises the round's predicted
-   progress per second: the round ends at its ``quota``-th update, so fast devices run
-   heavier arms and slow ones drop more to keep the pace;
+   progress per second for given worths: the round ends at its ``quota``-th update, so
+   fast devices run heavier arms and slow ones drop more to keep the pace;
 4. with PTLS, the ``personal_layers`` layers with the largest gradient norms stay personal
    on the client (the trainer keeps them; they are neither uploaded nor aggregated);
-5. after the round's evaluation, its eval-loss drop (scaled to O(1)) and the arms of the
-   updates that arrived are one more observation of the utilities: the cost model says
+5. before aggregation, each arrived update's gain (validation-loss drop when it alone is
+   applied) and its arm are one more observation of the worths: the cost model says
    what an arm costs on a device, the run itself says what it is worth.
 """
 
