@@ -145,7 +145,7 @@ class ReuseCache:
         try:
             blob = path.read_bytes()
             value = pickle.loads(blob)
-        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
+        except Exception:  # noqa: BLE001 - missing, evicted meanwhile or damaged: computed again
             self.stats.misses[kind] = self.stats.misses.get(kind, 0) + 1
             return None
         try:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedsim.core.errors import ConfigError
 from fedsim.core.plan import ClientPlan
 from fedsim.learning.base import AggregateFn, ClientResult, EvalResult
 from fedsim.learning.real.aggregate import fedavg_per_layer
@@ -80,7 +81,7 @@ class TorchTrainer:
         # Parameters aggregation has replaced (the trainable ones, and base weights under
         # full fine-tuning): what a checkpoint must store of the global model.
         self._aggregated: set[str] = set(self.fm.base_trainable)
-        self.cache = ReuseCache(train.reuse.cache_dir, train.reuse.max_bytes) if train.reuse.cache_dir else None
+        self.cache = _open_cache(train.reuse) if train.reuse.cache_dir else None
         self._keys = TrainerKeys(self, 1 if train.workers > 1 else train.threads) if self.cache is not None else None
 
     @property
@@ -250,3 +251,11 @@ class TorchTrainer:
 
         return evaluate_personal(self.fm, test, self.partition.test, self.personal_eval_clients, tensors,
                                  self.train_spec.eval_batch_size)
+
+
+def _open_cache(spec: ReuseSpec) -> ReuseCache:
+    try:
+        return ReuseCache(spec.cache_dir, spec.max_bytes)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(None, [("train.reuse.cache_dir", None, str(spec.cache_dir),
+                                  f"a folder for fedsim's reuse cache ({exc})")]) from None
