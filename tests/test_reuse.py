@@ -121,3 +121,18 @@ def test_a_point_that_changes_what_is_learnt_misses(tmp_path):
     _run(tmp_path, tmp_path / "a", cache)
     b = _run(tmp_path, tmp_path / "b", cache + ["train.lr=0.004"])
     assert b["reuse"]["hits"] == {}
+
+
+def test_fedsim_cache_clear_empties_a_cache_and_refuses_another_folder(tmp_path):
+    from typer.testing import CliRunner
+
+    from fedsim.cli import app
+
+    cache = ReuseCache(tmp_path / "c", max_bytes=10**6)
+    cache.put("ab" * 32, b"x" * 2048)
+    (tmp_path / "other").mkdir()
+    runner = CliRunner()
+    ok = runner.invoke(app, ["cache", "clear", str(tmp_path / "c")])
+    refused = runner.invoke(app, ["cache", "clear", str(tmp_path / "other")])
+    assert ok.exit_code == 0 and "removed 1 entries" in ok.output and not cache.path("ab" * 32).exists()
+    assert refused.exit_code == 2 and "not a fedsim reuse cache" in refused.output and "Traceback" not in refused.output
