@@ -136,3 +136,14 @@ def test_fedsim_cache_clear_empties_a_cache_and_refuses_another_folder(tmp_path)
     refused = runner.invoke(app, ["cache", "clear", str(tmp_path / "other")])
     assert ok.exit_code == 0 and "removed 1 entries" in ok.output and not cache.path("ab" * 32).exists()
     assert refused.exit_code == 2 and "not a fedsim reuse cache" in refused.output and "Traceback" not in refused.output
+
+
+def test_validate_refuses_a_reuse_cache_that_is_somebody_elses_folder(tmp_path):
+    from fedsim.core.errors import ConfigError
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    over = golden_overrides("torch", tmp_path) + [f"train.reuse.cache_dir={tmp_path / 'mine'}"]
+    with pytest.raises(ConfigError, match="train.reuse.cache_dir"):
+        load_scenario(GOLDEN / "torch.yaml", overrides=over)
+    assert load_scenario(GOLDEN / "torch.yaml", overrides=over[:-1] + [f"train.reuse.cache_dir={tmp_path / 'new'}"])
