@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_sweep.py                        # fedlora, 8 rounds: ~5 min on 2 cores
+    python benchmarks/bench_sweep.py                        # fedlora, 5 rounds: ~10 min on 2 busy cores
     python benchmarks/bench_sweep.py --methods fedlora,stld-fixed,droppeft
     python benchmarks/bench_sweep.py --set engine.over_selection=1.0   # no quota: nothing cut by timing
     python benchmarks/bench_sweep.py --part round           # only the 10-client round
@@ -11,9 +11,10 @@ Usage::
 training), one method at a time, at 5 uplink bandwidths: every network class's
 ``uplink_mbps`` distribution scaled by 1, 1/2, 1/4, 1/8, 1/16 (a copy of
 ``device_profiles/`` per point, the fleet's draws otherwise unchanged). To run in a few
-minutes here the run is cut to ``--rounds`` rounds (8; quickstart: 20) and the global
-evaluation to ``--eval-subsample`` test examples (200; quickstart: 500); every point of
-every arm gets the same cut. The 5 points run one after another in this process, three
+minutes here the run is cut to ``--rounds`` rounds (5; quickstart: 20), the global
+evaluation to ``--eval-subsample`` test examples (200; quickstart: 500) and the
+personalised one to ``--personal-eval-clients`` clients (50; quickstart: 200); every
+point of every method gets the same cut. The 5 points run one after another in this process, three
 times after an untimed warm-up (imports, tokenised data):
 
 1. without reuse: each point trains everything (this is running each point alone; its
@@ -82,6 +83,7 @@ def scaled_profiles(dest: Path, factor: float) -> Path:
 
 def scenario(method: str, args, extra: list[str]) -> Scenario:
     over = [f"engine.max_rounds={args.rounds}", f"data.eval_subsample={args.eval_subsample}",
+            f"data.personal_eval_clients={args.personal_eval_clients}",
             f"train.threads={args.threads}", f"train.workers={args.workers}", *args.set, *extra]
     for v in load_scenario(QUICKSTART, overrides=over):
         if v.scenario.method.name == method:
@@ -194,8 +196,9 @@ def bench_round(args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--methods", default="fedlora", help="comma-separated quickstart methods")
-    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--eval-subsample", type=int, default=200)
+    ap.add_argument("--personal-eval-clients", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1, help="train.threads of every run (default 1: shared cores)")
     ap.add_argument("--workers", type=int, default=1, help="train.workers of every sweep run")
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds per set-up in the round part")
@@ -217,7 +220,8 @@ def print_report(report: dict, args) -> None:
     over = f"; overrides: {' '.join(args.set)}" if args.set else ""
     if "sweeps" in report:
         print(f"\n5-point uplink sweep (x{', x'.join(f'{f:g}' for f in FACTORS)}) of quickstart, {args.rounds} rounds, "
-              f"eval on {args.eval_subsample} examples, {args.threads} torch thread(s), {args.workers} worker(s){over}")
+              f"eval on {args.eval_subsample} examples and {args.personal_eval_clients} clients, "
+              f"{args.threads} torch thread(s), {args.workers} worker(s){over}")
         print(f"{'method':<11} {'1 point':>8} {'sweep':>8} {'ratio':>6} {'reuse':>8} {'ratio':>6} "
               f"{'train hits':>11} {'eval hits':>10} {'same bytes':>10}  first round arriving differently (x1/2..x1/16)")
         for s in report["sweeps"]:

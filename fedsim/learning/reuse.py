@@ -125,7 +125,7 @@ class ReuseCache:
     """
 
     def __init__(self, root: str | Path, max_bytes: int) -> None:
-        self.root = Path(root)
+        self.root = Path(root).expanduser()
         self.max_bytes = int(max_bytes)
         self.stats = ReuseStats(hits={}, misses={})
         marker = self.root / MARKER
@@ -211,7 +211,7 @@ def clear_cache(root: str | Path) -> tuple[int, int]:
     Raises:
         ValueError: ``root`` is not a fedsim reuse cache (no marker file).
     """
-    root = Path(root)
+    root = Path(root).expanduser()
     if not (root / MARKER).is_file():
         raise ValueError(f"{root} is not a fedsim reuse cache (no {MARKER} file); nothing removed")
     files = removed = 0

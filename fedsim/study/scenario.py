@@ -170,7 +170,7 @@ def _data_problems(sc: Scenario, lines, memo: dict) -> list:
     cache = sc.data.cache_dir
     if cache is not None and cache.exists() and not cache.is_dir():
         problems.append(("data.cache_dir", lines.get(("data", "cache_dir")), str(cache), "a folder for tokenised data, but it is a file"))
-    reuse = sc.train.reuse.cache_dir
+    reuse = sc.train.reuse.cache_dir.expanduser() if sc.train.reuse.cache_dir is not None else None
     if reuse is not None and reuse.exists() and (not reuse.is_dir() or (any(reuse.iterdir()) and not (reuse / MARKER).is_file())):
         problems.append(("train.reuse.cache_dir", lines.get(("train", "reuse", "cache_dir")), str(reuse),
                          f"a new folder or a fedsim reuse cache (holding {MARKER}), but it is another file or folder"))
