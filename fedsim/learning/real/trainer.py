@@ -142,7 +142,7 @@ class TorchTrainer:
         return [out.result for out in outcomes]
 
     def _train_jobs(self, jobs: list[ClientJob]) -> list[ClientOutcome]:
-        if self.train_spec.workers > 1 and len(jobs) > 1:
+        if self.train_spec.workers > 1 and jobs:  # even one job: the workers' thread count trains it
             if self._pool is None:
                 self._pool = ClientPool(self.train_spec.workers, self._worker_build, self.device)
             return self._pool.train(self.state_dict()["params"], jobs)
