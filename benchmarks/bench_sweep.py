@@ -17,8 +17,8 @@ personalised one to ``--personal-eval-clients`` clients (50; quickstart: 200); e
 point of every method gets the same cut. The 5 points run one after another in this process, three
 times after an untimed warm-up (imports, tokenised data):
 
-1. without reuse: each point trains everything (this is running each point alone; its
-   first point's wall time is *one point*);
+1. without reuse: each point trains everything (this is running each point alone; the
+   median of their wall times is *one point*);
 2. with reuse: the same 5 points sharing a fresh cache (``train.reuse.cache_dir``);
 
 and prints the sweep's wall time over one point's for both, the cache's hit rate
@@ -91,17 +91,18 @@ def scenario(method: str, args, extra: list[str]) -> Scenario:
     raise SystemExit(f"method {method!r} is not one of quickstart's")
 
 
-def run_sweep(method: str, args, root: Path, cache: Path | None) -> tuple[float, list[dict]]:
-    """Wall time of the 5 points one after another, and each point's summary (with its wall time)."""
+def run_sweep(method: str, args, root: Path, cache: Path | None) -> tuple[float, float, list[dict]]:
+    """Wall and CPU time of the 5 points one after another, and each point's summary (with its times)."""
     extra = [f"train.reuse.cache_dir={cache}"] if cache else []
     out = []
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for factor in FACTORS:
         sc = scenario(method, args, [f"fleet.profiles_dir={root.parent / f'profiles-up{factor:g}'}", *extra])
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         simulate(sc, root / f"up{factor:g}", existing="overwrite")
-        out.append({**read_summary(root / f"up{factor:g}"), "point_wall_s": time.perf_counter() - t})
-    return time.perf_counter() - t0, out
+        out.append({**read_summary(root / f"up{factor:g}"), "point_wall_s": time.perf_counter() - t,
+                    "point_cpu_s": time.process_time() - c})
+    return time.perf_counter() - t0, time.process_time() - c0, out
 
 
 def arrived_per_round(run: Path) -> list[frozenset]:
@@ -129,12 +130,15 @@ def bench_sweep(method: str, args, out: Path) -> dict:
         scaled_profiles(base / f"profiles-up{factor:g}", factor)
     warm = scenario(method, args, [f"engine.max_rounds=1", f"fleet.profiles_dir={base / 'profiles-up1'}"])
     simulate(warm, base / "warm-up", existing="overwrite")
-    plain_s, plain = run_sweep(method, args, base / "alone", None)
+    plain_s, plain_cpu_s, plain = run_sweep(method, args, base / "alone", None)
     cache = base / "cache"
     if cache.exists():
         shutil.rmtree(cache)
-    reuse_s, reused = run_sweep(method, args, base / "reuse", cache)
-    one_s = plain[0]["point_wall_s"]
+    reuse_s, reuse_cpu_s, reused = run_sweep(method, args, base / "reuse", cache)
+    # One point: the median of the 5 run alone (the same work each; the median is robust
+    # to other work on the host slowing one of them).
+    one_s = statistics.median(s["point_wall_s"] for s in plain)
+    one_cpu_s = statistics.median(s["point_cpu_s"] for s in plain)
     identical = all((base / "reuse" / f"up{f:g}" / name).read_bytes() == (base / "alone" / f"up{f:g}" / name).read_bytes()
                     for f in FACTORS for name in RECORDS)
     later = reused[1:]
@@ -145,8 +149,10 @@ def bench_sweep(method: str, args, out: Path) -> dict:
     return {
         "method": method, "one_point_s": one_s, "sweep_plain_s": plain_s, "sweep_reuse_s": reuse_s,
         "ratio_plain": plain_s / one_s, "ratio_reuse": reuse_s / one_s, "identical": identical,
+        "one_point_cpu_s": one_cpu_s, "cpu_ratio_plain": plain_cpu_s / one_cpu_s, "cpu_ratio_reuse": reuse_cpu_s / one_cpu_s,
         "train_hits": hits["train"], "train_lookups": looks["train"], "eval_hits": hits["eval"],
         "eval_lookups": looks["eval"], "diverge": diverge, "rounds": [s["rounds"] for s in plain],
+        "point_alone_s": [round(s["point_wall_s"], 1) for s in plain],
         "point_reuse_s": [round(s["point_wall_s"], 1) for s in reused],
     }
 
@@ -222,15 +228,20 @@ def print_report(report: dict, args) -> None:
         print(f"\n5-point uplink sweep (x{', x'.join(f'{f:g}' for f in FACTORS)}) of quickstart, {args.rounds} rounds, "
               f"eval on {args.eval_subsample} examples and {args.personal_eval_clients} clients, "
               f"{args.threads} torch thread(s), {args.workers} worker(s){over}")
-        print(f"{'method':<11} {'1 point':>8} {'sweep':>8} {'ratio':>6} {'reuse':>8} {'ratio':>6} "
+        print(f"{'method':<11} {'1 point':>8} {'sweep':>8} {'ratio':>6} {'reuse':>8} {'ratio':>6} {'CPU ratios':>11} "
               f"{'train hits':>11} {'eval hits':>10} {'same bytes':>10}  first round arriving differently (x1/2..x1/16)")
         for s in report["sweeps"]:
             print(f"{s['method']:<11} {s['one_point_s']:>7.1f}s {s['sweep_plain_s']:>7.1f}s {s['ratio_plain']:>6.2f} "
                   f"{s['sweep_reuse_s']:>7.1f}s {s['ratio_reuse']:>6.2f} "
+                  f"{s['cpu_ratio_plain']:>5.2f}/{s['cpu_ratio_reuse']:<5.2f} "
                   f"{s['train_hits']:>4}/{s['train_lookups']:<4} {s['eval_hits']:>3}/{s['eval_lookups']:<4}"
                   f"{'yes' if s['identical'] else 'NO':>10}  {['-' if d is None else d for d in s['diverge']]}")
-        print("(ratio = sweep wall / one point's wall, same run; hits over the 4 points after the first; "
-              "'-': the same clients arrived in every round)")
+        print("(ratio = sweep wall / one point's wall (median of the 5 alone), same run; CPU ratios: the same with "
+              "this process's CPU time, without / with reuse; hits over the 4 points after the first; '-': the same "
+              "clients arrived in every round)")
+        for s in report["sweeps"]:
+            print(f"  {s['method']}: points alone {s['point_alone_s']} s, with reuse {s['point_reuse_s']} s, "
+                  f"rounds {s['rounds']}")
     if "round" in report:
         r = report["round"]["rounds"]
         base1, base2 = r["1 process, 1 thread"]["round_s"], r["1 process, 2 threads"]["round_s"]
