@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+import signal
+
 from fedsim.study.parallel import run_all
 from fedsim.study.scenario import load_scenario
 from fedsim.study.simulate import simulate
@@ -31,6 +33,7 @@ def test_a_surrogate_sweep_on_ray_writes_the_local_executors_bytes(tmp_path, wri
     # Execute
     (tmp_path / "a-file").write_text("not a folder")
     bad = (variants[0].scenario, tmp_path / "a-file")
+    handler = signal.getsignal(signal.SIGTERM)
     local = {task[1].name: r for task, r in run_all(simulate, tasks(tmp_path / "local"), jobs=1)}
     on_ray = {task[1].name: r for task, r in run_all_ray(simulate, [bad, *tasks(tmp_path / "ray")], jobs=2)}
     # Assert: the failure is a result, and every point ran, with the same bytes
@@ -41,6 +44,7 @@ def test_a_surrogate_sweep_on_ray_writes_the_local_executors_bytes(tmp_path, wri
         for f in FILES:
             assert (tmp_path / "ray" / v.label / f).read_bytes() == (tmp_path / "local" / v.label / f).read_bytes()
     assert not ray.is_initialized()  # the Ray started on the fly is gone
+    assert signal.getsignal(signal.SIGTERM) is handler  # and so is its SIGTERM handler
 
 
 def test_jobs_must_be_positive():

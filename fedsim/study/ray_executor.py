@@ -11,7 +11,7 @@ environment says otherwise (as :func:`fedsim.study.parallel.run_all`'s workers d
 Without ``address`` a private Ray of ``jobs`` CPUs is started on the fly (no dashboard,
 workers' output not echoed) and shut down afterwards; with ``address`` (``auto`` or
 ``ray://host:10001``) the tasks go to that cluster, whose size decides how many run at
-once. Ray is an optional dependency (``pip install 'fedsim[ray]'``), imported only here.
+once. The caller's SIGTERM handler, which ``ray.init`` replaces, is restored. Ray is an optional dependency (``pip install 'fedsim[ray]'``), imported only here.
 
 Runs share nothing but their output folders (and, when set, the training-reuse cache,
 which is safe for concurrent writers on one machine), so the order they finish in
@@ -21,6 +21,8 @@ changes no result: the records are byte-identical to :func:`run_all`'s.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -57,17 +59,18 @@ def run_all_ray(
         raise ImportError("the ray executor needs Ray: pip install 'fedsim[ray]'") from None
     tasks = list(tasks)
     env = {var: os.environ.get(var, default) for var, default in _WORKER_ENV}
-    started = False
-    if not ray.is_initialized():
-        if address is None:
+    # ray.init installs its own SIGTERM handler and ray.shutdown leaves it: ours is put back.
+    sigterm = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    started = not ray.is_initialized()
+    pending: dict = {}
+    try:
+        if started and address is None:
             ray.init(num_cpus=jobs, include_dashboard=False, log_to_driver=False, configure_logging=False,
                      runtime_env={"env_vars": env})
-        else:
+        elif started:
             ray.init(address=address, log_to_driver=False, configure_logging=False, runtime_env={"env_vars": env})
-        started = True
-    remote = ray.remote(num_cpus=1, max_retries=0)(_call)
-    pending = {remote.remote(fn, *task): task for task in tasks}
-    try:
+        remote = ray.remote(num_cpus=1, max_retries=0)(_call)
+        pending = {remote.remote(fn, *task): task for task in tasks}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
@@ -82,3 +85,5 @@ def run_all_ray(
             ray.cancel(ref, force=True)
         if started:
             ray.shutdown()
+            if sigterm is not None:
+                signal.signal(signal.SIGTERM, sigterm)
