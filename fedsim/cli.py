@@ -474,6 +474,22 @@ def compare(
     say(f"wrote {dest / 'compare.csv'} and {dest / 'compare.md'} ({len(dirs)} runs)")
 
 
+cache_app = typer.Typer(no_args_is_help=True, help="The training-reuse cache (train.reuse.cache_dir).")
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("clear")
+def cache_clear(cache_dir: Annotated[Path, typer.Argument(help="the cache folder (train.reuse.cache_dir)")]) -> None:
+    """Remove every entry of a reuse cache (only a folder fedsim made as one)."""
+    from fedsim.learning.reuse import clear_cache
+
+    try:
+        files, nbytes = clear_cache(cache_dir)
+    except ValueError as exc:
+        _fail(FedsimError(str(exc)))
+    say(f"removed {files} entries ({nbytes / 2**20:.1f} MiB) from {cache_dir}")
+
+
 def main() -> None:
     try:
         app()

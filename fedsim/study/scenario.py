@@ -31,6 +31,7 @@ from fedsim.methods.base import get_method, method_names
 from fedsim.core.models import check_trainable
 from fedsim.fleet.profiles import ProfileSet, load_profiles
 from fedsim.fleet.scaling import ScaleError, scale_profiles
+from fedsim.learning.reuse import MARKER
 from fedsim.learning.surrogate import SurrogateSpec
 from fedsim.learning.real.config import DataSpec, ModelSpec, TrainSpec
 
@@ -212,6 +213,10 @@ def _data_problems(sc: Scenario, lines, memo: dict) -> list:
     cache = sc.data.cache_dir
     if cache is not None and cache.exists() and not cache.is_dir():
         problems.append(("data.cache_dir", lines.get(("data", "cache_dir")), str(cache), "a folder for tokenised data, but it is a file"))
+    reuse = sc.train.reuse.cache_dir.expanduser() if sc.train.reuse.cache_dir is not None else None
+    if reuse is not None and reuse.exists() and (not reuse.is_dir() or (any(reuse.iterdir()) and not (reuse / MARKER).is_file())):
+        problems.append(("train.reuse.cache_dir", lines.get(("train", "reuse", "cache_dir")), str(reuse),
+                         f"a new folder or a fedsim reuse cache (holding {MARKER}), but it is another file or folder"))
     from fedsim.learning.real.data import DataError, packaged_files, read_table  # no torch: plain file reading
 
     if sc.data.dataset != "file":

@@ -147,6 +147,7 @@ def simulate(
     recorder.summary(summary)
     t0 = time.perf_counter()
     saved = {"n": 0, "wall_s": 0.0, "bytes": 0, "since": t0, "last_s": 0.0}
+    trainer = None
     try:
         seeds = Seeds(sc.seed)
         profiles, fleet, availability = build_fleet(sc, seeds)
@@ -201,6 +202,8 @@ def simulate(
             fleet_size=fleet.size,
             model={"family": shape.family, "layers": shape.num_layers, "params": shape.total_params},
         )
+        if getattr(trainer, "cache", None) is not None:
+            summary["reuse"] = trainer.cache.stats.as_dict()  # lookups that found (hits) or computed (misses)
         return result
     except BaseException as exc:
         interrupted = isinstance(exc, KeyboardInterrupt | Interrupted)
@@ -217,6 +220,8 @@ def simulate(
         summary.setdefault("time_to_target_s", None)
         raise
     finally:
+        if hasattr(trainer, "close"):
+            trainer.close()  # its worker processes, if any
         summary.update(checkpoints=saved["n"], checkpoint_wall_s=saved["wall_s"], checkpoint_bytes=saved["bytes"])
         recorder.summary(summary)
         recorder.close()

@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 
 from fedsim.core.configio import Spec
 
-__all__ = ["PartitionSpec", "DataSpec", "ModelSpec", "TrainSpec"]
+__all__ = ["PartitionSpec", "DataSpec", "ModelSpec", "ReuseSpec", "TrainSpec"]
 
 class PartitionSpec(Spec):
     """How the training split is divided among the clients (client i = device i).
@@ -141,6 +141,18 @@ class ModelSpec(Spec):
         return self
 
 
+class ReuseSpec(Spec):
+    """Training reuse (:mod:`fedsim.learning.reuse`): results already computed, by any run
+    sharing the cache folder, are read instead of computed again; records are unchanged."""
+
+    cache_dir: Path | None = Field(
+        None, description="Folder of the reuse cache (shared by runs and processes on one machine); null = off."
+    )
+    max_bytes: int = Field(
+        4 * 2**30, ge=1, description="Bound on the cache's size; least recently used entries are removed beyond it."
+    )
+
+
 class TrainSpec(Spec):
     """Local optimiser and host settings (the plan decides steps, batch size and length).
 
@@ -159,3 +171,11 @@ class TrainSpec(Spec):
         "from CPU results in the last bits.",
     )
     eval_batch_size: int = Field(64, ge=1, description="Examples per evaluation batch.")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Processes that train a round's clients side by side, each holding the model and using "
+        "one torch thread; 1 = one after another in the run's process (threads threads).",
+    )
+    reuse: ReuseSpec = Field(default_factory=ReuseSpec, description="Reuse of training results across runs.")

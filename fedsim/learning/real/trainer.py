@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -9,22 +10,28 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedsim.core.errors import ConfigError
 from fedsim.core.plan import ClientPlan
 from fedsim.learning.base import AggregateFn, ClientResult, EvalResult
 from fedsim.learning.real.aggregate import fedavg_per_layer
-from fedsim.learning.real.config import DataSpec, ModelSpec, TrainSpec
+from fedsim.learning.real.config import DataSpec, ModelSpec, ReuseSpec, TrainSpec
 from fedsim.learning.real.data import TextData, load_data, tokenizer_identity
 from fedsim.learning.real.evaluate import eval_indices, evaluate_model
+from fedsim.learning.real.keys import TrainerKeys
 from fedsim.learning.real.local import train_client
 from fedsim.learning.real.model import FedModel, build_model, load_tokenizer, resolve_device
 from fedsim.learning.real.partition import Partition, make_partition
-from fedsim.learning.real.personal import PersonalStore, evaluate_personal, finetuned_tensors, train_personal
+from fedsim.learning.real.personal import PersonalStore, evaluate_personal, finetuned_tensors
+from fedsim.learning.real.workers import ClientJob, ClientOutcome, ClientPool, train_job
+from fedsim.learning.reuse import ReuseCache
 
 __all__ = ["TorchTrainer"]
 
 
 class TorchTrainer:
-    """Trains a LoRA classifier for real, one client after another on one model object.
+    """Trains a LoRA classifier for real, one client after another on one model object
+    (or side by side in ``train.workers`` processes, :mod:`fedsim.learning.real.workers`),
+    reusing results from the cache ``train.reuse`` when it is set (:mod:`fedsim.learning.reuse`).
 
     Args:
         data: Data set, tokenisation and partition settings.
@@ -44,6 +51,10 @@ class TorchTrainer:
         self.train_spec = train
         torch.set_num_threads(train.threads)
         self.device = resolve_device(train.device)  # before the slow loading: a bad device fails fast
+        # What a worker process needs to build this same trainer (the generator before it is used).
+        self._worker_build = (data, model, train.model_copy(update={"threads": 1, "workers": 1, "reuse": ReuseSpec()}),
+                              num_clients, copy.deepcopy(rng))
+        self._pool: ClientPool | None = None
         part_rng, model_rng, eval_rng = rng.spawn(3)
         tokenizer, tok_name = load_tokenizer(model)
         self.data: TextData = load_data(data, tokenizer, tokenizer_identity(tokenizer, tok_name))
@@ -71,6 +82,8 @@ class TorchTrainer:
         # Parameters aggregation has replaced (the trainable ones, and base weights under
         # full fine-tuning): what a checkpoint must store of the global model.
         self._aggregated: set[str] = set(self.fm.base_trainable)
+        self.cache = _open_cache(train.reuse) if train.reuse.cache_dir else None
+        self._keys = TrainerKeys(self, 1 if train.workers > 1 else train.threads) if self.cache is not None else None
 
     @property
     def model_config(self) -> Any:
@@ -100,34 +113,47 @@ class TorchTrainer:
         plans: Sequence[ClientPlan],
         seeds: np.ndarray,
     ) -> list[ClientResult]:
-        """Train each client from the current global model, sequentially."""
+        """Train each client from the current global model.
+
+        One after another in this process, or side by side in ``train.workers`` processes;
+        a client whose result the reuse cache holds (``train.reuse``) is not trained again.
+        The results, and the personal tensors kept, are the same bytes either way.
+        """
         if not len(client_ids) == len(plans) == len(seeds):
             raise ValueError(
                 f"train: {len(client_ids)} client ids, {len(plans)} plans and {len(seeds)} seeds; need one of each per client"
             )
-        results = []
         global_now = self.global_state() if self.download_transform is not None else None
-        for cid, plan, seed in zip(client_ids, plans, seeds):
-            if global_now is not None:
-                self.fm.load_state(self.download_transform(int(cid), plan, global_now))
-            if plan.has_personal:
-                results.append(train_personal(self.fm, self.data.train, self.partition.train[int(cid)], plan,
-                                              self.train_spec, seed=int(seed), client_id=int(cid), store=self.personal))
-                continue
-            results.append(
-                train_client(
-                    self.fm,
-                    self.data.train,
-                    self.partition.train[int(cid)],
-                    plan,
-                    self.train_spec,
-                    seed=int(seed),
-                    client_id=int(cid),
-                )
-            )
+        jobs = [ClientJob(int(cid), plan, int(seed),
+                          start=self.download_transform(int(cid), plan, global_now) if global_now is not None else None,
+                          personal=self.personal.get(int(cid)) if plan.has_personal else None)
+                for cid, plan, seed in zip(client_ids, plans, seeds)]
+        keys = [self._keys.train(job) for job in jobs] if self._keys is not None else [None] * len(jobs)
+        outcomes: list[ClientOutcome | None] = [self.cache.get(k, "train") if k else None for k in keys]
+        todo = [i for i, out in enumerate(outcomes) if out is None]
+        for i, out in zip(todo, self._train_jobs([jobs[i] for i in todo])):
+            outcomes[i] = out
+            if keys[i] is not None:
+                self.cache.put(keys[i], out)
+        for job, out in zip(jobs, outcomes):
+            if job.plan.has_personal:
+                self.personal.put(job.client_id, out.personal)
         if global_now is not None:
             self.fm.load_state(global_now)  # clients' deltas apply to the true global model
-        return results
+        return [out.result for out in outcomes]
+
+    def _train_jobs(self, jobs: list[ClientJob]) -> list[ClientOutcome]:
+        if self.train_spec.workers > 1 and jobs:  # even one job: the workers' thread count trains it
+            if self._pool is None:
+                self._pool = ClientPool(self.train_spec.workers, self._worker_build, self.device)
+            return self._pool.train(self.state_dict()["params"], jobs)
+        return [train_job(self, job, self.personal) for job in jobs]
+
+    def close(self) -> None:
+        """Stop the worker processes, if any were started."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     def update_gains(self, round_idx: int, results: Sequence[ClientResult], num_examples: int) -> np.ndarray:
         """Drop in validation loss when each update alone is applied to the global model.
@@ -135,6 +161,15 @@ class TorchTrainer:
         Measured on a fixed seeded subsample of ``num_examples`` of the evaluation split;
         the global model is left as it was. An update with no delta gets NaN.
         """
+        key = self._keys.gains(results, num_examples) if self._keys is not None else None
+        if key is not None and (hit := self.cache.get(key, "gains")) is not None:
+            return hit
+        gains = self._update_gains(results, num_examples)
+        if key is not None:
+            self.cache.put(key, gains)
+        return gains
+
+    def _update_gains(self, results: Sequence[ClientResult], num_examples: int) -> np.ndarray:
         idx = eval_indices(len(self.data.test), num_examples, self.data_spec.split_seed + 1)
         batch = self.train_spec.eval_batch_size
         base = evaluate_model(self.fm.model, self.data.test, idx, batch).loss
@@ -172,6 +207,8 @@ class TorchTrainer:
         state = {n: params[n].detach().clone() for n in sorted(names)}
         self._aggregated |= names
         self.fm.load_state(fn(state, results))
+        if self._keys is not None:
+            self._keys.stale()
 
     def state_dict(self) -> dict[str, Any]:
         """The global parameters aggregation has touched, and the personal-layer store."""
@@ -183,12 +220,19 @@ class TorchTrainer:
         self._aggregated = set(self.fm.base_trainable) | set(state["params"])
         self.fm.load_state(state["params"])
         self.personal.load_state_dict(state["personal"])
+        if self._keys is not None:
+            self._keys.stale()
 
     def evaluate(self, round_idx: int) -> EvalResult:
         """Accuracy and loss of the global model on the test split (or its fixed subsample),
         and the personalised accuracy (:meth:`evaluate_personal`)."""
+        key = self._keys.evaluation(round_idx) if self._keys is not None else None
+        if key is not None and (hit := self.cache.get(key, "eval")) is not None:
+            return hit
         result = evaluate_model(self.fm.model, self.data.test, self._eval_idx, self.train_spec.eval_batch_size)
         result.personal_accuracy = self.evaluate_personal(round_idx)
+        if key is not None:
+            self.cache.put(key, result)
         return result
 
     def evaluate_personal(self, round_idx: int = 0) -> float | None:
@@ -213,3 +257,11 @@ class TorchTrainer:
 
         return evaluate_personal(self.fm, test, self.partition.test, self.personal_eval_clients, tensors,
                                  self.train_spec.eval_batch_size)
+
+
+def _open_cache(spec: ReuseSpec) -> ReuseCache:
+    try:
+        return ReuseCache(spec.cache_dir, spec.max_bytes)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(None, [("train.reuse.cache_dir", None, str(spec.cache_dir),
+                                  f"a folder for fedsim's reuse cache ({exc})")]) from None
