@@ -128,7 +128,7 @@ def bench_sweep(method: str, args, out: Path) -> dict:
     base = out / method
     for factor in FACTORS:
         scaled_profiles(base / f"profiles-up{factor:g}", factor)
-    warm = scenario(method, args, [f"engine.max_rounds=1", f"fleet.profiles_dir={base / 'profiles-up1'}"])
+    warm = scenario(method, args, ["engine.max_rounds=1", f"fleet.profiles_dir={base / 'profiles-up1'}"])
     simulate(warm, base / "warm-up", existing="overwrite")
     plain_s, plain_cpu_s, plain = run_sweep(method, args, base / "alone", None)
     cache = base / "cache"

@@ -18,7 +18,6 @@ from fedsim.learning.real.config import DataSpec, ModelSpec, ReuseSpec, TrainSpe
 from fedsim.learning.real.data import TextData, load_data, tokenizer_identity
 from fedsim.learning.real.evaluate import eval_indices, evaluate_model
 from fedsim.learning.real.keys import TrainerKeys
-from fedsim.learning.real.local import train_client
 from fedsim.learning.real.model import FedModel, build_model, load_tokenizer, resolve_device
 from fedsim.learning.real.partition import Partition, make_partition
 from fedsim.learning.real.personal import PersonalStore, evaluate_personal, finetuned_tensors
