@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/calibrate_configurator.py [--truths 40] [--rounds 30]
+    python benchmarks/calibrate_configurator.py [--truths 40] [--rounds 5,10,30]
 
 DropPEFT's configurator was designed on this set and on the synthetic tests in
 ``tests/test_configurator.py`` only; ``benchmarks/bench_configurator.py`` evaluates it on
@@ -38,7 +38,8 @@ from fedsim.learning.base import ClientResult, EvalResult  # noqa: E402
 SHAPE = ModelShape("bert", 6, 384, 12, 1536, 30522, 512, 2, 4)
 BASE = ClientPlan.uniform(6, lora_rank=8, batch_size=16, seq_len=64, local_steps=2)
 ROWS = {
-    "droppeft (information-directed sampling, learning)": {},
+    "droppeft: knowledge gradient (policy: kg)": {},
+    "information-directed sampling (policy: ids)": {"policy": "ids"},
     "Thompson sampling (policy: thompson)": {"policy": "thompson"},
     "learning without exploration": {"explore": False},
     "learning off (prior only)": {"learning": False},
@@ -54,15 +55,17 @@ def synthetic_fleet(rng: np.random.Generator, n: int = 13) -> Fleet:
                  f32(0.02), f32(0), f32(0), f32(1e-9), f32(1e-7), f32(1e-7), f32(0), f32(24), f32(0), f32(0))
 
 
-def episode(truth: int, params: dict, rounds: int) -> float:
-    """Progress per second of one row on one truth, over the oracle's."""
+def episode(truth: int, params: dict, rounds: int, lengths: tuple[int, ...] | None = None) -> np.ndarray:
+    """Progress per second of one row on one truth over the oracle's, summed over the first
+    ``L`` rounds for each ``L`` in ``lengths`` (default: all ``rounds``). The policies are
+    not told the length, so a shorter run is the start of a longer one."""
     rng = np.random.default_rng(truth)
     method = DropPEFT(DropPEFTParams(**params), SHAPE, BASE)
     gamma, beta = rng.uniform(-2, 3), rng.uniform(0, 4)
     worth = np.array([depth_weighted_keep(a.keep_prob, gamma) ** beta for a in method.arms])
     if rng.random() < 0.3:
         worth = worth * np.exp(0.3 * rng.standard_normal(worth.size))
-    got = best = 0.0
+    got, best = np.zeros(rounds), np.zeros(rounds)
     for r in range(rounds):
         fleet = synthetic_fleet(np.random.default_rng([truth, r]))
         ids = np.arange(fleet.size)
@@ -74,11 +77,11 @@ def episode(truth: int, params: dict, rounds: int) -> float:
         arms = method._round_arms
         t = times[ids, arms]
         arrived = np.sort(np.argsort(t, kind="stable")[:10])
-        got += worth[arms[arrived]].mean() / t[arrived].max()
+        got[r] = worth[arms[arrived]].mean() / t[arrived].max()
         oracle, _ = paced_assignment(worth, times, feasible, 10, np.zeros(ids.size, np.int64))
         ot = times[ids, oracle]
         first = np.argsort(ot, kind="stable")[:10]
-        best += worth[oracle[first]].mean() / ot[first].max()
+        best[r] = worth[oracle[first]].mean() / ot[first].max()
         outcome = np.full(ids.size, "surplus", dtype=object)
         outcome[arrived] = "ok"
         results = [ClientResult(int(i), 10, np.zeros(6), 0.0, np.zeros(6)) for i in arrived]
@@ -86,20 +89,25 @@ def episode(truth: int, params: dict, rounds: int) -> float:
         method.round_finished(RoundReport(round_idx=r, start_s=0.0, end_s=1.0, device_ids=ids, plans=plans,
                                           outcome=outcome, duration_s=np.ones(ids.size), results=results,
                                           evaluation=EvalResult(0.5, 1.0), update_gains=gains))
-    return got / best
+    ends = np.array(lengths or (rounds,)) - 1
+    return np.cumsum(got)[ends] / np.cumsum(best)[ends]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--truths", type=int, default=40)
-    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--rounds", default="5,10,30",
+                    help="run lengths scored, comma-separated (each a prefix of the longest)")
     args = ap.parse_args(argv)
-    print(f"Progress per second / oracle's, {args.truths} synthetic truths x {args.rounds} rounds\n")
-    print("| row | mean | 10th percentile | worst |")
-    print("|---|---|---|---|")
+    lengths = tuple(sorted({int(x) for x in args.rounds.split(",")}))
+    print(f"Progress per second / oracle's, {args.truths} synthetic truths, runs of {', '.join(map(str, lengths))} rounds "
+          "(mean / 10th percentile / worst)\n")
+    print("| row | " + " | ".join(f"{L} rounds" for L in lengths) + " |")
+    print("|---|" + "---|" * len(lengths))
     for name, params in ROWS.items():
-        s = np.array([episode(k, params, args.rounds) for k in range(args.truths)])
-        print(f"| {name} | {s.mean():.3f} | {np.quantile(s, 0.1):.3f} | {s.min():.3f} |", flush=True)
+        s = np.array([episode(k, params, lengths[-1], lengths) for k in range(args.truths)])  # (truths, lengths)
+        cells = [f"{c.mean():.3f} / {np.quantile(c, 0.1):.3f} / {c.min():.3f}" for c in s.T]
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
     return 0
 
 

@@ -14,8 +14,8 @@ import pytest
 from fedsim.core.costmodel import CostCoefficients, ModelShape
 from fedsim.fleet.fleet import Fleet
 from fedsim.methods.base import RoundContext, RoundReport
-from fedsim.methods.configurator import (ProgressModel, ids_assignment, information_gain, paced_assignment,
-                                          plan_value, utility_scores)
+from fedsim.methods.configurator import (ProgressModel, ids_assignment, information_gain, kg_assignment, lindy_horizon,
+                                          paced_assignment, plan_value, utility_scores)
 from fedsim.methods.droppeft import DropPEFT, DropPEFTParams, feasible_arms
 from fedsim.core.plan import ClientPlan, depth_weighted_keep
 from fedsim.learning.base import ClientResult, EvalResult
@@ -97,7 +97,7 @@ TRUTHS = {
 }
 
 
-POLICIES = ["ids", "thompson"]  # every exploration policy DropPEFTParams.policy offers
+POLICIES = ["kg", "ids", "thompson"]  # every exploration policy DropPEFTParams.policy offers
 
 
 def test_every_policy_offered_is_tested():
@@ -282,3 +282,65 @@ def test_ids_runs_the_median_plan_once_the_posterior_is_sure():
     median, _ = paced_assignment(model.worth(), times, feasible, QUOTA, fallback)
     # Assert
     assert np.array_equal(chosen, median)
+
+
+def _fresh_round():
+    fleet = _identical_fleet()
+    ids = np.arange(fleet.size)
+    arms = DropPEFT(DropPEFTParams(), SHAPE, BASE).arms
+    feasible, _, times = feasible_arms(fleet, ids, SHAPE, arms, CostCoefficients(), None)
+    return ProgressModel(_keeps()), times, feasible, np.zeros(ids.size, np.int64)
+
+
+def test_kg_with_no_rounds_left_runs_the_best_plan_under_the_median():
+    # Prepare: the prior, like devices
+    model, times, feasible, fallback = _fresh_round()
+    median, _ = paced_assignment(model.worth(), times, feasible, QUOTA, fallback)
+    # Execute
+    chosen, _ = kg_assignment(model, np.random.default_rng(0), times, feasible, QUOTA, fallback, rounds_left=0)
+    # Assert: nothing to repay exploration, so no plan worse than the median's under the median
+    assert plan_value(model.worth(), times, chosen, QUOTA) >= plan_value(model.worth(), times, median, QUOTA)
+
+
+def test_kg_explores_when_many_rounds_are_left_and_not_when_none_are():
+    # Prepare: the prior, like devices: the median's plan gives every client one arm,
+    # which teaches nothing about the arms' relative worth
+    model, times, feasible, fallback = _fresh_round()
+    # Execute
+    distinct = {}
+    for left in (0, 200):
+        distinct[left] = [np.unique(kg_assignment(model, np.random.default_rng(s), times, feasible, QUOTA, fallback,
+                                                  rounds_left=left)[0]).size for s in range(4)]
+    # Assert
+    assert distinct[0] == [1, 1, 1, 1]
+    assert min(distinct[200]) >= 2, distinct
+
+
+def test_lookahead_moves_the_median_towards_the_world_it_observes():
+    # Prepare: worlds drawn from the prior; updates on every arm, twice
+    model = ProgressModel(_keeps())
+    rng = np.random.default_rng(3)
+    gs, coefs = model.sample_coefficients(rng, 24)
+    worlds = np.array([np.exp(model._arm_features(int(g)) @ c) for g, c in zip(gs, coefs)])
+    arms = np.tile(np.arange(model.num_arms), 2)
+    noise = rng.standard_normal((24, arms.size))
+    # Execute
+    learnt = model.lookahead_worth(arms, gs, coefs, noise)
+    # Assert: after seeing a world's gains the median is nearer that world (in log worth
+    # relative to the mean arm) than the prior median is, in most worlds
+    def shape(x):
+        lx = np.log(x)
+        return lx - lx.mean(axis=-1, keepdims=True)
+    err_prior = np.abs(shape(worlds) - shape(model.worth())[None]).mean(axis=1)
+    err_learnt = np.abs(shape(worlds) - shape(learnt)).mean(axis=1)
+    assert (err_learnt < err_prior).mean() >= 0.8
+    assert learnt.shape == (24, model.num_arms) and np.all(np.isfinite(learnt)) and np.all(learnt > 0)
+
+
+def test_lindy_horizon_expects_as_many_rounds_to_come_as_have_gone():
+    assert [lindy_horizon(r) for r in (0, 1, 7)] == [0, 1, 7]
+
+
+def test_kg_horizon_must_be_positive():
+    with pytest.raises(ValueError, match="horizon"):
+        DropPEFTParams(horizon=0)

@@ -31,9 +31,12 @@ Observations made ``k`` evaluations ago weigh ``discount ** k`` (``window``: onl
 last ones are kept), so the model follows a best arm that changes as training goes on.
 Thompson sampling turns the posterior into the utilities a round is planned with: one
 draw per client, which spreads a round over the arms still plausible and so makes the
-gains of one round compare them. :func:`ids_assignment` (the default policy) runs, of the
-posterior median's plan and several Thompson plans, the one whose expected regret
-squared per unit of information is least. :func:`paced_assignment` gives
+gains of one round compare them. :func:`kg_assignment` (the default policy, the online
+knowledge gradient) runs, of the posterior median's plan and several Thompson plans, the
+one whose value this round plus what its updates are expected to teach the rounds still
+to come is largest, so a run with few rounds left explores little.
+:func:`ids_assignment` (information-directed sampling) runs the one whose expected regret
+squared per unit of information is least, whatever the rounds left. :func:`paced_assignment` gives
 every client of a synchronous round the arm that maximises the round's predicted progress
 per second, the times coming from the cost model.
 """
@@ -44,7 +47,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["ProgressModel", "utility_scores", "paced_assignment", "plan_value", "information_gain", "ids_assignment", "PRIOR_BETA"]
+__all__ = ["ProgressModel", "utility_scores", "paced_assignment", "plan_value", "information_gain", "ids_assignment",
+           "kg_assignment", "lindy_horizon", "PRIOR_BETA"]
 
 FASTEST_TOLERANCE = 0.1  # paced_assignment: arms this close to a client's fastest count as fastest
 PRIOR_BETA = 1.0  # prior mean of beta: an update is worth the share of layers it runs
@@ -63,11 +67,12 @@ class ProgressModel:
         arm_sd: prior sd of each arm's correction ``delta_a`` (log scale, relative to the
             noise: the prior of the coefficients scales with the noise variance).
         noise: prior guess of the variance of ``log gain`` about the model.
+        prior_beta: prior mean of ``beta`` (default 1: worth = share of layers run).
     """
 
     def __init__(self, keep_probs: Sequence[np.ndarray], depths: Sequence[float] | None = (-2.0, -1.0, 0.0, 1.0, 2.0, 3.0),
                  discount: float = 0.9, window: int | None = None, arm_sd: float = 1.0, beta_sd: float = 2.0,
-                 noise: float = 0.25, noise_weight: float = 2.0) -> None:
+                 noise: float = 0.25, noise_weight: float = 2.0, prior_beta: float = PRIOR_BETA) -> None:
         from fedsim.core.plan import depth_weighted_keep
 
         if not 0.0 < discount <= 1.0:
@@ -86,7 +91,7 @@ class ProgressModel:
         v0 = np.full(k, arm_sd**2 / noise)
         v0[0], v0[1] = 100.0 / noise, 1.0 / noise
         if not self.flat:
-            self.m0[2] = PRIOR_BETA
+            self.m0[2] = prior_beta
             v0[2] = beta_sd**2 / noise
         self.V0_inv = np.diag(1.0 / v0)
         self.a0 = 1.0 + noise_weight / 2.0
@@ -181,16 +186,67 @@ class ProgressModel:
         p, mean, _ = self.log_worth()
         return p @ np.exp(mean)
 
-    def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
-        """``(size, A)`` joint draws of every arm's worth (a ``gamma``, then coefficients)."""
+    def sample_coefficients(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(gamma index (size,), coefficients (size, k))``: joint posterior draws."""
         p, posts = self.fit()
         gs = rng.choice(len(p), size=size, p=p)
-        out = np.empty((size, self.num_arms))
+        coefs = np.empty((size, len(self.m0)))
         for i, g in enumerate(gs):
             mn, cov, _ = posts[g]
-            coef = rng.multivariate_normal(mn, cov, method="cholesky")
+            coefs[i] = rng.multivariate_normal(mn, cov, method="cholesky")
+        return gs, coefs
+
+    def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """``(size, A)`` joint draws of every arm's worth (a ``gamma``, then coefficients)."""
+        gs, coefs = self.sample_coefficients(rng, size)
+        out = np.empty((size, self.num_arms))
+        for i, (g, coef) in enumerate(zip(gs, coefs)):
             out[i] = np.exp(self._arm_features(g) @ coef)
         return out
+
+    def lookahead_worth(self, arms: np.ndarray, gs: np.ndarray, coefs: np.ndarray,
+                        noise: np.ndarray) -> np.ndarray:
+        """``(W, A)``: the posterior median worth after one more evaluation in which updates
+        with ``arms`` report their gains, in each of ``W`` worlds.
+
+        World ``w`` is a posterior draw (``gs[w]``, ``coefs[w]``); its gains are what the
+        model says they would be there, plus ``noise[w]`` (standard normal, one per update)
+        times the noise sd. Every ``gamma``'s posterior is updated by the Gaussian
+        (Kalman) step and its weight by the predictive likelihood of those gains; the
+        discount of older evaluations is left out (one step ahead).
+        """
+        p, posts = self.fit()
+        arms = np.asarray(arms, dtype=np.int64)
+        q = arms.size
+        W = len(gs)
+        feats = [self._arm_features(g) for g in range(len(p))]
+        design = []
+        for A in feats:
+            F = A[arms].copy()
+            F[:, 0] = 1.0  # the phase ...
+            F[:, 1] = 1.0 / _TREND_UNIT  # ... one evaluation from now
+            design.append(F)
+        # Gains in each world.
+        z = np.empty((W, q))
+        for w in range(W):
+            g = int(gs[w])
+            z[w] = design[g] @ coefs[w] + np.sqrt(posts[g][2]) * noise[w, :q]
+        logw = np.tile(np.log(np.maximum(p, 1e-300)), (W, 1))
+        log_theta = np.empty((len(p), W, self.num_arms))
+        for g, (mn, cov, s2) in enumerate(posts):
+            F = design[g]
+            S = F @ cov @ F.T + s2 * np.eye(q)
+            L = np.linalg.cholesky(S)
+            resid = z - F @ mn  # (W, q)
+            sol = np.linalg.solve(L, resid.T)  # L^-1 r
+            logw[:, g] += -0.5 * (sol**2).sum(axis=0) - np.log(np.diag(L)).sum()
+            K = cov @ F.T @ np.linalg.inv(S)  # (k, q)
+            new_mean = mn[None, :] + resid @ K.T  # (W, k)
+            log_theta[g] = new_mean @ feats[g].T
+        logw -= logw.max(axis=1, keepdims=True)
+        wts = np.exp(logw)
+        wts /= wts.sum(axis=1, keepdims=True)
+        return np.einsum("wg,gwa->wa", wts, np.exp(log_theta))
 
 
 def utility_scores(model: ProgressModel, rng: np.random.Generator, n_clients: int, explore: bool = True,
@@ -251,18 +307,21 @@ def paced_assignment(utility: np.ndarray, times: np.ndarray, feasible: np.ndarra
     near = f & (t <= t_min * (1.0 + FASTEST_TOLERANCE))
     fastest = np.argmax(np.where(near, u, -np.inf), axis=1)
     q = min(max(int(quota), 1), rows.size)
-    best_val, best_arms, best_T = -np.inf, None, float("nan")
-    for T in cand:
-        fits = f & (t <= T)
-        score = np.where(fits, u, -np.inf)
-        arms = np.where(fits.any(axis=1), np.argmax(score, axis=1), fastest)
-        ct = t[np.arange(rows.size), arms]
-        order = np.argsort(ct, kind="stable")[:q]
-        val = float(u[order, arms[order]].mean()) / max(float(ct[order[-1]]), 1e-9)
+    # Every candidate T at once: (C, n, A).
+    fits = f[None] & (t[None] <= cand[:, None, None])
+    arms = np.where(fits.any(axis=2), np.argmax(np.where(fits, u[None], -np.inf), axis=2), fastest[None])  # (C, n)
+    r = np.arange(rows.size)[None]
+    ct = t[r, arms]
+    order = np.argsort(ct, axis=1, kind="stable")[:, :q]
+    first_u = np.take_along_axis(u[r, arms], order, axis=1)
+    last_t = np.take_along_axis(ct, order[:, -1:], axis=1)[:, 0]
+    best_val, best = -np.inf, 0
+    for i in range(cand.size):
+        val = float(first_u[i].mean()) / max(float(last_t[i]), 1e-9)
         if val > best_val * (1.0 + 1e-9):
-            best_val, best_arms, best_T = val, arms, float(ct[order[-1]])
-    out[rows] = best_arms
-    return out, best_T
+            best_val, best = val, i
+    out[rows] = arms[best]
+    return out, float(last_t[best])
 
 
 def plan_value(worth: np.ndarray, times: np.ndarray, arms: np.ndarray, quota: int) -> float:
@@ -333,3 +392,72 @@ def ids_assignment(model: ProgressModel, rng: np.random.Generator, times: np.nda
     ratio = delta**2 / gain
     pick = int(np.argmin(ratio))
     return plans[pick]
+
+
+def lindy_horizon(round_idx: int) -> int:
+    """Rounds still to come when the run's length is unknown: as many as have gone
+    (Gott's and Lindy's rule: a run that has lasted ``r`` rounds is as likely to be in its
+    first half as in its second). 0 before the first round has reported."""
+    return max(int(round_idx), 0)
+
+
+def kg_assignment(model: ProgressModel, rng: np.random.Generator, times: np.ndarray, feasible: np.ndarray,
+                  quota: int, fallback: np.ndarray, rounds_left: int, candidates: int = 4,
+                  worlds: int = 32, z: float = 1.0, repeats: Sequence[int] = (1, 2, 4, 8)) -> tuple[np.ndarray, float]:
+    """Arms for one round by the online knowledge gradient (Ryzhov, Powell and Frazier,
+    2012) in its KG(*) form (Frazier and Powell, 2010).
+
+    A candidate plan is run instead of the posterior median's plan when its advantage
+    over ``R = rounds_left + 1`` rounds is positive::
+
+        A(plan) = max over m < R of  m * [value(plan | median) - value(plan0 | median)]
+                                     + (R - m) * LCB_w[value_w(plan'_m) - value_w(plan0'_m)]
+
+    ``value(plan | median)`` is a plan's progress per second (:func:`plan_value`) under the
+    posterior median: the first term is what running ``plan`` for ``m`` rounds costs.
+    ``plan'_m`` is the median's plan after the gains of ``m`` rounds of ``plan``'s
+    arriving updates are seen (:meth:`ProgressModel.lookahead_worth`), ``plan0'_m`` the
+    same for the median's own plan, and ``value_w`` the progress per second in world
+    ``w``, one of ``worlds`` joint posterior draws shared by every plan (the devices of
+    later rounds are taken to be like this round's). The second term is what the rounds
+    after them gain from what ``plan`` taught. ``LCB`` is the mean over the worlds less
+    ``z`` standard errors: with a few candidates and a few dozen worlds the largest mean is
+    mostly noise, and a plan explores only where what it teaches is clear. Counting ``m``
+    rounds of it, not one (KG(*)), values information that one round alone is too little
+    to act on. Candidates: the median's plan and ``candidates`` Thompson plans. With
+    ``rounds_left = 0`` it runs the plan of largest value under the median; the longer the
+    run still has to go, the more a plan that teaches is worth, so exploration is paid for
+    only where the rounds left can repay it (information-directed sampling,
+    :func:`ids_assignment`, does not weigh that).
+    """
+    times = np.asarray(times, dtype=float)
+    n = times.shape[0]
+    q = max(min(int(quota), n), 1)
+    median = model.worth()
+    plans = [paced_assignment(median, times, feasible, quota, fallback)]
+    plans += [paced_assignment(model.sample(rng, n), times, feasible, quota, fallback) for _ in range(candidates)]
+    reps = [m for m in sorted(set(int(r) for r in repeats)) if 1 <= m <= rounds_left]
+    gs, coefs = model.sample_coefficients(rng, worlds)
+    true_worth = np.array([np.exp(model._arm_features(int(g)) @ c) for g, c in zip(gs, coefs)])
+    noise = rng.standard_normal((worlds, q * max(reps, default=1)))
+    now = np.array([plan_value(median, times, arms, quota) for arms, _ in plans])
+    adv = now - now[0]
+    if reps:
+        rows = np.arange(n)
+        arrivals = []
+        for arms, _ in plans:
+            t = times[rows, arms]
+            arrivals.append(arms[np.argsort(np.where(np.isfinite(t), t, np.inf), kind="stable")[:q]])
+        best = np.full(len(plans), -np.inf)
+        for m in reps:
+            after = np.empty((len(plans), worlds))
+            for i, seen in enumerate(arrivals):
+                learnt = model.lookahead_worth(np.tile(seen, m), gs, coefs, noise)
+                after[i] = [plan_value(true_worth[w], times,
+                                       paced_assignment(learnt[w], times, feasible, quota, fallback)[0], quota)
+                            for w in range(worlds)]
+            d = after - after[0]  # paired over the worlds: what a plan teaches beyond the median's plan
+            lcb = d.mean(axis=1) - z * d.std(axis=1, ddof=1) / np.sqrt(worlds)
+            best = np.maximum(best, m * adv + (rounds_left + 1 - m) * lcb)
+        adv[1:] = best[1:]
+    return plans[int(np.argmax(adv))]

@@ -4,7 +4,8 @@ Each round (see docs/droppeft.md):
 
 1. the *arms* (per-layer dropout configurations) that would run out of memory or miss
    the round deadline on a selected client, by the cost model, are masked out;
-2. the policy (``ids``: information-directed sampling, or ``thompson``) turns the
+2. the policy (``kg``: the online knowledge gradient, ``ids``: information-directed
+   sampling, or ``thompson``) turns the
    posterior of each arm's *worth* (what an update with it is worth relative to running
    every layer) into the round's plan (:mod:`fedsim.methods.configurator`);
 3. the paced planner gives every client the arm that maximises the round's predicted
@@ -29,7 +30,8 @@ from fedsim.core.configio import Spec
 from fedsim.core.costmodel import client_times, plan_cost
 from fedsim.methods.base import Method, MethodParams, RoundContext, RoundReport, register
 from fedsim.methods.compose import compressible
-from fedsim.methods.configurator import ProgressModel, ids_assignment, paced_assignment, utility_scores
+from fedsim.methods.configurator import (ProgressModel, ids_assignment, kg_assignment, lindy_horizon, paced_assignment,
+                                         utility_scores)
 from fedsim.methods.stld_fixed import Profile, profile_ratios
 from fedsim.core.plan import ClientPlan, RoundPlans
 
@@ -69,10 +71,16 @@ class DropPEFTParams(MethodParams):
     shape_depths: list[float] = Field([-2.0, -1.0, 0.0, 1.0, 2.0, 3.0], min_length=1,
                                       description="gammas averaged over: layer l weighs (l + 1) ** gamma in an arm's keep")
     arm_sd: float = Field(1.0, gt=0.0, description="prior sd of an arm's own correction (log scale, in noise sds)")
+    prior_beta: float = Field(1.0, ge=0.0, le=20.0, allow_inf_nan=False, description=(
+        "prior mean of how steeply an arm's worth falls with dropout (worth = keep ** beta; 1: the share of layers "
+        "run); set it from a calibration on another data set and model, never from the run it is scored on"))
     gain_examples: int = Field(128, ge=1, description="validation examples each update's gain is measured on")
-    policy: Literal["ids", "thompson"] = Field("ids", description=(
-        "exploration: ids = information-directed sampling over the median's and Thompson plans; "
+    policy: Literal["kg", "ids", "thompson"] = Field("kg", description=(
+        "exploration: kg = online knowledge gradient (explores as far as the rounds left can repay it); "
+        "ids = information-directed sampling over the median's and Thompson plans; "
         "thompson = Thompson sampling, one draw per client"))
+    horizon: int | Literal["auto"] = Field("auto", description=(
+        "kg: rounds the run is expected to last; auto = unknown: as many rounds still to come as have gone"))
     learning: bool = Field(True, description="ablation: false plans with the prior alone, whatever is observed")
     explore: bool = Field(True, description="ablation: false plans with the posterior median (no Thompson draws)")
     prior: Literal["shapes", "flat"] = Field(
@@ -82,6 +90,8 @@ class DropPEFTParams(MethodParams):
 
     @model_validator(mode="after")
     def _check(self):
+        if isinstance(self.horizon, int) and self.horizon < 1:
+            raise ValueError(f"horizon must be >= 1 rounds or 'auto', got {self.horizon}")
         if isinstance(self.personal_layers, int) and self.personal_layers < 0:
             raise ValueError(f"personal_layers must be >= 0 or 'auto', got {self.personal_layers}")
         if any(not 0.0 <= m < 1.0 for m in self.mean_levels):
@@ -172,7 +182,7 @@ class DropPEFT(Method):
         self.arms = make_arms(base_plan, params)
         depths = params.shape_depths if params.prior == "shapes" else None
         self.model = ProgressModel([a.keep_prob for a in self.arms], depths, discount=params.discount,
-                                   window=params.window, arm_sd=params.arm_sd)
+                                   window=params.window, arm_sd=params.arm_sd, prior_beta=params.prior_beta)
         self._round_pace: float | None = None
         self._round_arms: np.ndarray | None = None
         self._arm_of: dict[int, list[int]] = {}  # planned clients not yet reported: their arms, oldest first
@@ -197,7 +207,10 @@ class DropPEFT(Method):
         if not p.bandit:
             return self._fixed_or_nearest(feasible, fallback), feasible
         quota = ctx.quota if ctx.quota is not None else len(ids)
-        if p.policy == "ids" and p.explore and p.learning:
+        if p.policy == "kg" and p.explore and p.learning:
+            left = lindy_horizon(ctx.round_idx) if p.horizon == "auto" else max(p.horizon - ctx.round_idx - 1, 0)
+            arms, self._round_pace = kg_assignment(self.model, ctx.rng, total, feasible, quota, fallback, left)
+        elif p.policy == "ids" and p.explore and p.learning:
             arms, self._round_pace = ids_assignment(self.model, ctx.rng, total, feasible, quota, fallback)
         else:
             util = utility_scores(self.model, ctx.rng, len(ids), explore=p.explore, learning=p.learning)
