@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.trainer == "surrogate":
             rest += [(base / e / TOLD_TRUTH / f"seed{s}", e, told_truth_row(e), s, args.trainer, args.overrides,
                       args.horizon) for e in envs if told_truth_row(e) is not None for s in seeds]
-        execute(first + rest)
+        execute(rest + first)  # the rows every seed needs first: a run cut short still compares them
     # 2. the best arms of the first seed on every seed
     top: dict[str, list[str]] = {}
     for e in envs:
@@ -380,13 +380,13 @@ def main(argv: list[str] | None = None) -> int:
          "geometric mean and 95% interval over the seeds; an interval that holds both 0.95 and 1.05 cannot tell.\n")
     emit("The last column is the headroom of learning: the planner told the true worths (surrogate) over "
          "learning off. No learner can beat learning off by more than that.\n")
-    emit("| environment | seeds | droppeft / learning off | droppeft-greedy / learning off | told the truth / learning off |")
-    emit("|---|---|---|---|---|")
+    paired = ["droppeft", "droppeft-ids", "droppeft-thompson", "droppeft-greedy", TOLD_TRUTH]
+    emit("| environment | seeds | " + " | ".join(f"{r} / learning off" for r in paired) + " |")
+    emit("|---|---|" + "---|" * len(paired))
     for e in envs:
-        cells = [paired_ratio(base, e, row, "droppeft-no-learning", seeds, targets[e])
-                 for row in ("droppeft", "droppeft-greedy", TOLD_TRUTH)]
+        cells = [paired_ratio(base, e, row, "droppeft-no-learning", seeds, targets[e]) for row in paired]
         if cells[0][0]:
-            emit(f"| {e} | {cells[0][0]} | {cells[0][1]} | {cells[1][1]} | {cells[2][1]} |")
+            emit(f"| {e} | {cells[0][0]} | " + " | ".join(c[1] for c in cells) + " |")
     emit()
     for e, goal in (("minilm-iid", 1.5), ("mpnet-12l", 2.0)):
         if e in summary and "droppeft" in summary[e]:

@@ -47,3 +47,54 @@ def test_workers_start_with_one_torch_thread_and_a_sequential_tokenizer(monkeypa
 def test_jobs_must_be_positive():
     with pytest.raises(ValueError):
         list(run_all(square_or_fail, [(1,)], jobs=0))
+
+
+_ORPHAN_SCRIPT = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+from fedsim.study.parallel import run_all
+
+def sleeper(path):
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(120)
+
+if __name__ == "__main__":
+    for _ in run_all(sleeper, [({a!r},), ({b!r},)], jobs=2):
+        pass
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "\tZ" not in next(line for line in f if line.startswith("State:"))  # a zombie has stopped
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads process states from /proc (Linux)")
+def test_workers_stop_when_the_parent_is_killed(tmp_path):
+    # Prepare: a parent running two long tasks in workers
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    a, b = tmp_path / "a.pid", tmp_path / "b.pid"
+    script = tmp_path / "parent.py"
+    script.write_text(_ORPHAN_SCRIPT.format(root=str(Path(__file__).resolve().parents[1]), a=str(a), b=str(b)))
+    parent = subprocess.Popen([sys.executable, str(script)])
+    deadline = time.monotonic() + 60
+    while not (a.exists() and b.exists() and a.read_text() and b.read_text()):
+        assert time.monotonic() < deadline, "workers did not start"
+        time.sleep(0.2)
+    workers = [int(a.read_text()), int(b.read_text())]
+    # Execute: kill the parent outright (no clean-up runs)
+    parent.kill()
+    parent.wait()
+    # Assert: the workers notice and stop within seconds, not after their 120 s task
+    deadline = time.monotonic() + 30
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(w) for w in workers)

@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, TypeVar
@@ -40,6 +43,18 @@ def _init_worker() -> None:
     # Read by torch and tokenizers when the worker first imports them (after this).
     for var, value in (("OMP_NUM_THREADS", "1"), ("MKL_NUM_THREADS", "1"), ("TOKENIZERS_PARALLELISM", "false")):
         os.environ.setdefault(var, value)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True, name="fedsim-parent-watch").start()
+
+
+def _exit_with_parent(parent: int, every_s: float = 1.0, grace_s: float = 5.0) -> None:
+    """A worker whose parent has gone (killed, say) stops too instead of running on
+    unseen: it interrupts itself, so the run it was in records ``interrupted`` and can be
+    resumed, and leaves after ``grace_s`` if that did not end it."""
+    while os.getppid() == parent:
+        time.sleep(every_s)
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(grace_s)
+    os._exit(1)
 
 
 def run_all(fn: Callable[..., Any], tasks: Iterable[T], jobs: int = 1) -> Iterator[tuple[T, Any]]:
