@@ -300,8 +300,9 @@ def main(argv: list[str] | None = None) -> int:
         rest = [(base / e / row / f"seed{s}", e, m, s, args.trainer, args.overrides, args.horizon)
                 for e in envs for row, m in every.items() for s in seeds]
         if args.trainer == "surrogate":
-            rest += [(base / e / TOLD_TRUTH / f"seed{s}", e, told_truth_row(e), s, args.trainer, args.overrides,
-                      args.horizon) for e in envs if told_truth_row(e) is not None for s in seeds]
+            told = {e: told_truth_row(e) for e in envs}
+            rest += [(base / e / TOLD_TRUTH / f"seed{s}", e, told[e], s, args.trainer, args.overrides, args.horizon)
+                     for e in envs if told[e] is not None for s in seeds]
         execute(rest + first)  # the rows every seed needs first: a run cut short still compares them
     # 2. the best arms of the first seed on every seed
     top: dict[str, list[str]] = {}

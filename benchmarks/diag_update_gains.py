@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         alone = tr.update_gains(rnd, res, 300)
         names = sorted({n for r in res for n in r.delta})
         before = {n: params[n].detach().clone() for n in names}
+        counts = {n: sum(n in r.delta for r in res) for n in names}  # updates that trained each tensor
 
         def applied(members: set[int]) -> float:
             """Loss with the per-layer average of ``members``' deltas (each layer over the
@@ -83,7 +84,6 @@ def main(argv: list[str] | None = None) -> int:
             return value
 
         def share(i: int) -> float:
-            counts = {n: sum(n in r.delta for r in res) for n in names}
             tr.fm.load_state({n: before[n] + torch.as_tensor(res[i].delta[n]) / counts[n] for n in res[i].delta})
             value = loss()
             tr.fm.load_state(before)
