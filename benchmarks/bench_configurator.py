@@ -264,14 +264,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report", type=Path, default=None,
                     help="also write the tables and goals here (default: docs/bench/configurator-<trainer>.md "
                          "when every environment and the default seeds are run)")
-    ap.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "configurator-shift.png")
+    ap.add_argument("--plot", type=Path, default=None,
+                    help="where the shift plot goes (the classes plot beside it); default docs/img/ on a full run, "
+                         "none on a subset")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(range(10 if args.trainer == "surrogate" else 3))
     envs = [e for e in args.envs.split(",") if e]
     if args.horizon != 1 and args.trainer != "surrogate":
         ap.error("--horizon applies to the surrogate only")
     kind = args.trainer if args.horizon == 1 else f"{args.trainer}-horizon{args.horizon}"
-    if args.report is None and args.seeds is None and set(envs) >= set(ENVS) - (SURROGATE_ONLY if args.trainer == "torch" else set()):
+    # Every environment on the default seeds: the run the docs quote, so its report and plots go to docs/.
+    full_run = args.seeds is None and set(envs) >= set(ENVS) - (SURROGATE_ONLY if args.trainer == "torch" else set())
+    if args.report is None and full_run:
         args.report = ROOT / "docs" / "bench" / f"configurator-{kind}.md"
     if args.trainer == "torch":
         envs = [e for e in envs if e not in SURROGATE_ONLY]
@@ -402,6 +406,10 @@ def main(argv: list[str] | None = None) -> int:
                                + (f" --horizon {args.horizon}" if args.horizon != 1 else "") + " -->\n"
                                + "\n".join(report) + "\n")
         print(f"wrote {args.report}")
+    if args.plot is None:
+        if not full_run:
+            return 0  # a subset of environments or seeds: the docs' plots stay as they are
+        args.plot = ROOT / "docs" / "img" / "configurator-shift.png"
     if "minilm-shift" in envs and kind == "surrogate":
         plot_shift(base, seeds, targets["minilm-shift"], arms, args.plot)
     if "minilm-iid" in envs and args.horizon == 1:
