@@ -2,14 +2,15 @@
 
 Usage::
 
-    python benchmarks/bench_configurator.py --trainer surrogate            # 9 environments, 10 seeds
+    python benchmarks/bench_configurator.py --trainer surrogate            # 10 environments, 10 seeds
     python benchmarks/bench_configurator.py --trainer torch --jobs 16      # real training, 3 seeds
     python benchmarks/bench_configurator.py --envs minilm-iid --seeds 0,1  # a subset
     python benchmarks/bench_configurator.py --table-only                   # tables from finished runs
 
 Environments: ``scenarios/configurator/*.yaml`` (MiniLM-L6 on 20news4 IID and at
 Dirichlet 0.1, a memory-starved fleet, a 3G-heavy fleet, a 12-layer model, Reuters R8,
-and a surrogate in which the best dropout changes during training). Each file also holds
+and surrogates in which the best dropout changes during training, dropout costs more or
+less than DropPEFT's prior says, or dropped updates harm the rounds they join). Each file also holds
 the surrogate's truth for that environment. DropPEFT's defaults were set on the synthetic
 rounds of ``tests/test_configurator.py`` only; none of these environments was used.
 
@@ -25,6 +26,8 @@ Rows, with the same fleet, data, selection and seeds in every row of an environm
 * ``droppeft-greedy``: learning without exploration (``explore: false``);
 * ``droppeft-ids`` and ``droppeft-thompson``: the other exploration policies offered,
   information-directed sampling (``policy: ids``) and Thompson sampling (``policy: thompson``);
+* ``droppeft-alone``: gains measured with the update applied alone (``gain_measure: alone``)
+  instead of left out of the round's aggregate (the default, ``loo``);
 * ``droppeft-told-truth`` (surrogate only): the planner told the environment's true worth
   curve, with learning off: the best the configurator could do by learning, and so the
   headroom of learning over ``droppeft-no-learning``.
@@ -58,13 +61,14 @@ from fedsim.study.parallel import run_all  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV_DIR = ROOT / "scenarios" / "configurator"
-ENVS = ["minilm-iid", "minilm-dir01", "minilm-memstarved", "minilm-3g", "mpnet-12l", "minilm-r8", "minilm-shift", "mpnet-cheapdrop", "minilm-steep-shallow"]
-SURROGATE_ONLY = {"mpnet-12l", "minilm-shift", "mpnet-cheapdrop", "minilm-steep-shallow"}  # no weights to train (mpnet) / a synthetic truth
+ENVS = ["minilm-iid", "minilm-dir01", "minilm-memstarved", "minilm-3g", "mpnet-12l", "minilm-r8", "minilm-shift", "mpnet-cheapdrop",
+        "minilm-steep-shallow", "minilm-mixharm"]
+SURROGATE_ONLY = {"mpnet-12l", "minilm-shift", "mpnet-cheapdrop", "minilm-steep-shallow", "minilm-mixharm"}  # no weights to train (mpnet) / a synthetic truth
 # Where DropPEFT's prior (worth = share of layers run) is wrong: the surrogate truths
 # say dropout costs more than that (minilm-*: keep ** 2.4, deep layers first; far more,
 # shallow layers first: minilm-steep-shallow), less (mpnet-cheapdrop) or changes (minilm-shift).
 PRIOR_WRONG = {"minilm-iid", "minilm-dir01", "minilm-memstarved", "minilm-3g", "minilm-shift", "mpnet-cheapdrop",
-               "minilm-steep-shallow"}
+               "minilm-steep-shallow", "minilm-mixharm"}
 ARMS = [(m, p) for m in (0.25, 0.5, 0.75) for p in ("uniform", "rising", "falling")]
 DROPPEFT_ROWS = {
     "droppeft": {},
@@ -73,6 +77,7 @@ DROPPEFT_ROWS = {
     "droppeft-greedy": {"explore": False},
     "droppeft-ids": {"policy": "ids"},
     "droppeft-thompson": {"policy": "thompson"},
+    "droppeft-alone": {"gain_measure": "alone"},
 }
 
 
@@ -89,9 +94,10 @@ TOLD_TRUTH = "droppeft-told-truth"
 def told_truth_row(env: str) -> dict | None:
     """Surrogate only: the planner told the environment's true worth curve (learning off,
     the prior set to the surrogate's ``keep_gamma ** beta``): what the configurator could
-    reach if it learnt the worths exactly. ``None`` where the truth changes during the run."""
+    reach if it learnt the worths exactly. ``None`` where the truth changes during the run
+    or is no such curve (dropped updates that harm the round: ``drop_harm``)."""
     sur = yaml.safe_load((ENV_DIR / f"{env}.yaml").read_text())["trainer"]["surrogate"]
-    if sur.get("drop_exponent_late") is not None:
+    if sur.get("drop_exponent_late") is not None or sur.get("drop_harm", 0):
         return None
     return {"name": "droppeft", "params": {"learning": False, "shape_depths": [float(sur["depth_exponent"])],
                                            "prior_beta": float(sur["drop_exponent"])}}
@@ -101,6 +107,9 @@ def method_rows() -> dict[str, dict]:
     return {k: {"name": "droppeft", "params": v} if v else {"name": "droppeft"} for k, v in DROPPEFT_ROWS.items()}
 
 
+LEARNING_ONLY = ("gain_examples", "gain_measure", "policy", "horizon", "explore", "discount", "window")
+
+
 def resolved_method(method: dict) -> dict:
     """The method's parameters with every default filled in, so that a run made before a
     default changed (say DropPEFT's policy) is not taken for one of the current code."""
@@ -108,6 +117,15 @@ def resolved_method(method: dict) -> dict:
 
     params = get_method(method["name"]).Params(**method.get("params", {}))
     return json.loads(params.model_dump_json())
+
+
+def comparable(resolved: dict) -> dict:
+    """``resolved`` less the parameters a DropPEFT row that does not learn never reads
+    (how gains are measured and acted on), so that adding or changing one of them does
+    not run such a row again."""
+    if resolved.get("learning", True) and resolved.get("bandit", True):
+        return resolved
+    return {k: v for k, v in resolved.items() if k not in LEARNING_ONLY}
 
 
 def run_one(out_dir: Path, env: str, method: dict, seed: int, trainer: str, overrides: list[str],
@@ -134,7 +152,9 @@ def run_one(out_dir: Path, env: str, method: dict, seed: int, trainer: str, over
     if summary_path.exists() and scenario_file.exists():
         old = yaml.safe_load(scenario_file.read_text())
         old.setdefault("method_resolved", wanted["method_resolved"])  # records from before the key existed
-        if json.loads(summary_path.read_text()).get("status") == "ok" and old == wanted:
+        old["method_resolved"] = comparable(old["method_resolved"])
+        same = old == wanted | {"method_resolved": comparable(wanted["method_resolved"])}
+        if json.loads(summary_path.read_text()).get("status") == "ok" and same:
             return "reused"
     if out_dir.exists() and any(out_dir.iterdir()):
         # A run of another scenario (or one cut short): keep its records beside the new run.
@@ -385,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
          "geometric mean and 95% interval over the seeds; an interval that holds both 0.95 and 1.05 cannot tell.\n")
     emit("The last column is the headroom of learning: the planner told the true worths (surrogate) over "
          "learning off. No learner can beat learning off by more than that.\n")
-    paired = ["droppeft", "droppeft-ids", "droppeft-thompson", "droppeft-greedy", TOLD_TRUTH]
+    paired = ["droppeft", "droppeft-alone", "droppeft-ids", "droppeft-thompson", "droppeft-greedy", TOLD_TRUTH]
     emit("| environment | seeds | " + " | ".join(f"{r} / learning off" for r in paired) + " |")
     emit("|---|---|" + "---|" * len(paired))
     for e in envs:

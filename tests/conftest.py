@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import textwrap
 from collections import Counter
 from pathlib import Path
@@ -53,6 +54,15 @@ def write_yaml(tmp_path: Path):
 @pytest.fixture
 def tiny_scenario(write_yaml) -> Path:
     return write_yaml("tiny.yaml", TINY_SCENARIO)
+
+
+def load_benchmark(name: str):
+    """The module ``benchmarks/<name>.py`` (benchmarks are scripts, not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
+from conftest import load_benchmark
 
 from fedsim.fleet.profiles import load_profiles
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_sweep.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_sweep", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_sweep")
 
 
 def test_scaled_profiles_divide_every_uplink_and_nothing_else(bench, tmp_path):

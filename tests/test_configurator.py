@@ -32,12 +32,23 @@ def _identical_fleet(n: int = 13) -> Fleet:
                  f32(0), f32(24), f32(0), f32(0))
 
 
-def _run(worth_fn, rounds: int, seed: int, noise: float = 0.3, decay: float = 0.93, **params):
-    """Clients per arm in each round; ``worth_fn(round, arm_times) -> (A,)`` true worth."""
-    fleet = _identical_fleet()
+def _two_speed_fleet(n: int = 13, slow: int = 6) -> Fleet:
+    """``_identical_fleet`` whose last ``slow`` devices compute 4x slower."""
+    fleet = _identical_fleet(n)
+    fleet.flops_per_s[n - slow:] /= 4.0
+    return fleet
+
+
+def _run(worth_fn, rounds: int, seed: int, noise: float = 0.3, decay: float = 0.93, fleet: Fleet | None = None,
+         **params):
+    """Clients per arm in each round; ``worth_fn(round, arm_times) -> (A,)`` true worth, or
+    with ``worth_fn.in_round`` set, ``worth_fn(round, arm_times, arms) -> (n,)`` the true
+    worth of each arriving update given the arms of the round's others."""
+    fleet = _identical_fleet() if fleet is None else fleet
     ids = np.arange(fleet.size)
     method = DropPEFT(DropPEFTParams(**params), SHAPE, BASE)
-    times = feasible_arms(fleet, ids, SHAPE, method.arms, CostCoefficients(), None)[2][0]
+    device_times = feasible_arms(fleet, ids, SHAPE, method.arms, CostCoefficients(), None)[2]
+    times = device_times[0]
     rng = np.random.default_rng([seed, 99])
     counts = []
     for r in range(rounds):
@@ -46,12 +57,15 @@ def _run(worth_fn, rounds: int, seed: int, noise: float = 0.3, decay: float = 0.
                            quota=QUOTA)
         plans = method.configure_round(ctx)
         arms = method._round_arms
-        arrived = np.sort(np.argsort(times[arms], kind="stable")[:QUOTA])
+        arrived = np.sort(np.argsort(device_times[ids, arms], kind="stable")[:QUOTA])
         outcome = np.full(len(arms), "surplus", dtype=object)
         outcome[arrived] = "ok"
         results = [ClientResult(int(i), 10, np.zeros(6), 0.0, np.zeros(6)) for i in arrived]
-        worth = worth_fn(r, times)
-        gains = worth[arms[arrived]] * decay**r * np.exp(noise * rng.standard_normal(arrived.size))
+        if getattr(worth_fn, "in_round", False):
+            true = worth_fn(r, times, arms[arrived])
+        else:
+            true = worth_fn(r, times)[arms[arrived]]
+        gains = true * decay**r * np.exp(noise * rng.standard_normal(arrived.size))
         method.round_finished(RoundReport(round_idx=r, start_s=0.0, end_s=1.0, device_ids=ids, plans=plans,
                                           outcome=outcome, duration_s=np.ones(len(arms)), results=results,
                                           evaluation=EvalResult(accuracy=0.5, loss=1.0), update_gains=gains))
@@ -97,7 +111,41 @@ TRUTHS = {
 }
 
 
+def _mixing_harm(harm: float = 3.0):
+    """An update is worth its share of layers run, less ``harm`` times how many fewer it
+    runs than the round's fullest update (at least -1): dropped updates averaged with full
+    ones harm the round, as real training showed; a round of like arms is unharmed."""
+    arms = DropPEFT(DropPEFTParams(), SHAPE, BASE).arms
+    keep = np.array([depth_weighted_keep(a.keep_prob, 0.0) for a in arms])
+
+    def worth(r, times, run):
+        return np.maximum(keep[run] - harm * (keep[run].max() - keep[run]), -1.0)
+
+    worth.in_round = True
+    return worth
+
+
 POLICIES = ["kg", "ids", "thompson"]  # every exploration policy DropPEFTParams.policy offers
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known limit: the log model floors a harmful update's gain at a tenth of the round's median, so it rates "
+    "a harmful arm as nearly useless, never as worse than nothing, and still mixes it in (docs/droppeft.md)"))
+def test_learns_to_stop_mixing_arms_that_harm_the_round():
+    # Prepare: identical devices; the prior mixes arms, and the mixed-in dropped updates harm
+    worth = _mixing_harm()
+    keep = np.array([depth_weighted_keep(a.keep_prob, 0.0) for a in DropPEFT(DropPEFTParams(), SHAPE, BASE).arms])
+
+    def harmed(counts: np.ndarray) -> float:
+        """Share of the last 10 rounds' clients on an arm that runs fewer layers than the round's fullest."""
+        last = counts[-10:]
+        return float(sum(c[keep < keep[c > 0].max() - 1e-9].sum() for c in last) / last.sum())
+
+    # Execute: fast and slow devices; the prior gives the slow ones dropped arms
+    off = harmed(_run(worth, 30, 0, learning=False, fleet=_two_speed_fleet())[0])
+    on = [harmed(_run(worth, 30, seed, fleet=_two_speed_fleet())[0]) for seed in range(3)]
+    # Assert
+    assert off >= 0.3 and np.mean(on) <= off - 0.2, (off, on)
 
 
 def test_every_policy_offered_is_tested():
@@ -190,10 +238,11 @@ def test_flat_prior_rates_every_arm_alike_before_data():
 def test_non_positive_gains_are_floored_and_a_round_without_positive_gain_is_skipped():
     model = ProgressModel(_keeps())
     model.observe(np.array([0, 1]), np.array([-1.0, 0.0]))
-    assert model.evidence == 0.0
+    assert model.evidence == 0.0  # nothing to scale against yet
     model.observe(np.array([0, 1, 2]), np.array([1.0, -5.0, np.nan]))
     assert model.evidence == pytest.approx(1.0)
     assert len(model._rows) == 2  # the NaN gain is dropped; the negative one counts at the floor
+    assert [r[2] for r in model._rows] == pytest.approx([0.0, np.log(0.1)])
 
 
 def test_discount_and_window_forget_old_evaluations():

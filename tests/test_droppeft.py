@@ -120,6 +120,13 @@ def test_learning_off_asks_for_no_gains():
     assert DropPEFT(DropPEFTParams(bandit=False), SHAPE, BASE).update_gain_examples() is None
 
 
+def test_gains_are_measured_in_the_aggregate_unless_told_otherwise():
+    assert DropPEFT(DropPEFTParams(), SHAPE, BASE).update_gain_measure() == "loo"
+    assert DropPEFT(DropPEFTParams(gain_measure="alone"), SHAPE, BASE).update_gain_measure() == "alone"
+    with pytest.raises(ValueError, match="gain_measure"):
+        DropPEFTParams(gain_measure="both")
+
+
 def test_bandit_off_uses_the_fixed_arm_where_feasible():
     method = DropPEFT(DropPEFTParams(bandit=False, fixed_arm=0), SHAPE, BASE)
     fleet = _fleet()
@@ -188,6 +195,26 @@ def test_droppeft_runs_end_to_end_with_the_surrogate(tiny_scenario, tmp_path):
     result = simulate(sc, tmp_path / "out")
     rows = read_rounds(tmp_path / "out")
     assert result.rounds == 6 and len(rows["round"]) == 6 and np.isfinite(rows["accuracy"]).all()
+
+
+@pytest.mark.parametrize("measure", ["loo", "alone"])
+def test_the_engine_hands_the_trainer_the_methods_gain_measure(tiny_scenario, tmp_path, monkeypatch, measure):
+    from fedsim.learning.surrogate import SurrogateTrainer
+    from fedsim.study.scenario import load_scenario
+    from fedsim.study.simulate import simulate
+
+    asked = []
+    real = SurrogateTrainer.update_gains
+
+    def spy(self, round_idx, results, num_examples, measure="alone", aggregate_fn=None, weights=None):
+        asked.append(measure)
+        return real(self, round_idx, results, num_examples, measure, aggregate_fn, weights)
+
+    monkeypatch.setattr(SurrogateTrainer, "update_gains", spy)
+    sc = load_scenario(tiny_scenario, overrides=["method.name=droppeft", "engine.max_rounds=3",
+                                                 f"method.params.gain_measure={measure}"])[0].scenario
+    simulate(sc, tmp_path / "out")
+    assert asked and set(asked) == {measure}
 
 
 # -- PTLS in the real trainer (tiny-bert, tiny synthetic data) -----------------------------

@@ -170,3 +170,49 @@ def test_surrogate_progress_follows_the_depth_weighted_keep():
     e = [trainer.effective_examples(p) for p in (full, shallow_dropped, deep_dropped)]
     assert e[0] == pytest.approx(16.0)
     assert e[0] > e[1] > e[2]  # same mean drop; dropping deep layers costs more
+
+
+# -- what DropPEFT's configurator observes: gains alone and left out ------------------------
+
+def _surrogate_round(drop_harm: float, keeps=(1.0, 1.0, 0.5, 0.5)):
+    from fedsim.learning.surrogate import SurrogateSpec, SurrogateTrainer
+
+    trainer = SurrogateTrainer(SurrogateSpec(drop_exponent=1.0, gain_noise=0.0, drop_harm=drop_harm), 4,
+                               np.full(8, 10), seed=0)
+    full = ClientPlan.uniform(4, lora_rank=8, batch_size=8, local_steps=2)
+    plans = [full.with_(drop_prob=(1.0 - k,) * 4) for k in keeps]
+    return trainer, trainer.train(0, np.arange(len(plans)), plans, np.zeros(len(plans), dtype=np.int64))
+
+
+def test_surrogate_leave_one_out_gain_is_what_the_round_loses_without_the_update():
+    trainer, results = _surrogate_round(0.0)
+    loo = trainer.update_gains(0, results, 128, measure="loo")
+    alone = trainer.update_gains(0, results, 128, measure="alone")
+    assert (loo > 0).all() and (alone > 0).all()
+    assert loo[0] == pytest.approx(loo[1]) and loo[2] == pytest.approx(loo[3]) and loo[0] > loo[2]
+    # The gain left out is the difference of two aggregates.
+    before = trainer.progress
+    trainer.aggregate(0, results[1:], None)
+    without = trainer._loss_at(trainer.progress)
+    trainer.progress = before
+    trainer.aggregate(0, results, None)
+    assert loo[0] == pytest.approx(without - trainer._loss_at(trainer.progress))
+    with pytest.raises(ValueError, match="measure"):
+        trainer.update_gains(0, results, 128, measure="both")
+
+
+def test_surrogate_harm_shows_in_the_aggregate_only():
+    # Dropped updates averaged with full ones harm the round; alone, or among their like, they help.
+    trainer, results = _surrogate_round(3.0, keeps=(1.0, 1.0, 1.0, 0.5))
+    loo = trainer.update_gains(0, results, 128, measure="loo")
+    alone = trainer.update_gains(0, results, 128, measure="alone")
+    assert (alone > 0).all() and (loo[:3] > 0).all() and loo[3] < 0
+    two_full, _ = _surrogate_round(0.0, keeps=(1.0, 1.0))
+    two_full.aggregate(0, _, None)
+    trainer.aggregate(0, results, None)
+    assert trainer.progress == pytest.approx(two_full.progress)  # 3 full (+48) and 1 dropped (at worst -16)
+    alike_trainer, alike = _surrogate_round(3.0, keeps=(0.5, 0.5))
+    alike_trainer.aggregate(0, alike, None)
+    plain_trainer, plain = _surrogate_round(0.0, keeps=(0.5, 0.5))
+    plain_trainer.aggregate(0, plain, None)
+    assert alike_trainer.progress == pytest.approx(plain_trainer.progress) and plain_trainer.progress > 0

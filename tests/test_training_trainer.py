@@ -129,3 +129,39 @@ def test_full_finetune_plan_sends_and_aggregates_base_weights(data_spec):
     # Assert
     assert name in results[0].delta and not any("lora_" in n for n in results[0].delta)
     torch.testing.assert_close(after, before + results[0].delta[name])
+
+
+def test_leave_one_out_gains_match_the_aggregate_without_each_update(data_spec):
+    # Setup: three updates of one round, and an update that undoes the first one
+    trainer = TorchTrainer(data_spec, ModelSpec(name_or_path="tiny-bert", lora_rank=4), TrainSpec(lr=5e-3, threads=1),
+                           num_clients=6, rng=np.random.default_rng(0))
+    plan = ClientPlan.uniform(trainer.num_layers, lora_rank=4, batch_size=8, local_steps=3, seq_len=16)
+    results = trainer.train(0, np.array([0, 1, 2]), [plan] * 3, np.array([1, 2, 3]))
+    before = {n: v.clone() for n, v in trainer.state_dict()["params"].items()}
+    # Execute
+    loo = trainer.update_gains(0, results, 40, measure="loo")
+    alone = trainer.update_gains(0, results, 40, measure="alone")
+    # Assert: the global model is untouched, and each gain is the aggregate's loss
+    # without the update less its loss with every update
+    after = trainer.state_dict()["params"]
+    assert all(torch.equal(before[n], after[n]) for n in before)
+    assert np.all(np.isfinite(loo)) and not np.allclose(loo, alone)
+    from fedsim.learning.real.evaluate import eval_indices, evaluate_model
+
+    idx = eval_indices(len(trainer.data.test), 40, trainer.data_spec.split_seed + 1)
+
+    def loss_of(subset, weights=None):
+        probe = TorchTrainer(data_spec, ModelSpec(name_or_path="tiny-bert", lora_rank=4), TrainSpec(lr=5e-3, threads=1),
+                             num_clients=6, rng=np.random.default_rng(0))
+        probe.aggregate(0, subset, None, weights=weights)
+        return evaluate_model(probe.fm.model, probe.data.test, idx, probe.train_spec.eval_batch_size).loss
+
+    full = loss_of(results)
+    expected = [loss_of(results[:i] + results[i + 1:]) - full for i in range(3)]
+    np.testing.assert_allclose(loo, expected, rtol=1e-5, atol=1e-7)
+    # Weights (the asynchronous driver's staleness discount) scale the updates as aggregation will.
+    w = np.array([0.25, 1.0, 0.5])
+    weighted = trainer.update_gains(0, results, 40, measure="loo", weights=w)
+    assert weighted[0] == pytest.approx(loss_of(results[1:], w[1:]) - loss_of(results, w), rel=1e-5, abs=1e-7)
+    with pytest.raises(ValueError, match="measure"):
+        trainer.update_gains(0, results, 40, measure="both")

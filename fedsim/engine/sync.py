@@ -249,11 +249,15 @@ class SyncEngine:
         replaced or added by ``columns``). ``t_train``: when the host began learning."""
         spec, p, r = self.spec, self.progress, fate.round_idx
         gain_examples = self.method.update_gain_examples()
-        gains = self.trainer.update_gains(r, results, gain_examples) if gain_examples and results else None
+        aggregate_fn = self.method.aggregate_fn()
+        gains = None
+        if gain_examples and results:
+            gains = self.trainer.update_gains(r, results, gain_examples, measure=self.method.update_gain_measure(),
+                                              aggregate_fn=aggregate_fn, weights=weights)
         if weights is None:
-            self.trainer.aggregate(r, results, self.method.aggregate_fn())
+            self.trainer.aggregate(r, results, aggregate_fn)
         else:
-            self.trainer.aggregate(r, results, self.method.aggregate_fn(), weights=weights)
+            self.trainer.aggregate(r, results, aggregate_fn, weights=weights)
         p.model_version += 1
         last = r + 1 >= spec.max_rounds or (spec.max_sim_time_s is not None and now_s >= spec.max_sim_time_s)
         evaluation: EvalResult | None = None

@@ -9,9 +9,13 @@ Round protocol, called by the engine in this order for round ``r``:
 
 1. ``train(r, client_ids, plans, seeds)`` for the clients whose updates reached the
    server in time (clients that failed are never trained: their work is lost anyway);
-2. ``update_gains(r, results, n)``, only when the method asks for it: each update's gain,
-   the drop in loss on ``n`` validation examples when it alone is applied to the global
-   model (DropPEFT's configurator learns from these);
+2. ``update_gains(r, results, n, measure, aggregate_fn, weights)``, only when the method
+   asks for it: each update's gain in loss on ``n`` validation examples (DropPEFT's
+   configurator learns from these). ``measure="alone"``: the drop in loss when the update
+   alone is applied to the global model; ``"loo"`` (leave one out): how much the loss of
+   the round's aggregate (``aggregate_fn`` with ``weights``, as step 3 will fold it) would
+   rise without that update. An update can help alone and still harm the average it
+   joins: only ``loo`` sees that (negative gains);
 3. ``aggregate(r, results, aggregate_fn, weights=None)`` folds the results into the
    global model; the asynchronous driver passes ``weights`` (one per result: its update
    is scaled by it, FedBuff's staleness discount), the synchronous one never does;
@@ -25,13 +29,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
 from fedsim.core.plan import ClientPlan
 
-__all__ = ["ClientResult", "EvalResult", "Trainer", "AggregateFn", "is_finite"]
+__all__ = ["ClientResult", "EvalResult", "Trainer", "AggregateFn", "GainMeasure", "GAIN_MEASURES", "is_finite"]
 
 
 @dataclass(slots=True)
@@ -82,6 +86,10 @@ class EvalResult:
 AggregateFn = Callable[[dict[str, Any], Sequence[ClientResult]], dict[str, Any]]
 """Folds client deltas into the global trainable state; methods may supply their own."""
 
+GainMeasure = Literal["alone", "loo"]
+"""What an update's gain measures (module docstring, step 2)."""
+GAIN_MEASURES: tuple[str, ...] = ("alone", "loo")
+
 
 @runtime_checkable
 class Trainer(Protocol):
@@ -95,7 +103,9 @@ class Trainer(Protocol):
         seeds: np.ndarray,
     ) -> list[ClientResult]: ...
 
-    def update_gains(self, round_idx: int, results: Sequence[ClientResult], num_examples: int) -> np.ndarray: ...
+    def update_gains(self, round_idx: int, results: Sequence[ClientResult], num_examples: int,
+                     measure: GainMeasure = "alone", aggregate_fn: AggregateFn | None = None,
+                     weights: np.ndarray | None = None) -> np.ndarray: ...
 
     def aggregate(
         self, round_idx: int, results: Sequence[ClientResult], aggregate_fn: AggregateFn | None,

@@ -57,7 +57,7 @@ class RoundReport:
     duration_s: np.ndarray
     results: list[ClientResult] = field(default_factory=list)
     evaluation: EvalResult | None = None
-    update_gains: np.ndarray | None = None  # per result: validation-loss drop of that update alone
+    update_gains: np.ndarray | None = None  # per result: its gain in validation loss (Method.update_gain_measure)
 
 
 class Method:
@@ -96,6 +96,10 @@ class Method:
         """Validation examples on which the engine should measure each update's gain
         before aggregation (``RoundReport.update_gains``); ``None``: not needed."""
         return None
+
+    def update_gain_measure(self) -> str:
+        """What those gains measure: ``alone`` or ``loo`` (:mod:`fedsim.learning.base`, step 2)."""
+        return "alone"
 
     def round_finished(self, report: RoundReport) -> None:
         """Called after aggregation and evaluation of every round."""

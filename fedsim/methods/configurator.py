@@ -4,10 +4,14 @@ Pure maths; nothing here knows about fleets, plans or the engine
 (:mod:`fedsim.methods.droppeft` wires it in). See docs/droppeft.md.
 
 **What is observed.** Before aggregating a round, the server measures every arrived
-update's *gain*: the drop in loss on its validation examples when that update alone is
-applied to the global model (``Trainer.update_gains``). Updates of one round start from
-the same model, so their gains compare arms within the same phase of training; gains of
-different rounds differ by how far training has come.
+update's *gain* on a fixed set of validation examples (``Trainer.update_gains``): by
+default how much the loss of the round's aggregate would rise without that update
+(leave one out, ``gain_measure: loo``), else the drop in loss when the update alone is
+applied to the global model (``alone``). Only the first sees an update that helps alone
+but harms the average it joins, as heavily dropped updates did in real training of
+MiniLM-L6 (docs/droppeft.md). Updates of one round start from the same model, so their
+gains compare arms within the same phase of training; gains of different rounds differ
+by how far training has come.
 
 **What is learnt.** A log-linear model of the gain of update ``i`` (arm ``a_i``, observed
 at evaluation ``t_i``)::
@@ -104,7 +108,7 @@ class ProgressModel:
     def observe(self, arms: np.ndarray, gains: np.ndarray) -> None:
         """One evaluation's updates: arm and measured gain of each.
 
-        A gain at or below zero (an update that did not help on the validation examples)
+        A gain at or below zero (an update that did not help, or that harmed the round)
         is counted at a tenth of the round's median positive gain, so it pulls its arm
         down without an unbounded log; a round with no positive gain says nothing.
         """

@@ -75,6 +75,9 @@ class DropPEFTParams(MethodParams):
         "prior mean of how steeply an arm's worth falls with dropout (worth = keep ** beta; 1: the share of layers "
         "run); set it from a calibration on another data set and model, never from the run it is scored on"))
     gain_examples: int = Field(128, ge=1, description="validation examples each update's gain is measured on")
+    gain_measure: Literal["loo", "alone"] = Field("loo", description=(
+        "what an update's gain measures: loo = how much the round's aggregate would lose without it (sees updates "
+        "that harm the average), alone = the loss drop of the update applied alone"))
     policy: Literal["kg", "ids", "thompson"] = Field("kg", description=(
         "exploration: kg = online knowledge gradient (explores as far as the rounds left can repay it); "
         "ids = information-directed sampling over the median's and Thompson plans; "
@@ -277,6 +280,9 @@ class DropPEFT(Method):
 
     def update_gain_examples(self) -> int | None:
         return self.params.gain_examples if self._learns else None
+
+    def update_gain_measure(self) -> str:
+        return self.params.gain_measure
 
     def round_finished(self, report: RoundReport) -> None:
         if self._round_arms is None:

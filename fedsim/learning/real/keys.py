@@ -20,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import numpy as np
+
 from fedsim.learning.reuse import Digest, code_version
 from fedsim.learning.real.workers import ClientJob
 
@@ -81,8 +83,11 @@ class TrainerKeys:
         d.add(_plan(finetune) if finetune is not None else None).add(round_idx if finetune is not None else None)
         return d.hexdigest()
 
-    def gains(self, results, num_examples: int) -> str:
+    def gains(self, results, num_examples: int, measure: str = "alone", weights=None, aggregate_fn=None) -> str:
         d = Digest("gains", self.global_, num_examples, len(results))
+        if measure != "alone":  # keys of gains measured alone stay as they were
+            d.add(measure).add(None if weights is None else np.asarray(weights, dtype=float))
+            d.add(None if aggregate_fn is None else f"{aggregate_fn.__module__}.{aggregate_fn.__qualname__}")
         for r in results:
             d.add(r.delta if r.delta else None)
         return d.hexdigest()

@@ -12,7 +12,7 @@ import torch
 
 from fedsim.core.errors import ConfigError
 from fedsim.core.plan import ClientPlan
-from fedsim.learning.base import AggregateFn, ClientResult, EvalResult
+from fedsim.learning.base import GAIN_MEASURES, AggregateFn, ClientResult, EvalResult, GainMeasure
 from fedsim.learning.real.aggregate import fedavg_per_layer
 from fedsim.learning.real.config import DataSpec, ModelSpec, ReuseSpec, TrainSpec
 from fedsim.learning.real.data import TextData, load_data, tokenizer_identity
@@ -154,35 +154,68 @@ class TorchTrainer:
             self._pool.close()
             self._pool = None
 
-    def update_gains(self, round_idx: int, results: Sequence[ClientResult], num_examples: int) -> np.ndarray:
-        """Drop in validation loss when each update alone is applied to the global model.
+    def update_gains(self, round_idx: int, results: Sequence[ClientResult], num_examples: int,
+                     measure: GainMeasure = "alone", aggregate_fn: AggregateFn | None = None,
+                     weights: np.ndarray | None = None) -> np.ndarray:
+        """Each update's gain in validation loss (:mod:`fedsim.learning.base`, step 2).
 
-        Measured on a fixed seeded subsample of ``num_examples`` of the evaluation split;
-        the global model is left as it was. An update with no delta gets NaN.
+        ``alone``: the drop in loss when the update alone is applied to the global model.
+        ``loo``: how much the loss of the round's aggregate (``aggregate_fn``, default
+        per-layer FedAvg, with ``weights``) rises when the update is left out of it.
+        Measured on a fixed seeded subsample of ``num_examples`` of the evaluation split,
+        the same examples for every update; the global model is left as it was. An update
+        with no delta gets NaN.
         """
-        key = self._keys.gains(results, num_examples) if self._keys is not None else None
+        if measure not in GAIN_MEASURES:
+            raise ValueError(f"measure must be one of {GAIN_MEASURES}, got {measure!r}")
+        key = self._keys.gains(results, num_examples, measure, weights, aggregate_fn) if self._keys is not None else None
         if key is not None and (hit := self.cache.get(key, "gains")) is not None:
             return hit
-        gains = self._update_gains(results, num_examples)
+        idx = eval_indices(len(self.data.test), num_examples, self.data_spec.split_seed + 1)
+
+        def loss() -> float:
+            return evaluate_model(self.fm.model, self.data.test, idx, self.train_spec.eval_batch_size).loss
+
+        gains = np.full(len(results), np.nan)
+        if measure == "alone":
+            base = loss()
+            params = dict(self.fm.model.named_parameters())
+            for i, r in enumerate(results):
+                if not r.delta:
+                    continue
+                names = [n for n in r.delta if n in params]
+                before = {n: params[n].detach().clone() for n in names}
+                self.fm.load_state({n: before[n] + torch.as_tensor(r.delta[n], dtype=before[n].dtype) for n in names})
+                gains[i] = base - loss()
+                self.fm.load_state(before)
+        else:
+            results = _weighted(results, weights)
+            before, after = self._fold(results, aggregate_fn)
+            self.fm.load_state(after)
+            with_all = loss()
+            for i, r in enumerate(results):
+                if not r.delta:
+                    continue
+                self.fm.load_state(before)  # tensors only the left-out update touched go back too
+                self.fm.load_state(self._fold(results[:i] + results[i + 1:], aggregate_fn, before)[1])
+                gains[i] = loss() - with_all
+            self.fm.load_state(before)
         if key is not None:
             self.cache.put(key, gains)
         return gains
 
-    def _update_gains(self, results: Sequence[ClientResult], num_examples: int) -> np.ndarray:
-        idx = eval_indices(len(self.data.test), num_examples, self.data_spec.split_seed + 1)
-        batch = self.train_spec.eval_batch_size
-        base = evaluate_model(self.fm.model, self.data.test, idx, batch).loss
-        params = dict(self.fm.model.named_parameters())
-        gains = np.full(len(results), np.nan)
-        for i, r in enumerate(results):
-            if not r.delta:
-                continue
-            names = [n for n in r.delta if n in params]
-            before = {n: params[n].detach().clone() for n in names}
-            self.fm.load_state({n: before[n] + torch.as_tensor(r.delta[n], dtype=before[n].dtype) for n in names})
-            gains[i] = base - evaluate_model(self.fm.model, self.data.test, idx, batch).loss
-            self.fm.load_state(before)
-        return gains
+    def _fold(self, results: Sequence[ClientResult], aggregate_fn: AggregateFn | None,
+              before: dict[str, torch.Tensor] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """``(before, after)``: the global tensors aggregation touches (``before`` if given,
+        else read now), and the same with ``results`` folded in."""
+        if before is None:
+            names = set(self.fm.base_trainable)
+            for r in results:
+                if r.delta:
+                    names.update(r.delta)
+            params = dict(self.fm.model.named_parameters())
+            before = {n: params[n].detach().clone() for n in sorted(names)}
+        return before, (aggregate_fn or fedavg_per_layer)({n: v.clone() for n, v in before.items()}, results)
 
     def aggregate(
         self, round_idx: int, results: Sequence[ClientResult], aggregate_fn: AggregateFn | None,
@@ -194,18 +227,9 @@ class TorchTrainer:
         The state handed to ``aggregate_fn`` holds the global trainable parameters plus any
         other parameter a client sent (e.g. base weights under full fine-tuning).
         """
-        fn = aggregate_fn or fedavg_per_layer
-        if weights is not None:
-            results = [r if not r.delta else replace(r, delta={n: v * float(w) for n, v in r.delta.items()})
-                       for r, w in zip(results, weights, strict=True)]
-        names = set(self.fm.base_trainable)
-        for r in results:
-            if r.delta:
-                names.update(r.delta)
-        params = dict(self.fm.model.named_parameters())
-        state = {n: params[n].detach().clone() for n in sorted(names)}
-        self._aggregated |= names
-        self.fm.load_state(fn(state, results))
+        before, after = self._fold(_weighted(results, weights), aggregate_fn)
+        self._aggregated |= set(before)
+        self.fm.load_state(after)
         if self._keys is not None:
             self._keys.stale()
 
@@ -256,6 +280,14 @@ class TorchTrainer:
 
         return evaluate_personal(self.fm, test, self.partition.test, self.personal_eval_clients, tensors,
                                  self.train_spec.eval_batch_size)
+
+
+def _weighted(results: Sequence[ClientResult], weights: np.ndarray | None) -> list[ClientResult]:
+    """The results, each delta scaled by its entry of ``weights`` (``None``: as they are)."""
+    if weights is None:
+        return list(results)
+    return [r if not r.delta else replace(r, delta={n: v * float(w) for n, v in r.delta.items()})
+            for r, w in zip(results, weights, strict=True)]
 
 
 def _open_cache(spec: ReuseSpec) -> ReuseCache:
