@@ -127,6 +127,14 @@ def test_gains_are_measured_in_the_aggregate_unless_told_otherwise():
         DropPEFTParams(gain_measure="both")
 
 
+def test_a_method_checkpointed_before_gain_measure_existed_resumes_measuring_alone():
+    import pickle
+
+    method = DropPEFT(DropPEFTParams(), SHAPE, BASE)
+    del method.params.__dict__["gain_measure"]  # as unpickled from an older checkpoint
+    assert pickle.loads(pickle.dumps(method)).update_gain_measure() == "alone"
+
+
 def test_bandit_off_uses_the_fixed_arm_where_feasible():
     method = DropPEFT(DropPEFTParams(bandit=False, fixed_arm=0), SHAPE, BASE)
     fleet = _fleet()

@@ -282,7 +282,8 @@ class DropPEFT(Method):
         return self.params.gain_examples if self._learns else None
 
     def update_gain_measure(self) -> str:
-        return self.params.gain_measure
+        # A run checkpointed before the parameter existed measured gains alone: it resumes so.
+        return getattr(self.params, "gain_measure", "alone")
 
     def round_finished(self, report: RoundReport) -> None:
         if self._round_arms is None:
