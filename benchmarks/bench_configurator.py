@@ -28,6 +28,9 @@ Rows, with the same fleet, data, selection and seeds in every row of an environm
   information-directed sampling (``policy: ids``) and Thompson sampling (``policy: thompson``);
 * ``droppeft-alone``: gains measured with the update applied alone (``gain_measure: alone``)
   instead of left out of the round's aggregate (the default, ``loo``);
+* ``droppeft-floor``: a gain at or below zero floored at a tenth of the round's median
+  (``signed_worth: false``, the model before) instead of learnt as harm, so an arm is
+  never worth less than nothing;
 * ``droppeft-told-truth`` (surrogate only): the planner told the environment's true worth
   curve, with learning off: the best the configurator could do by learning, and so the
   headroom of learning over ``droppeft-no-learning``.
@@ -78,6 +81,7 @@ DROPPEFT_ROWS = {
     "droppeft-ids": {"policy": "ids"},
     "droppeft-thompson": {"policy": "thompson"},
     "droppeft-alone": {"gain_measure": "alone"},
+    "droppeft-floor": {"signed_worth": False},
 }
 
 
@@ -107,7 +111,7 @@ def method_rows() -> dict[str, dict]:
     return {k: {"name": "droppeft", "params": v} if v else {"name": "droppeft"} for k, v in DROPPEFT_ROWS.items()}
 
 
-LEARNING_ONLY = ("gain_examples", "gain_measure", "policy", "horizon", "explore", "discount", "window")
+LEARNING_ONLY = ("gain_examples", "gain_measure", "signed_worth", "policy", "horizon", "explore", "discount", "window")
 
 
 def resolved_method(method: dict) -> dict:
@@ -405,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
          "geometric mean and 95% interval over the seeds; an interval that holds both 0.95 and 1.05 cannot tell.\n")
     emit("The last column is the headroom of learning: the planner told the true worths (surrogate) over "
          "learning off. No learner can beat learning off by more than that.\n")
-    paired = ["droppeft", "droppeft-alone", "droppeft-ids", "droppeft-thompson", "droppeft-greedy", TOLD_TRUTH]
+    paired = ["droppeft", "droppeft-floor", "droppeft-alone", "droppeft-ids", "droppeft-thompson", "droppeft-greedy", TOLD_TRUTH]
     emit("| environment | seeds | " + " | ".join(f"{r} / learning off" for r in paired) + " |")
     emit("|---|---|" + "---|" * len(paired))
     for e in envs:

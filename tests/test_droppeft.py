@@ -135,6 +135,16 @@ def test_a_method_checkpointed_before_gain_measure_existed_resumes_measuring_alo
     assert pickle.loads(pickle.dumps(method)).update_gain_measure() == "alone"
 
 
+def test_a_method_checkpointed_before_signed_worths_existed_resumes_flooring_harmful_gains():
+    import pickle
+
+    method = DropPEFT(DropPEFTParams(), SHAPE, BASE)
+    del method.model.__dict__["signed"], method.model.__dict__["_signs"]  # as unpickled from an older checkpoint
+    model = pickle.loads(pickle.dumps(method)).model
+    model.observe(np.array([0, 1]), np.array([1.0, -1.0]))
+    assert not model.signed and model._signs == () and model.worth()[1] > 0
+
+
 def test_bandit_off_uses_the_fixed_arm_where_feasible():
     method = DropPEFT(DropPEFTParams(bandit=False, fixed_arm=0), SHAPE, BASE)
     fleet = _fleet()

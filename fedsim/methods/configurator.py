@@ -31,6 +31,17 @@ its evidence is in closed form; the ``gamma`` are averaged by their evidence, al
 a priori. The prior says ``beta = 1`` (an update is worth the share of layers it runs),
 with a wide spread; nothing in it was fitted to any data set or model.
 
+**Harm.** With ``loo`` an update can make the round worse (a negative gain). The log model
+above describes a gain's *size* ``|gain|``; beside it, each arm's *harm share* ``h_a``,
+the chance that its update does not help the round, has a ``Beta(0, 1)`` prior: an update
+helps until one is seen not to (a point mass at ``h_a = 0``, so an arm never seen to
+harm is planned exactly as without this part). Its posterior after ``n-`` gains at or
+below zero and ``n+`` above (discounted like the rest) is ``Beta(n-, 1 + n+)``, and the
+arm's signed worth is ``theta_a * (1 - 2 h_a)``: the expected gain when a harmful
+update is as large as a helpful one. ``signed=False`` (the ablation, and the model
+before) instead counts a gain at or below zero at a tenth of the round's median
+positive gain: a harmful arm is nearly useless, never worse than nothing.
+
 Observations made ``k`` evaluations ago weigh ``discount ** k`` (``window``: only the
 last ones are kept), so the model follows a best arm that changes as training goes on.
 Thompson sampling turns the posterior into the utilities a round is planned with: one
@@ -56,6 +67,7 @@ __all__ = ["ProgressModel", "utility_scores", "paced_assignment", "plan_value", 
 
 FASTEST_TOLERANCE = 0.1  # paced_assignment: arms this close to a client's fastest count as fastest
 PRIOR_BETA = 1.0  # prior mean of beta: an update is worth the share of layers it runs
+HELP_PRIOR = 1.0  # harm share prior Beta(0, HELP_PRIOR)
 _TREND_UNIT = 10.0  # evaluations per unit of the trend coefficient
 
 
@@ -72,11 +84,19 @@ class ProgressModel:
             noise: the prior of the coefficients scales with the noise variance).
         noise: prior guess of the variance of ``log gain`` about the model.
         prior_beta: prior mean of ``beta`` (default 1: worth = share of layers run).
+        signed: learn each arm's harm share beside the size of its gains, so an arm
+            whose updates harm the round is worth less than nothing; ``False``: floor
+            harmful gains (module docstring).
     """
+
+    # Class defaults: a model pickled before signed worths existed floors, as it ran.
+    signed = False
+    _signs: list[tuple[int, int, bool]] | tuple = ()
 
     def __init__(self, keep_probs: Sequence[np.ndarray], depths: Sequence[float] | None = (-2.0, -1.0, 0.0, 1.0, 2.0, 3.0),
                  discount: float = 0.9, window: int | None = None, arm_sd: float = 1.0, beta_sd: float = 2.0,
-                 noise: float = 0.25, noise_weight: float = 2.0, prior_beta: float = PRIOR_BETA) -> None:
+                 noise: float = 0.25, noise_weight: float = 2.0, prior_beta: float = PRIOR_BETA,
+                 signed: bool = True) -> None:
         from fedsim.core.plan import depth_weighted_keep
 
         if not 0.0 < discount <= 1.0:
@@ -101,6 +121,8 @@ class ProgressModel:
         self.a0 = 1.0 + noise_weight / 2.0
         self.b0 = noise * (self.a0 - 1.0)
         self._rows: list[tuple[int, np.ndarray, float]] = []  # (evaluation, arm shares, log gain)
+        self.signed = bool(signed)
+        self._signs = []  # signed: (evaluation, arm, harmed) of every finite gain
         self.evaluations = 0
         self._fit: tuple | None = None
 
@@ -108,9 +130,11 @@ class ProgressModel:
     def observe(self, arms: np.ndarray, gains: np.ndarray) -> None:
         """One evaluation's updates: arm and measured gain of each.
 
-        A gain at or below zero (an update that did not help, or that harmed the round)
-        is counted at a tenth of the round's median positive gain, so it pulls its arm
-        down without an unbounded log; a round with no positive gain says nothing.
+        A gain's size enters the log model at no less than a tenth of the round's median
+        size, so a tiny one pulls its arm down without an unbounded log. Signed (the
+        default): the size is ``|gain|`` and the sign goes to the arm's harm share (a gain
+        of zero counts as not helping). Else a gain at or below zero is counted at that
+        floor, and a round with no positive gain says nothing.
         """
         arms = np.asarray(arms, dtype=np.int64)
         gains = np.asarray(gains, dtype=float)
@@ -118,16 +142,45 @@ class ProgressModel:
         arms, gains = arms[ok], gains[ok]
         self.evaluations += 1
         self._fit = None
-        if not (gains > 0).any():
-            return
-        floor = 0.1 * float(np.median(gains[gains > 0]))
-        z = np.log(np.maximum(gains, floor))
         eye = np.eye(self.num_arms)
-        self._rows.extend((self.evaluations, eye[a], float(zi)) for a, zi in zip(arms, z))
+        if self.signed:
+            self._signs.extend((self.evaluations, int(a), bool(g <= 0)) for a, g in zip(arms, gains))
+            size = np.abs(gains)
+            if (size > 0).any():
+                z = np.log(np.maximum(size, 0.1 * float(np.median(size[size > 0]))))
+                self._rows.extend((self.evaluations, eye[a], float(zi)) for a, zi in zip(arms, z))
+        elif (gains > 0).any():
+            floor = 0.1 * float(np.median(gains[gains > 0]))
+            z = np.log(np.maximum(gains, floor))
+            self._rows.extend((self.evaluations, eye[a], float(zi)) for a, zi in zip(arms, z))
         oldest = self.evaluations - (self.window or 10**9)
         if self.discount < 1.0:
             oldest = max(oldest, self.evaluations - int(np.ceil(np.log(1e-6) / np.log(self.discount))))
         self._rows = [r for r in self._rows if r[0] > oldest]
+        if self.signed:
+            self._signs = [r for r in self._signs if r[0] > oldest]
+
+    def harm_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(harmed, helped)`` per arm: discounted counts of gains at or below zero and above."""
+        harmed, helped = np.zeros(self.num_arms), np.zeros(self.num_arms)
+        for e, a, bad in self._signs:
+            (harmed if bad else helped)[a] += self.discount ** (self.evaluations - e)
+        return harmed, helped
+
+    def harm_factor(self, rng: np.random.Generator | None = None, size: int = 1) -> np.ndarray:
+        """``(size, A)`` signed worth over size, ``1 - 2 h_a``: with ``rng``, ``h_a`` drawn from
+        its posterior; without, its posterior mean. 1 for an arm never seen to harm."""
+        out = np.ones((size, self.num_arms))
+        if not self.signed:
+            return out
+        harmed, helped = self.harm_counts()
+        for a in np.flatnonzero(harmed > 0):
+            if rng is None:
+                h = harmed[a] / (harmed[a] + HELP_PRIOR + helped[a])
+            else:
+                h = rng.beta(harmed[a], HELP_PRIOR + helped[a], size=size)
+            out[:, a] = 1.0 - 2.0 * h
+        return out
 
     @property
     def evidence(self) -> float:
@@ -188,7 +241,7 @@ class ProgressModel:
         each ``gamma``, averaged by their weights. (The mean of a log-normal grows with its
         spread: it would rate the arms known least as the best.)"""
         p, mean, _ = self.log_worth()
-        return p @ np.exp(mean)
+        return (p @ np.exp(mean)) * self.harm_factor()[0]
 
     def sample_coefficients(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
         """``(gamma index (size,), coefficients (size, k))``: joint posterior draws."""
@@ -206,7 +259,7 @@ class ProgressModel:
         out = np.empty((size, self.num_arms))
         for i, (g, coef) in enumerate(zip(gs, coefs)):
             out[i] = np.exp(self._arm_features(g) @ coef)
-        return out
+        return out * self.harm_factor(rng, size)
 
     def lookahead_worth(self, arms: np.ndarray, gs: np.ndarray, coefs: np.ndarray,
                         noise: np.ndarray) -> np.ndarray:
@@ -217,7 +270,8 @@ class ProgressModel:
         model says they would be there, plus ``noise[w]`` (standard normal, one per update)
         times the noise sd. Every ``gamma``'s posterior is updated by the Gaussian
         (Kalman) step and its weight by the predictive likelihood of those gains; the
-        discount of older evaluations is left out (one step ahead).
+        discount of older evaluations is left out (one step ahead), and the harm shares
+        are held at their posterior means.
         """
         p, posts = self.fit()
         arms = np.asarray(arms, dtype=np.int64)
@@ -250,7 +304,7 @@ class ProgressModel:
         logw -= logw.max(axis=1, keepdims=True)
         wts = np.exp(logw)
         wts /= wts.sum(axis=1, keepdims=True)
-        return np.einsum("wg,gwa->wa", wts, np.exp(log_theta))
+        return np.einsum("wg,gwa->wa", wts, np.exp(log_theta)) * self.harm_factor()
 
 
 def utility_scores(model: ProgressModel, rng: np.random.Generator, n_clients: int, explore: bool = True,
@@ -277,8 +331,10 @@ def paced_assignment(utility: np.ndarray, times: np.ndarray, feasible: np.ndarra
     without delaying it. For each candidate round length ``T`` (quantiles of the
     feasible predicted times), every client takes the feasible arm of largest utility
     whose predicted time fits ``T`` (if none does, the arm of largest utility among its
-    feasible arms within ``FASTEST_TOLERANCE`` of its fastest); the round's value is the
-    mean utility of its ``quota`` fastest clients over their ``quota``-th time. The best
+    feasible arms within ``FASTEST_TOLERANCE`` of its fastest), unless that arm's utility
+    is at or below zero (it would harm the round) and another feasible arm's is above:
+    then it runs the best of those, and arrives later; the round's value is the mean
+    utility of its ``quota`` fastest clients over their ``quota``-th time. The best
     candidate wins (ties: the shorter round).
 
     Args:
@@ -299,7 +355,7 @@ def paced_assignment(utility: np.ndarray, times: np.ndarray, feasible: np.ndarra
     if rows.size == 0:
         return out, float("nan")
     u = np.broadcast_to(np.asarray(utility, dtype=float), times.shape)[rows]
-    u = np.maximum(u, 1e-3 * max(float(np.abs(u).max()), 1e-12))
+    u = np.where(u > 0, np.maximum(u, 1e-3 * max(float(np.abs(u).max()), 1e-12)), u)
     t, f = times[rows], feasible[rows]
     cand = np.unique(t[f])
     if cand.size > max_candidates:
@@ -315,6 +371,11 @@ def paced_assignment(utility: np.ndarray, times: np.ndarray, feasible: np.ndarra
     fits = f[None] & (t[None] <= cand[:, None, None])
     arms = np.where(fits.any(axis=2), np.argmax(np.where(fits, u[None], -np.inf), axis=2), fastest[None])  # (C, n)
     r = np.arange(rows.size)[None]
+    # A client whose arms within T would harm the round (worth <= 0) runs its best arm
+    # instead, where one helps: it arrives later, after the quota if the others make it.
+    best_u = np.where(f, u, -np.inf)
+    helps = best_u.max(axis=1) > 0
+    arms = np.where((u[r, arms] <= 0) & helps[None], np.argmax(best_u, axis=1)[None], arms)
     ct = t[r, arms]
     order = np.argsort(ct, axis=1, kind="stable")[:, :q]
     first_u = np.take_along_axis(u[r, arms], order, axis=1)
@@ -443,6 +504,7 @@ def kg_assignment(model: ProgressModel, rng: np.random.Generator, times: np.ndar
     reps = [m for m in sorted(set(int(r) for r in repeats)) if 1 <= m <= rounds_left]
     gs, coefs = model.sample_coefficients(rng, worlds)
     true_worth = np.array([np.exp(model._arm_features(int(g)) @ c) for g, c in zip(gs, coefs)])
+    true_worth *= model.harm_factor(rng, worlds)
     noise = rng.standard_normal((worlds, q * max(reps, default=1)))
     now = np.array([plan_value(median, times, arms, quota) for arms, _ in plans])
     adv = now - now[0]

@@ -78,6 +78,9 @@ class DropPEFTParams(MethodParams):
     gain_measure: Literal["loo", "alone"] = Field("loo", description=(
         "what an update's gain measures: loo = how much the round's aggregate would lose without it (sees updates "
         "that harm the average), alone = the loss drop of the update applied alone"))
+    signed_worth: bool = Field(True, description=(
+        "learn each arm's share of updates that harm the round (gain <= 0) beside the size of its gains, so a "
+        "harmful arm is worth less than nothing; ablation: false floors such gains at a tenth of the round's median"))
     policy: Literal["kg", "ids", "thompson"] = Field("kg", description=(
         "exploration: kg = online knowledge gradient (explores as far as the rounds left can repay it); "
         "ids = information-directed sampling over the median's and Thompson plans; "
@@ -185,7 +188,8 @@ class DropPEFT(Method):
         self.arms = make_arms(base_plan, params)
         depths = params.shape_depths if params.prior == "shapes" else None
         self.model = ProgressModel([a.keep_prob for a in self.arms], depths, discount=params.discount,
-                                   window=params.window, arm_sd=params.arm_sd, prior_beta=params.prior_beta)
+                                   window=params.window, arm_sd=params.arm_sd, prior_beta=params.prior_beta,
+                                   signed=params.signed_worth)
         self._round_pace: float | None = None
         self._round_arms: np.ndarray | None = None
         self._arm_of: dict[int, list[int]] = {}  # planned clients not yet reported: their arms, oldest first
