@@ -28,9 +28,9 @@ Rows, with the same fleet, data, selection and seeds in every row of an environm
   information-directed sampling (``policy: ids``) and Thompson sampling (``policy: thompson``);
 * ``droppeft-alone``: gains measured with the update applied alone (``gain_measure: alone``)
   instead of left out of the round's aggregate (the default, ``loo``);
-* ``droppeft-floor``: a gain at or below zero floored at a tenth of the round's median
-  (``signed_worth: false``, the model before) instead of learnt as harm, so an arm is
-  never worth less than nothing;
+* ``droppeft-signed``: a gain at or below zero learnt as harm (``signed_worth: true``,
+  each arm's share of updates that do not help), so an arm can be worth less than
+  nothing, instead of floored at a tenth of the round's median (the default);
 * ``droppeft-told-truth`` (surrogate only): the planner told the environment's true worth
   curve, with learning off: the best the configurator could do by learning, and so the
   headroom of learning over ``droppeft-no-learning``.
@@ -81,7 +81,7 @@ DROPPEFT_ROWS = {
     "droppeft-ids": {"policy": "ids"},
     "droppeft-thompson": {"policy": "thompson"},
     "droppeft-alone": {"gain_measure": "alone"},
-    "droppeft-floor": {"signed_worth": False},
+    "droppeft-signed": {"signed_worth": True},
 }
 
 
@@ -409,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
          "geometric mean and 95% interval over the seeds; an interval that holds both 0.95 and 1.05 cannot tell.\n")
     emit("The last column is the headroom of learning: the planner told the true worths (surrogate) over "
          "learning off. No learner can beat learning off by more than that.\n")
-    paired = ["droppeft", "droppeft-floor", "droppeft-alone", "droppeft-ids", "droppeft-thompson", "droppeft-greedy", TOLD_TRUTH]
+    paired = ["droppeft", "droppeft-signed", "droppeft-alone", "droppeft-ids", "droppeft-thompson", "droppeft-greedy", TOLD_TRUTH]
     emit("| environment | seeds | " + " | ".join(f"{r} / learning off" for r in paired) + " |")
     emit("|---|---|" + "---|" * len(paired))
     for e in envs:

@@ -15,7 +15,11 @@ same 300 test examples:
 * ``share``: the drop when only the update's share of the aggregate is applied (its delta
   divided by the number of updates that trained each layer);
 * ``leave-one-out``: how much the aggregate's loss rises without the update (the others
-  re-averaged per layer).
+  re-averaged per layer);
+* ``loo (configurator)``: the same measured by ``TorchTrainer.update_gains(...,
+  measure="loo")``, what DropPEFT's configurator observes by default (the trainer's
+  aggregation, per-layer FedAvg weighted by examples, on its own 300 examples): a check
+  of the trainer against the computation here.
 
 It prints each measure's mean over the full and the dropped updates, and their ratio: the
 relative worth of the arm that each measure would teach the configurator.
@@ -67,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         ids = rng.choice(1000, 10, replace=False)
         res = tr.train(rnd, ids, [base] * 5 + [drop] * 5, rng.integers(0, 2**31, 10))
         alone = tr.update_gains(rnd, res, 300)
+        loo = tr.update_gains(rnd, res, 300, measure="loo")
         names = sorted({n for r in res for n in r.delta})
         before = {n: params[n].detach().clone() for n in names}
         counts = {n: sum(n in r.delta for r in res) for n in names}  # updates that trained each tensor
@@ -96,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             "alone": alone,
             "share": np.array([l0 - share(i) for i in range(10)]),
             "leave-one-out": np.array([applied(everyone - {i}) - full for i in range(10)]),
+            "loo (configurator)": loo,
         }
         for name, g in measures.items():
             a, b = float(np.mean(g[:5])), float(np.mean(g[5:]))

@@ -141,16 +141,17 @@ def test_learns_to_stop_mixing_arms_that_harm_the_round(policy):
     # dropped updates mixed in with full ones harm the round (negative gains). In truth a
     # round of like arms is about 25% more progress per second than the prior's mix.
     worth = _mixing_harm()
-    # Execute: learning off; learning with harmful gains floored (the model before); signed
+    # Execute: learning off; learning with signed worths
     off = _harmed_share(_run(worth, 30, 0, learning=False, fleet=_two_speed_fleet())[0])
-    on = [_harmed_share(_run(worth, 30, seed, fleet=_two_speed_fleet(), policy=policy)[0]) for seed in range(3)]
+    on = [_harmed_share(_run(worth, 30, seed, fleet=_two_speed_fleet(), policy=policy, signed_worth=True)[0])
+          for seed in range(3)]
     # Assert: the signed model mixes in harmful arms for at least 15 points fewer clients
     # (what is left is exploration: an arm seen harmful a few times may still help)
     assert off >= 0.3 and np.mean(on) <= off - 0.15, (off, on)
 
 
 def test_floored_harm_does_not_learn_to_stop_mixing():
-    # The ablation: with harmful gains floored at a tenth of the round's median, a harmful
+    # The default: with harmful gains floored at a tenth of the round's median, a harmful
     # arm is never worth less than nothing, and the mix stays as learning off has it
     worth = _mixing_harm()
     off = _harmed_share(_run(worth, 30, 0, learning=False, fleet=_two_speed_fleet())[0])
@@ -247,7 +248,7 @@ def test_flat_prior_rates_every_arm_alike_before_data():
 
 def test_signed_gains_enter_by_size_and_sign():
     # Prepare
-    model = ProgressModel(_keeps())
+    model = ProgressModel(_keeps(), signed=True)
     # Execute: a round with only harmful gains still says something
     model.observe(np.array([0, 1]), np.array([-1.0, 0.0]))
     model.observe(np.array([0, 1, 2]), np.array([2.0, -4.0, np.nan]))
@@ -264,7 +265,7 @@ def test_signed_gains_enter_by_size_and_sign():
 
 def test_an_arm_never_seen_to_harm_is_planned_as_without_harm_shares():
     # Prepare: the same positive gains, signed and floored
-    signed, floored = ProgressModel(_keeps()), ProgressModel(_keeps(), signed=False)
+    signed, floored = ProgressModel(_keeps(), signed=True), ProgressModel(_keeps())
     for model in (signed, floored):
         model.observe(np.array([0, 3, 5]), np.array([1.0, 0.5, 0.05]))
     # Assert: same worths and the same draws from the same generator

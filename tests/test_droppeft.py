@@ -138,7 +138,7 @@ def test_a_method_checkpointed_before_gain_measure_existed_resumes_measuring_alo
 def test_a_method_checkpointed_before_signed_worths_existed_resumes_flooring_harmful_gains():
     import pickle
 
-    method = DropPEFT(DropPEFTParams(), SHAPE, BASE)
+    method = DropPEFT(DropPEFTParams(signed_worth=True), SHAPE, BASE)
     del method.model.__dict__["signed"], method.model.__dict__["_signs"]  # as unpickled from an older checkpoint
     model = pickle.loads(pickle.dumps(method)).model
     model.observe(np.array([0, 1]), np.array([1.0, -1.0]))

@@ -38,9 +38,11 @@ helps until one is seen not to (a point mass at ``h_a = 0``, so an arm never see
 harm is planned exactly as without this part). Its posterior after ``n-`` gains at or
 below zero and ``n+`` above (discounted like the rest) is ``Beta(n-, 1 + n+)``, and the
 arm's signed worth is ``theta_a * (1 - 2 h_a)``: the expected gain when a harmful
-update is as large as a helpful one. ``signed=False`` (the ablation, and the model
-before) instead counts a gain at or below zero at a tenth of the round's median
-positive gain: a harmful arm is nearly useless, never worse than nothing.
+update is as large as a helpful one. ``signed=False`` (the default) instead counts a
+gain at or below zero at a tenth of the round's median positive gain: a harmful arm is
+nearly useless, never worse than nothing. (Signed worths stopped a synthetic planner
+mixing harmful arms in, but in real training at Dirichlet 0.1 the sign of an update's
+gain follows its client's labels more than its arm: docs/droppeft.md.)
 
 Observations made ``k`` evaluations ago weigh ``discount ** k`` (``window``: only the
 last ones are kept), so the model follows a best arm that changes as training goes on.
@@ -85,8 +87,8 @@ class ProgressModel:
         noise: prior guess of the variance of ``log gain`` about the model.
         prior_beta: prior mean of ``beta`` (default 1: worth = share of layers run).
         signed: learn each arm's harm share beside the size of its gains, so an arm
-            whose updates harm the round is worth less than nothing; ``False``: floor
-            harmful gains (module docstring).
+            whose updates harm the round is worth less than nothing; ``False`` (the
+            default): floor harmful gains (module docstring).
     """
 
     # Class defaults: a model pickled before signed worths existed floors, as it ran.
@@ -96,7 +98,7 @@ class ProgressModel:
     def __init__(self, keep_probs: Sequence[np.ndarray], depths: Sequence[float] | None = (-2.0, -1.0, 0.0, 1.0, 2.0, 3.0),
                  discount: float = 0.9, window: int | None = None, arm_sd: float = 1.0, beta_sd: float = 2.0,
                  noise: float = 0.25, noise_weight: float = 2.0, prior_beta: float = PRIOR_BETA,
-                 signed: bool = True) -> None:
+                 signed: bool = False) -> None:
         from fedsim.core.plan import depth_weighted_keep
 
         if not 0.0 < discount <= 1.0:
@@ -131,10 +133,10 @@ class ProgressModel:
         """One evaluation's updates: arm and measured gain of each.
 
         A gain's size enters the log model at no less than a tenth of the round's median
-        size, so a tiny one pulls its arm down without an unbounded log. Signed (the
-        default): the size is ``|gain|`` and the sign goes to the arm's harm share (a gain
-        of zero counts as not helping). Else a gain at or below zero is counted at that
-        floor, and a round with no positive gain says nothing.
+        size, so a tiny one pulls its arm down without an unbounded log. Signed: the
+        size is ``|gain|`` and the sign goes to the arm's harm share (a gain of zero
+        counts as not helping). Else (the default) a gain at or below zero is counted at
+        that floor, and a round with no positive gain says nothing.
         """
         arms = np.asarray(arms, dtype=np.int64)
         gains = np.asarray(gains, dtype=float)
