@@ -147,13 +147,9 @@ class ProgressModel:
         eye = np.eye(self.num_arms)
         if self.signed:
             self._signs.extend((self.evaluations, int(a), bool(g <= 0)) for a, g in zip(arms, gains))
-            size = np.abs(gains)
-            if (size > 0).any():
-                z = np.log(np.maximum(size, 0.1 * float(np.median(size[size > 0]))))
-                self._rows.extend((self.evaluations, eye[a], float(zi)) for a, zi in zip(arms, z))
-        elif (gains > 0).any():
-            floor = 0.1 * float(np.median(gains[gains > 0]))
-            z = np.log(np.maximum(gains, floor))
+        size = np.abs(gains) if self.signed else gains  # floored: a gain <= 0 counts at the floor
+        if (size > 0).any():
+            z = np.log(np.maximum(size, 0.1 * float(np.median(size[size > 0]))))
             self._rows.extend((self.evaluations, eye[a], float(zi)) for a, zi in zip(arms, z))
         oldest = self.evaluations - (self.window or 10**9)
         if self.discount < 1.0:
