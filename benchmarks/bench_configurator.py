@@ -31,6 +31,8 @@ Rows, with the same fleet, data, selection and seeds in every row of an environm
 * ``droppeft-signed``: a gain at or below zero learnt as harm (``signed_worth: true``,
   each arm's share of updates that do not help), so an arm can be worth less than
   nothing, instead of floored at a tenth of the round's median (the default);
+* ``droppeft-one-spread``: every arm's correction to the curve of prior sd 1 (``arm_sd: 1``,
+  as before) instead of each arm's spread learnt from its gains (the default);
 * ``droppeft-told-truth`` (surrogate only): the planner told the environment's true worth
   curve, with learning off: the best the configurator could do by learning, and so the
   headroom of learning over ``droppeft-no-learning``.
@@ -82,6 +84,7 @@ DROPPEFT_ROWS = {
     "droppeft-thompson": {"policy": "thompson"},
     "droppeft-alone": {"gain_measure": "alone"},
     "droppeft-signed": {"signed_worth": True},
+    "droppeft-one-spread": {"arm_sd": 1.0},
 }
 
 
@@ -111,7 +114,7 @@ def method_rows() -> dict[str, dict]:
     return {k: {"name": "droppeft", "params": v} if v else {"name": "droppeft"} for k, v in DROPPEFT_ROWS.items()}
 
 
-LEARNING_ONLY = ("gain_examples", "gain_measure", "signed_worth", "policy", "horizon", "explore", "discount", "window")
+LEARNING_ONLY = ("arm_sd", "gain_examples", "gain_measure", "signed_worth", "policy", "horizon", "explore", "discount", "window")
 
 
 def resolved_method(method: dict) -> dict:
@@ -409,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
          "geometric mean and 95% interval over the seeds; an interval that holds both 0.95 and 1.05 cannot tell.\n")
     emit("The last column is the headroom of learning: the planner told the true worths (surrogate) over "
          "learning off. No learner can beat learning off by more than that.\n")
-    paired = ["droppeft", "droppeft-signed", "droppeft-alone", "droppeft-ids", "droppeft-thompson", "droppeft-greedy", TOLD_TRUTH]
+    paired = ["droppeft", "droppeft-one-spread", "droppeft-signed", "droppeft-alone", "droppeft-ids", "droppeft-thompson", "droppeft-greedy", TOLD_TRUTH]
     emit("| environment | seeds | " + " | ".join(f"{r} / learning off" for r in paired) + " |")
     emit("|---|---|" + "---|" * len(paired))
     for e in envs:

@@ -11,7 +11,7 @@ def bench():
     return load_benchmark("bench_configurator")
 
 
-@pytest.mark.parametrize("param, other", [("gain_measure", "alone"), ("signed_worth", True)])
+@pytest.mark.parametrize("param, other", [("gain_measure", "alone"), ("signed_worth", True), ("arm_sd", 1.0)])
 def test_a_row_that_does_not_learn_ignores_how_gains_are_measured_and_learnt(bench, param, other):
     off = bench.resolved_method({"name": "droppeft", "params": {"learning": False}})
     older = {k: v for k, v in off.items() if k != param}  # recorded before the parameter existed
@@ -26,6 +26,7 @@ def test_a_learning_row_reruns_when_how_gains_are_measured_changes(bench):
     assert bench.comparable({**on, "gain_measure": "alone"}) != bench.comparable(on)
     assert bench.comparable({k: v for k, v in on.items() if k != "gain_measure"}) != bench.comparable(on)
     assert on["signed_worth"] is False and bench.comparable({**on, "signed_worth": True}) != bench.comparable(on)
+    assert on["arm_sd"] is None and bench.comparable({**on, "arm_sd": 1.0}) != bench.comparable(on)
 
 
 def test_every_environment_has_a_scenario_and_no_told_truth_where_no_curve_is_true(bench):

@@ -145,6 +145,17 @@ def test_a_method_checkpointed_before_signed_worths_existed_resumes_flooring_har
     assert not model.signed and model._signs == () and model.worth()[1] > 0
 
 
+def test_a_method_checkpointed_before_spreads_were_learnt_resumes_with_its_one_spread():
+    import pickle
+
+    method, one = DropPEFT(DropPEFTParams(), SHAPE, BASE), DropPEFT(DropPEFTParams(arm_sd=1.0), SHAPE, BASE)
+    del method.model.__dict__["_arm_sds"], method.model.__dict__["arm_sd_fit"]  # as unpickled from an older checkpoint
+    model = pickle.loads(pickle.dumps(method)).model
+    for m in (model, one.model):
+        m.observe(np.array([0, 1, 2, 2]), np.array([1.0, 0.2, 0.9, 1.1]))
+    assert np.array_equal(model.worth(), one.model.worth())
+
+
 def test_bandit_off_uses_the_fixed_arm_where_feasible():
     method = DropPEFT(DropPEFTParams(bandit=False, fixed_arm=0), SHAPE, BASE)
     fleet = _fleet()

@@ -31,6 +31,16 @@ its evidence is in closed form; the ``gamma`` are averaged by their evidence, al
 a priori. The prior says ``beta = 1`` (an update is worth the share of layers it runs),
 with a wide spread; nothing in it was fitted to any data set or model.
 
+**How far an arm strays from the curve** is learnt too: each arm's ``delta_a`` has its
+own prior sd, the one of a grid (0.1-1.7, log scale) under which the gains seen are
+likeliest (empirical Bayes; an arm starts at 1 and one not yet run keeps 1). With a
+conjugate prior a spread is relative to the noise, so with one spread for every arm
+(``arm_sd`` set, as before) noisy gains moved the worths as far as clean ones. Where an
+update's gain is swung by its client more than by its arm (real training at Dirichlet
+0.1: docs/droppeft.md), the arms' gains differ from the curve no more than that noise
+would make them, their spreads shrink and the worths keep to a curve; an arm whose gains
+stray from it beyond the noise keeps a wide spread and is learnt on its own.
+
 **Harm.** With ``loo`` an update can make the round worse (a negative gain). The log model
 above describes a gain's *size* ``|gain|``; beside it, each arm's *harm share* ``h_a``,
 the chance that its update does not help the round, has a ``Beta(0, 1)`` prior: an update
@@ -65,12 +75,14 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = ["ProgressModel", "utility_scores", "paced_assignment", "plan_value", "information_gain", "ids_assignment",
-           "kg_assignment", "lindy_horizon", "PRIOR_BETA"]
+           "kg_assignment", "lindy_horizon", "PRIOR_BETA", "ARM_SD", "ARM_SDS"]
 
 FASTEST_TOLERANCE = 0.1  # paced_assignment: arms this close to a client's fastest count as fastest
 PRIOR_BETA = 1.0  # prior mean of beta: an update is worth the share of layers it runs
 HELP_PRIOR = 1.0  # harm share prior Beta(0, HELP_PRIOR)
 _TREND_UNIT = 10.0  # evaluations per unit of the trend coefficient
+ARM_SD = 1.0  # prior sd of an arm's correction before its gains say otherwise (log scale)
+ARM_SDS = (0.1, 0.2, 0.35, 0.6, 1.0, 1.7)  # the sds the evidence chooses among, per arm
 
 
 class ProgressModel:
@@ -82,8 +94,9 @@ class ProgressModel:
             arm alike a priori, learnt by its own corrections alone.
         discount: weight of an observation ``k`` evaluations old: ``discount ** k``.
         window: keep only the observations of the last this many evaluations.
-        arm_sd: prior sd of each arm's correction ``delta_a`` (log scale, relative to the
-            noise: the prior of the coefficients scales with the noise variance).
+        arm_sd: prior sd of each arm's correction ``delta_a`` (log scale, at the prior's
+            guess of the noise: the conjugate prior scales with the noise variance);
+            ``None`` (the default): each arm's learnt (module docstring).
         noise: prior guess of the variance of ``log gain`` about the model.
         prior_beta: prior mean of ``beta`` (default 1: worth = share of layers run).
         signed: learn each arm's harm share beside the size of its gains, so an arm
@@ -94,9 +107,11 @@ class ProgressModel:
     # Class defaults: a model pickled before signed worths existed floors, as it ran.
     signed = False
     _signs: list[tuple[int, int, bool]] | tuple = ()
+    _arm_sds: tuple[float, ...] | None = None  # ... and one pickled before the spread was learnt keeps its own
+    arm_sd_fit: np.ndarray | None = None
 
     def __init__(self, keep_probs: Sequence[np.ndarray], depths: Sequence[float] | None = (-2.0, -1.0, 0.0, 1.0, 2.0, 3.0),
-                 discount: float = 0.9, window: int | None = None, arm_sd: float = 1.0, beta_sd: float = 2.0,
+                 discount: float = 0.9, window: int | None = None, arm_sd: float | None = None, beta_sd: float = 2.0,
                  noise: float = 0.25, noise_weight: float = 2.0, prior_beta: float = PRIOR_BETA,
                  signed: bool = False) -> None:
         from fedsim.core.plan import depth_weighted_keep
@@ -114,7 +129,11 @@ class ProgressModel:
         # Coefficients [alpha, trend, beta, delta_1..A] (flat: no beta); prior N(m0, s2 * V0).
         k = 2 + (0 if self.flat else 1) + self.num_arms
         self.m0 = np.zeros(k)
-        v0 = np.full(k, arm_sd**2 / noise)
+        if arm_sd is not None and not arm_sd > 0:
+            raise ValueError(f"arm_sd must be > 0 (or None: learnt), got {arm_sd}")
+        self._arm_sds = ARM_SDS if arm_sd is None else (float(arm_sd),)
+        self.arm_sd_fit = None  # per arm, once fitted
+        v0 = np.full(k, 1.0 / noise)  # the arms' entries: see _prior_inv
         v0[0], v0[1] = 100.0 / noise, 1.0 / noise
         if not self.flat:
             self.m0[2] = prior_beta
@@ -198,23 +217,65 @@ class ProgressModel:
         return F, z, w
 
     def fit(self) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray, float]]]:
-        """``(weight per gamma, [(mean, cov, noise) of the coefficients per gamma])``."""
+        """``(weight per gamma, [(mean, cov, noise) of the coefficients per gamma])``.
+
+        With the arms' spreads learnt (``arm_sd=None``), the prior sd of each arm's
+        correction is the one of ``ARM_SDS`` under which the gains seen are likeliest,
+        the ``gamma`` averaged out (empirical Bayes, by coordinate ascent from ``ARM_SD``
+        for every arm; :attr:`arm_sd_fit`): an arm strays from the curve only as far as
+        its gains show beyond what the noise would make of them, and one not yet seen
+        keeps the prior's spread (so it is still worth exploring).
+        """
         if self._fit is not None:
             return self._fit
-        logev, posts = [], []
+        stats = []
         for g in range(self.log_keep.shape[0]):
             F, z, w = self._design(g)
-            prec = self.V0_inv + (F * w[:, None]).T @ F
+            stats.append(((F * w[:, None]).T @ F, (F * w[:, None]).T @ z, float(w @ z**2), float(w.sum())))
+        if self._arm_sds is None:  # pickled before the spreads were learnt
+            self._fit = self._posterior(stats, self.V0_inv)[1]
+            return self._fit
+        grid = self._arm_sds
+        sds = np.full(self.num_arms, ARM_SD if len(grid) > 1 else grid[0])
+        best = (self._posterior(stats, self._prior_inv(sds))[0], sds)
+        if len(grid) > 1 and stats[0][3] > 0:
+            for _ in range(2):
+                for a in range(self.num_arms):
+                    for sd in grid:
+                        if sd == sds[a]:
+                            continue
+                        trial = sds.copy()
+                        trial[a] = sd
+                        total = self._posterior(stats, self._prior_inv(trial))[0]
+                        if total > best[0] + 1e-9:
+                            best, sds = (total, trial), trial
+        self.arm_sd_fit = sds
+        self._fit = self._posterior(stats, self._prior_inv(sds))[1]
+        return self._fit
+
+    def _posterior(self, stats: list, V0_inv: np.ndarray) -> tuple[float, tuple]:
+        """``(log evidence, (weight per gamma, posts))`` under the prior precision ``V0_inv``."""
+        logev, posts = [], []
+        for FtWF, FtWz, zWz, n in stats:
+            prec = V0_inv + FtWF
             Vn = np.linalg.inv(prec)
-            mn = Vn @ (self.V0_inv @ self.m0 + (F * w[:, None]).T @ z)
-            an = self.a0 + 0.5 * w.sum()
-            bn = self.b0 + 0.5 * max(float(w @ z**2 + self.m0 @ self.V0_inv @ self.m0 - mn @ prec @ mn), 0.0)
+            mn = Vn @ (V0_inv @ self.m0 + FtWz)
+            an = self.a0 + 0.5 * n
+            bn = self.b0 + 0.5 * max(float(zWz + self.m0 @ V0_inv @ self.m0 - mn @ prec @ mn), 0.0)
             logev.append(0.5 * np.linalg.slogdet(Vn)[1] - an * np.log(bn))
             posts.append((mn, Vn * bn / an, bn / an))
         logev = np.array(logev)
         p = np.exp(logev - logev.max())
-        self._fit = (p / p.sum(), posts)
-        return self._fit
+        # The prior's own determinant differs between spreads (not between gammas).
+        total = float(logev.max() + np.log(p.sum()) + 0.5 * np.log(np.diag(V0_inv)).sum())
+        return total, (p / p.sum(), posts)
+
+    def _prior_inv(self, arm_sd: np.ndarray) -> np.ndarray:
+        """The coefficients' prior precision (over the noise variance) with arm ``a``'s
+        correction of sd ``arm_sd[a]`` (at the prior's guess of the noise)."""
+        d = np.diag(self.V0_inv).copy()
+        d[-self.num_arms:] = (self.b0 / (self.a0 - 1.0)) / np.asarray(arm_sd, dtype=float) ** 2
+        return np.diag(d)
 
     def _arm_features(self, g: int) -> np.ndarray:
         """``(A, k)``: coefficients -> ``log theta`` of every arm."""

@@ -70,7 +70,9 @@ class DropPEFTParams(MethodParams):
     deadline_margin: float = Field(1.0, gt=0.0, le=1.0, description="an arm is feasible if its predicted time <= margin * deadline")
     shape_depths: list[float] = Field([-2.0, -1.0, 0.0, 1.0, 2.0, 3.0], min_length=1,
                                       description="gammas averaged over: layer l weighs (l + 1) ** gamma in an arm's keep")
-    arm_sd: float = Field(1.0, gt=0.0, description="prior sd of an arm's own correction (log scale, in noise sds)")
+    arm_sd: float | None = Field(None, gt=0.0, allow_inf_nan=False, description=(
+        "prior sd of an arm's own correction to the worth curve (log scale, at the prior's guess of the noise); "
+        "null (the default): learnt, the one of 0.1-1.7 under which the gains seen are likeliest"))
     prior_beta: float = Field(1.0, ge=0.0, le=20.0, allow_inf_nan=False, description=(
         "prior mean of how steeply an arm's worth falls with dropout (worth = keep ** beta; 1: the share of layers "
         "run); set it from a calibration on another data set and model, never from the run it is scored on"))
