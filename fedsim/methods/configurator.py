@@ -237,8 +237,8 @@ class ProgressModel:
             return self._fit
         grid = self._arm_sds
         sds = np.full(self.num_arms, ARM_SD if len(grid) > 1 else grid[0])
-        best = (self._posterior(stats, self._prior_inv(sds))[0], sds)
-        if len(grid) > 1 and stats[0][3] > 0:
+        total, fit = self._posterior(stats, self._prior_inv(sds))
+        if len(grid) > 1 and stats[0][3] > 0:  # no gains yet: every spread is as likely
             for _ in range(2):
                 for a in range(self.num_arms):
                     for sd in grid:
@@ -246,11 +246,11 @@ class ProgressModel:
                             continue
                         trial = sds.copy()
                         trial[a] = sd
-                        total = self._posterior(stats, self._prior_inv(trial))[0]
-                        if total > best[0] + 1e-9:
-                            best, sds = (total, trial), trial
+                        t_total, t_fit = self._posterior(stats, self._prior_inv(trial))
+                        if t_total > total + 1e-9:
+                            total, fit, sds = t_total, t_fit, trial
         self.arm_sd_fit = sds
-        self._fit = self._posterior(stats, self._prior_inv(sds))[1]
+        self._fit = fit
         return self._fit
 
     def _posterior(self, stats: list, V0_inv: np.ndarray) -> tuple[float, tuple]:
