@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -83,7 +84,9 @@ DROPPEFT_ROWS = {
     "droppeft-ids": {"policy": "ids"},
     "droppeft-thompson": {"policy": "thompson"},
     "droppeft-alone": {"gain_measure": "alone"},
-    "droppeft-signed": {"signed_worth": True},
+    "droppeft-signed": {"signed_worth": True, "harm_prior": "helps"},
+    "droppeft-pooled-harm": {"signed_worth": True},
+    "droppeft-mean": {"worth_scale": "mean"},
     "droppeft-one-spread": {"arm_sd": 1.0},
 }
 
@@ -114,7 +117,7 @@ def method_rows() -> dict[str, dict]:
     return {k: {"name": "droppeft", "params": v} if v else {"name": "droppeft"} for k, v in DROPPEFT_ROWS.items()}
 
 
-LEARNING_ONLY = ("arm_sd", "gain_examples", "gain_measure", "signed_worth", "policy", "horizon", "explore", "discount", "window")
+LEARNING_ONLY = ("arm_sd", "harm_prior", "worth_scale", "gain_examples", "gain_measure", "signed_worth", "policy", "horizon", "explore", "discount", "window")
 
 
 def resolved_method(method: dict) -> dict:
@@ -127,18 +130,26 @@ def resolved_method(method: dict) -> dict:
 
 
 def comparable(resolved: dict) -> dict:
-    """``resolved`` less the parameters a DropPEFT row that does not learn never reads
-    (how gains are measured and acted on), so that adding or changing one of them does
-    not run such a row again."""
-    if resolved.get("learning", True) and resolved.get("bandit", True):
-        return resolved
-    return {k: v for k, v in resolved.items() if k not in LEARNING_ONLY}
+    """``resolved`` less the parameters the row never reads, so that adding or changing one
+    of them does not run it again: a DropPEFT row that does not learn reads none of how
+    gains are measured and acted on, one that floors harmful gains no harm prior."""
+    if not (resolved.get("learning", True) and resolved.get("bandit", True)):
+        return {k: v for k, v in resolved.items() if k not in LEARNING_ONLY}
+    if "signed_worth" in resolved and not resolved["signed_worth"]:
+        return {k: v for k, v in resolved.items() if k != "harm_prior"}
+    return resolved
+
+
+# Parameters added after runs were recorded: the value that does what the code did before.
+ADDED_PARAMS = {"harm_prior": "helps", "worth_scale": "log"}
 
 
 def run_one(out_dir: Path, env: str, method: dict, seed: int, trainer: str, overrides: list[str],
-            horizon: int = 1) -> str:
+            horizon: int = 1, log_gains: bool = False) -> str:
     """Run (or reuse) one environment x row x seed; returns its status. ``horizon`` K > 1
-    (surrogate): the surrogate learns K times slower and the run may last K times longer."""
+    (surrogate): the surrogate learns K times slower and the run may last K times longer.
+    ``log_gains``: a DropPEFT run that learns also writes the gains it observed, one JSON
+    line a round, to ``gains.jsonl`` beside its records (``diag_arm_spread.py --replay``)."""
     from fedsim.study.scenario import load_scenario
     from fedsim.study.simulate import simulate
 
@@ -159,6 +170,9 @@ def run_one(out_dir: Path, env: str, method: dict, seed: int, trainer: str, over
     if summary_path.exists() and scenario_file.exists():
         old = yaml.safe_load(scenario_file.read_text())
         old.setdefault("method_resolved", wanted["method_resolved"])  # records from before the key existed
+        if "signed_worth" in old["method_resolved"]:  # a DropPEFT row
+            for k, v in ADDED_PARAMS.items():
+                old["method_resolved"].setdefault(k, v)
         old["method_resolved"] = comparable(old["method_resolved"])
         same = old == wanted | {"method_resolved": comparable(wanted["method_resolved"])}
         if json.loads(summary_path.read_text()).get("status") == "ok" and same:
@@ -177,7 +191,13 @@ def run_one(out_dir: Path, env: str, method: dict, seed: int, trainer: str, over
     variant = load_scenario(tmp, overrides=overrides)[0]
     t0 = time.perf_counter()
     try:
-        simulate(variant.scenario, out_dir, label=out_dir.parent.name)
+        if log_gains:
+            from benchmarks.diag_arm_spread import gains_logged
+
+            with gains_logged(out_dir / "gains.jsonl"):
+                simulate(variant.scenario, out_dir, label=out_dir.parent.name)
+        else:
+            simulate(variant.scenario, out_dir, label=out_dir.parent.name)
     except Exception as exc:  # recorded in summary.json by simulate; keep benchmarking
         print(f"  failed: {exc}", file=sys.stderr)
     print(f"  {out_dir.relative_to(out_dir.parents[3])}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
@@ -279,13 +299,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trainer", choices=["surrogate", "torch"], default="surrogate")
     ap.add_argument("--envs", default=",".join(ENVS))
     ap.add_argument("--seeds", default=None, help="default: 0-9 (surrogate), 0-2 (torch)")
-    ap.add_argument("--top-arms", type=int, default=3, help="best fixed arms of the first seed run on every seed")
+    ap.add_argument("--top-arms", type=int, default=3, help="best fixed arms of the first seed run on every seed (0: none; the oracle is then the first seed's best)")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-configurator")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="scenario override for every run")
     ap.add_argument("--rows", default=",".join(DROPPEFT_ROWS),
                     help="DropPEFT rows to run (fedlora and the fixed arms always run)")
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--log-gains", action="store_true",
+                    help="each DropPEFT run that learns writes the gains it observed to gains.jsonl beside its records")
     ap.add_argument("--horizon", type=int, default=1,
                     help="surrogate: learn this many times slower (runs this many times longer), to see what learning repays")
     ap.add_argument("--report", type=Path, default=None,
@@ -325,24 +347,24 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.table_only:
         # 1. every arm and every DropPEFT row; arms on the first seed only, the rest on every seed
-        first = [(base / e / row / f"seed{seeds[0]}", e, m, seeds[0], args.trainer, args.overrides, args.horizon)
+        first = [(base / e / row / f"seed{seeds[0]}", e, m, seeds[0], args.trainer, args.overrides, args.horizon, args.log_gains)
                  for e in envs for row, m in arms.items() if row != "fedlora"]
         every = {"fedlora": arms["fedlora"], **run_methods}  # FedLoRA is a row of its own on every seed
-        rest = [(base / e / row / f"seed{s}", e, m, s, args.trainer, args.overrides, args.horizon)
+        rest = [(base / e / row / f"seed{s}", e, m, s, args.trainer, args.overrides, args.horizon, args.log_gains)
                 for e in envs for row, m in every.items() for s in seeds]
         if args.trainer == "surrogate":
             told = {e: told_truth_row(e) for e in envs}
-            rest += [(base / e / TOLD_TRUTH / f"seed{s}", e, told[e], s, args.trainer, args.overrides, args.horizon)
+            rest += [(base / e / TOLD_TRUTH / f"seed{s}", e, told[e], s, args.trainer, args.overrides, args.horizon, args.log_gains)
                      for e in envs if told[e] is not None for s in seeds]
         execute(rest + first)  # the rows every seed needs first: a run cut short still compares them
     # 2. the best arms of the first seed on every seed
     top: dict[str, list[str]] = {}
     for e in envs:
         ranked = sorted(arms, key=lambda row: mean_time(row_times(base, e, row, seeds[:1], targets[e])))
-        top[e] = ranked[: args.top_arms]
+        top[e] = ranked[: max(args.top_arms, 1)]  # the oracle is the best of them (of the first seed's best with 0)
     if not args.table_only:
-        execute((base / e / row / f"seed{s}", e, arms[row], s, args.trainer, args.overrides, args.horizon)
-                for e in envs for row in top[e] for s in seeds[1:])
+        execute((base / e / row / f"seed{s}", e, arms[row], s, args.trainer, args.overrides, args.horizon, args.log_gains)
+                for e in envs for row in top[e][: args.top_arms] for s in seeds[1:])
 
     # 3. tables
     summary: dict[str, dict[str, float]] = {}
@@ -410,15 +432,17 @@ def main(argv: list[str] | None = None) -> int:
     line(not slower, f"never more than 5% slower than learning off: {'ok' if not slower else slower}")
     emit("\nPaired by seed (same fleet, data and selection), droppeft's time over learning off's: "
          "geometric mean and 95% interval over the seeds; an interval that holds both 0.95 and 1.05 cannot tell.\n")
-    emit("The last column is the headroom of learning: the planner told the true worths (surrogate) over "
-         "learning off. No learner can beat learning off by more than that.\n")
-    paired = ["droppeft", "droppeft-one-spread", "droppeft-signed", "droppeft-alone", "droppeft-ids", "droppeft-thompson", "droppeft-greedy", TOLD_TRUTH]
-    emit("| environment | seeds | " + " | ".join(f"{r} / learning off" for r in paired) + " |")
-    emit("|---|---|" + "---|" * len(paired))
+    paired = [r for r in (*DROPPEFT_ROWS, TOLD_TRUTH) if r not in ("droppeft-no-learning", "droppeft-flat")]
+    cells = {e: [paired_ratio(base, e, row, "droppeft-no-learning", seeds, targets[e]) for row in paired] for e in envs}
+    shown = [i for i, r in enumerate(paired) if r == "droppeft" or any(cells[e][i][0] for e in envs)]  # rows with runs
+    if paired.index(TOLD_TRUTH) in shown:
+        emit("The last column is the headroom of learning: the planner told the true worths (surrogate) over "
+             "learning off. No learner can beat learning off by more than that.\n")
+    emit("| environment | seeds | " + " | ".join(f"{paired[i]} / learning off" for i in shown) + " |")
+    emit("|---|---|" + "---|" * len(shown))
     for e in envs:
-        cells = [paired_ratio(base, e, row, "droppeft-no-learning", seeds, targets[e]) for row in paired]
-        if cells[0][0]:
-            emit(f"| {e} | {cells[0][0]} | " + " | ".join(c[1] for c in cells) + " |")
+        if cells[e][0][0]:
+            emit(f"| {e} | {cells[e][0][0]} | " + " | ".join(cells[e][i][1] for i in shown) + " |")
     emit()
     for e, goal in (("minilm-iid", 1.5), ("mpnet-12l", 2.0)):
         if e in summary and "droppeft" in summary[e]:
@@ -429,8 +453,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.report is not None:
         args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(f"<!-- written by: python benchmarks/bench_configurator.py --trainer {args.trainer}"
-                               + (f" --horizon {args.horizon}" if args.horizon != 1 else "") + " -->\n"
+        cmd = (f"--trainer {args.trainer}" + (f" --horizon {args.horizon}" if args.horizon != 1 else "")
+               if full_run else " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])))
+        args.report.write_text(f"<!-- written by: python benchmarks/bench_configurator.py {cmd} -->\n"
                                + "\n".join(report) + "\n")
         print(f"wrote {args.report}")
     if args.plot is None:

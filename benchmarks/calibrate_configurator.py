@@ -46,6 +46,9 @@ ROWS = {
     "learning off (prior only)": {"learning": False},
     "flat prior (per-arm learning only)": {"prior": "flat"},
     "one spread for every arm (arm_sd: 1)": {"arm_sd": 1.0},
+    "signed worths, pooled harm prior (signed_worth: true)": {"signed_worth": True},
+    "signed worths, no harm until seen (harm_prior: helps)": {"signed_worth": True, "harm_prior": "helps"},
+    "mean signed gains (worth_scale: mean)": {"worth_scale": "mean"},
 }
 
 
@@ -58,7 +61,7 @@ def synthetic_fleet(rng: np.random.Generator, n: int = 13) -> Fleet:
 
 
 def episode(truth: int, params: dict, rounds: int, lengths: tuple[int, ...] | None = None,
-            noise: float = 0.3) -> np.ndarray:
+            noise: float = 0.3, swing: float = 0.0) -> np.ndarray:
     """Progress per second of one row on one truth over the oracle's, summed over the first
     ``L`` rounds for each ``L`` in ``lengths`` (default: all ``rounds``). The policies are
     not told the length, so a shorter run is the start of a longer one."""
@@ -89,6 +92,8 @@ def episode(truth: int, params: dict, rounds: int, lengths: tuple[int, ...] | No
         outcome[arrived] = "ok"
         results = [ClientResult(int(i), 10, np.zeros(6), 0.0, np.zeros(6)) for i in arrived]
         gains = worth[arms[arrived]] * 0.93**r * np.exp(noise * rng.standard_normal(arrived.size))
+        if swing > 0:  # the client's own pull, whatever the arm: it can make the update harm the round
+            gains = gains + swing * 0.93**r * rng.standard_normal(arrived.size)
         method.round_finished(RoundReport(round_idx=r, start_s=0.0, end_s=1.0, device_ids=ids, plans=plans,
                                           outcome=outcome, duration_s=np.ones(ids.size), results=results,
                                           evaluation=EvalResult(0.5, 1.0), update_gains=gains))
@@ -102,10 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", default="5,10,30",
                     help="run lengths scored, comma-separated (each a prefix of the longest)")
     ap.add_argument("--noise", type=float, default=0.3, help="sd of the log-normal noise of a gain")
+    ap.add_argument("--swing", type=float, default=0.0,
+                    help="sd of a normal term added to every gain, in units of a full update's mean gain (0: none)")
     ap.add_argument("--rows", default=None, help="rows to run (comma-separated numbers from 1; default: all)")
     args = ap.parse_args(argv)
     if not args.noise >= 0:
         ap.error(f"--noise must be >= 0, got {args.noise}")
+    if not args.swing >= 0:
+        ap.error(f"--swing must be >= 0, got {args.swing}")
     names = list(ROWS)
     try:
         picked = names if args.rows is None else [names[int(i) - 1] for i in args.rows.split(",")]
@@ -113,11 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--rows: numbers from 1 to {len(names)}, comma-separated; got {args.rows!r}")
     lengths = tuple(sorted({int(x) for x in args.rounds.split(",")}))
     print(f"Progress per second / oracle's, {args.truths} synthetic truths, runs of {', '.join(map(str, lengths))} rounds "
-          f"(mean / 10th percentile / worst), gain noise sd {args.noise:g}\n")
+          f"(mean / 10th percentile / worst), gain noise sd {args.noise:g}, swing sd {args.swing:g}\n")
     print("| row | " + " | ".join(f"{L} rounds" for L in lengths) + " |")
     print("|---|" + "---|" * len(lengths))
     for name in picked:
-        s = np.array([episode(k, ROWS[name], lengths[-1], lengths, args.noise) for k in range(args.truths)])
+        s = np.array([episode(k, ROWS[name], lengths[-1], lengths, args.noise, args.swing) for k in range(args.truths)])
         cells = [f"{c.mean():.3f} / {np.quantile(c, 0.1):.3f} / {c.min():.3f}" for c in s.T]
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
     return 0

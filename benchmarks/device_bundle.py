@@ -52,7 +52,7 @@ SCANNED = ("fedsim", "benchmarks")
 MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 DATA_FILES = [f"{stem}-{split}.tab" for stem in ("20newsgroups", "reuters-r8") for split in ("train", "test")]
 PIP_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
-RECORD_FILES = ("summary.json", "config.yaml", "scenario.yaml", "rounds.csv", "clients.csv")
+RECORD_FILES = ("summary.json", "config.yaml", "scenario.yaml", "rounds.csv", "clients.csv", "gains.jsonl")
 
 
 def norm(name: str) -> str:

@@ -112,7 +112,7 @@ base=.; rel="$RUNS"
 case "$RUNS" in /*) base="$(dirname "$RUNS")"; rel="$(basename "$RUNS")";; esac
 pack() {  # every run record so far into $OUT/runs.tar.gz, replaced whole (never half written)
     [ -d "$RUNS" ] || return 0
-    (cd "$base" && find "$rel" -type f \( -name summary.json -o -name config.yaml -o -name scenario.yaml \
+    (cd "$base" && find "$rel" -type f \( -name summary.json -o -name config.yaml -o -name scenario.yaml -o -name gains.jsonl \
         -o -name rounds.csv -o -name clients.csv \) -print0 | sort -z \
         | tar --null -czf "$OUT/runs.tar.gz.part" -T -) && mv -f "$OUT/runs.tar.gz.part" "$OUT/runs.tar.gz"
 }

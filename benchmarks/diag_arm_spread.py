@@ -23,6 +23,7 @@ import argparse
 import json
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +33,38 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+@contextmanager
+def gains_logged(log: Path):
+    """While inside, every DropPEFT run of this process appends to ``log`` the gains its
+    updates report, one JSON line a round (``round``, ``arms``, ``gains``, ``accuracy``), as
+    the method sees them. A run that does not learn measures no gains and logs nothing."""
+    from fedsim.methods.droppeft import DropPEFT
+
+    finished = DropPEFT.round_finished
+    out = None
+    def round_finished(self, report):
+        nonlocal out
+        if report.update_gains is not None:
+            ok = np.asarray(report.outcome) == "ok"
+            arms = np.array([self._arm_of[d][0] for d in report.device_ids.tolist()], dtype=np.int64)[ok]
+            out = out or open(log, "a")
+            out.write(json.dumps({"round": report.round_idx, "arms": arms.tolist(),
+                                  "gains": np.asarray(report.update_gains, dtype=float).tolist(),
+                                  "accuracy": report.evaluation.accuracy if report.evaluation else None}) + "\n")
+            out.flush()
+        return finished(self, report)
+
+    DropPEFT.round_finished = round_finished
+    try:
+        yield
+    finally:
+        DropPEFT.round_finished = finished
+        if out is not None:
+            out.close()
+
+
 def record(env: str, seed: int, rounds: int, trainer: str, log: Path) -> None:
     """Run ``env`` with DropPEFT (``arm_sd: 1``) and write the gains it observes to ``log``."""
-    from fedsim.methods.droppeft import DropPEFT
     from fedsim.study.scenario import load_scenario
     from fedsim.study.simulate import simulate
 
@@ -45,25 +75,11 @@ def record(env: str, seed: int, rounds: int, trainer: str, log: Path) -> None:
         raw["trainer"].pop("surrogate", None)
     raw["engine"]["max_rounds"] = rounds
     raw["engine"].pop("target_accuracy", None)
-    finished = DropPEFT.round_finished
-    with open(log, "w") as out, tempfile.TemporaryDirectory() as tmp:
-        def round_finished(self, report):  # the gains this round's updates report, as the method sees them
-            ok = np.asarray(report.outcome) == "ok"
-            arms = np.array([self._arm_of[d][0] for d in report.device_ids.tolist()], dtype=np.int64)[ok]
-            if report.update_gains is not None:
-                out.write(json.dumps({"round": report.round_idx, "arms": arms.tolist(),
-                                      "gains": np.asarray(report.update_gains, dtype=float).tolist(),
-                                      "accuracy": report.evaluation.accuracy if report.evaluation else None}) + "\n")
-                out.flush()
-            return finished(self, report)
-
-        DropPEFT.round_finished = round_finished
-        try:
-            path = Path(tmp) / "input.yaml"
-            path.write_text(yaml.safe_dump(raw, sort_keys=False))
-            simulate(load_scenario(path)[0].scenario, Path(tmp) / "run", label="droppeft-one-spread")
-        finally:
-            DropPEFT.round_finished = finished
+    log.unlink(missing_ok=True)
+    with gains_logged(log), tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "input.yaml"
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        simulate(load_scenario(path)[0].scenario, Path(tmp) / "run", label="droppeft-one-spread")
 
 
 def replay(log: Path, after: list[int]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import load_benchmark
 
@@ -34,3 +36,33 @@ def test_every_environment_has_a_scenario_and_no_told_truth_where_no_curve_is_tr
     assert bench.SURROGATE_ONLY <= set(bench.ENVS) and bench.PRIOR_WRONG <= set(bench.ENVS)
     assert bench.told_truth_row("minilm-mixharm") is None and bench.told_truth_row("minilm-shift") is None
     assert bench.told_truth_row("minilm-iid")["params"]["prior_beta"] == pytest.approx(2.4)
+
+
+def test_a_row_that_floors_harm_ignores_the_harm_prior_and_old_signed_runs_are_reused(bench):
+    floored = bench.resolved_method({"name": "droppeft"})
+    assert floored["signed_worth"] is False and floored["harm_prior"] == "pooled"
+    assert bench.comparable({**floored, "harm_prior": "helps"}) == bench.comparable(floored)
+    signed = bench.resolved_method(bench.method_rows()["droppeft-signed"])
+    pooled = bench.resolved_method(bench.method_rows()["droppeft-pooled-harm"])
+    assert bench.comparable(signed) != bench.comparable(pooled)
+    # A signed run recorded before harm_prior existed ran with "helps": the row that asks for it reuses it
+    older = {k: v for k, v in signed.items() if k not in bench.ADDED_PARAMS}
+    assert {**bench.ADDED_PARAMS, **older} == signed
+    assert {**bench.ADDED_PARAMS, **{k: v for k, v in pooled.items() if k not in bench.ADDED_PARAMS}} != pooled
+
+
+def test_log_gains_writes_what_a_learning_run_observed_and_changes_no_record(bench, tmp_path):
+    learn, off = bench.method_rows()["droppeft"], bench.method_rows()["droppeft-no-learning"]
+    for name, method in (("droppeft", learn), ("droppeft-no-learning", off)):
+        for logged in (False, True):
+            out = tmp_path / ("logged" if logged else "plain") / "surrogate" / "minilm-iid" / name / "seed0"
+            assert bench.run_one(out, "minilm-iid", method, 0, "surrogate", ["engine.max_rounds=4"],
+                                 log_gains=logged) == "ok"
+    base = tmp_path / "logged" / "surrogate" / "minilm-iid"
+    rows = [json.loads(line) for line in (base / "droppeft" / "seed0" / "gains.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [0, 1, 2, 3] and all(len(r["arms"]) == len(r["gains"]) > 0 for r in rows)
+    assert not (base / "droppeft-no-learning" / "seed0" / "gains.jsonl").exists()  # it measures no gains
+    for name in ("droppeft", "droppeft-no-learning"):
+        for f in ("rounds.csv", "clients.csv"):
+            plain = tmp_path / "plain" / "surrogate" / "minilm-iid" / name / "seed0" / f
+            assert (base / name / "seed0" / f).read_bytes() == plain.read_bytes()

@@ -24,7 +24,16 @@ def test_noisier_gains_change_what_learning_sees_and_not_the_prior(calib):
     assert calib.episode(0, kg, 3, noise=0.3) != pytest.approx(calib.episode(0, kg, 3, noise=1.0))
 
 
-@pytest.mark.parametrize("argv", [["--rows", "99"], ["--rows", "x"], ["--noise", "-1"], ["--noise", "nan"]])
+def test_a_client_swing_makes_gains_harmful_and_leaves_the_prior_alone(calib):
+    kg, off = calib.ROWS[list(calib.ROWS)[0]], calib.ROWS["learning off (prior only)"]
+    assert calib.episode(0, off, 3, swing=1.0) == pytest.approx(calib.episode(0, off, 3))
+    assert calib.episode(0, kg, 3, swing=1.0) != pytest.approx(calib.episode(0, kg, 3))
+    assert list(calib.ROWS)[9] == "mean signed gains (worth_scale: mean)"
+    assert calib.main(["--truths", "1", "--rounds", "2", "--rows", "10", "--swing", "2"]) == 0
+
+
+@pytest.mark.parametrize("argv", [["--rows", "99"], ["--rows", "x"], ["--noise", "-1"], ["--noise", "nan"],
+                                  ["--swing", "-1"], ["--swing", "nan"]])
 def test_bad_options_are_refused(calib, argv, capsys):
     with pytest.raises(SystemExit) as exc:
         calib.main(argv)

@@ -43,16 +43,32 @@ stray from it beyond the noise keeps a wide spread and is learnt on its own.
 
 **Harm.** With ``loo`` an update can make the round worse (a negative gain). The log model
 above describes a gain's *size* ``|gain|``; beside it, each arm's *harm share* ``h_a``,
-the chance that its update does not help the round, has a ``Beta(0, 1)`` prior: an update
-helps until one is seen not to (a point mass at ``h_a = 0``, so an arm never seen to
-harm is planned exactly as without this part). Its posterior after ``n-`` gains at or
-below zero and ``n+`` above (discounted like the rest) is ``Beta(n-, 1 + n+)``, and the
-arm's signed worth is ``theta_a * (1 - 2 h_a)``: the expected gain when a harmful
-update is as large as a helpful one. ``signed=False`` (the default) instead counts a
-gain at or below zero at a tenth of the round's median positive gain: a harmful arm is
-nearly useless, never worse than nothing. (Signed worths stopped a synthetic planner
-mixing harmful arms in, but in real training at Dirichlet 0.1 the sign of an update's
-gain follows its client's labels more than its arm: docs/droppeft.md.)
+the chance that its update does not help the round, has a prior (``harm_prior``):
+``helps``, ``Beta(0, 1)``, an update helps until one is seen not to; ``pooled`` (the
+default), the fleet-wide harm share seen so far with the strength the arms' counts are
+likeliest under (beta-binomial evidence), so an arm not yet run is expected to harm as
+often as the rest (:meth:`ProgressModel.harm_posterior`). Before any gain at or below
+zero both are a point mass at ``h_a = 0`` and the arms are planned exactly as without
+this part. The arm's signed worth is ``theta_a * (1 - 2 h_a)``: the expected gain when
+a harmful update is as large as a helpful one. ``signed=False`` (the default) instead
+counts a gain at or below zero at a tenth of the round's median positive gain: a
+harmful arm is nearly useless, never worse than nothing. (In real training at
+Dirichlet 0.1 the sign of an update's gain follows its client's labels more than its
+arm, and so does its size: docs/droppeft.md.)
+
+**The mean scale** (``scale="mean"``, DropPEFT's ``worth_scale: mean``). What adds up in a
+round's aggregate is an update's signed gain, and an arm is worth the *mean* of its
+updates' gains, not their typical size. Where a client's labels swing its update either
+way (real training at Dirichlet 0.1), ``|gain|`` measures the swing more than the arm: a
+heavily dropped update's gain is about as large as a full one's, and about as often
+harmful, yet its mean is a fifth of the full arm's. The log model reads the size and
+raises such arms; the mean scale models each signed gain over its round's median size
+(the phase of training divided out) as ``theta_a + noise``, with
+``theta_a = c * w_a + d * w_a log w_a + delta_a``, ``w_a = keep_gamma(a) ** prior_beta``:
+``c`` the full arm's level, ``d`` tilting the prior's curve (steeper or flatter; heavy
+arms may come out worth less than nothing), ``delta_a`` each arm's correction with its
+learnt spread. The same conjugate machinery, ``gamma`` averaged by evidence; before any
+gain its worths are the log model's prior's, so learning off plans alike on both.
 
 Observations made ``k`` evaluations ago weigh ``discount ** k`` (``window``: only the
 last ones are kept), so the model follows a best arm that changes as training goes on.
@@ -73,6 +89,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.special import betaln
 
 __all__ = ["ProgressModel", "utility_scores", "paced_assignment", "plan_value", "information_gain", "ids_assignment",
            "kg_assignment", "lindy_horizon", "PRIOR_BETA", "ARM_SD", "ARM_SDS"]
@@ -80,6 +97,7 @@ __all__ = ["ProgressModel", "utility_scores", "paced_assignment", "plan_value", 
 FASTEST_TOLERANCE = 0.1  # paced_assignment: arms this close to a client's fastest count as fastest
 PRIOR_BETA = 1.0  # prior mean of beta: an update is worth the share of layers it runs
 HELP_PRIOR = 1.0  # harm share prior Beta(0, HELP_PRIOR)
+HARM_KAPPAS = (1.0, 3.0, 10.0, 30.0, 100.0, 1000.0)  # pooled harm prior: its strengths (pseudo-updates) to choose from
 _TREND_UNIT = 10.0  # evaluations per unit of the trend coefficient
 ARM_SD = 1.0  # prior sd of an arm's correction before its gains say otherwise (log scale)
 ARM_SDS = (0.1, 0.2, 0.35, 0.6, 1.0, 1.7)  # the sds the evidence chooses among, per arm
@@ -102,10 +120,17 @@ class ProgressModel:
         signed: learn each arm's harm share beside the size of its gains, so an arm
             whose updates harm the round is worth less than nothing; ``False`` (the
             default): floor harmful gains (module docstring).
+        harm_prior: signed: the harm shares' prior, ``pooled`` (each arm's shrunk to the
+            fleet-wide share) or ``helps`` (no harm until seen; :meth:`harm_posterior`).
+        scale: ``log`` (the log-linear model of gain sizes) or ``mean`` (signed gains over
+            their round's median, a linear model of their means; module docstring).
+            ``signed`` and ``harm_prior`` apply to ``log`` only.
     """
 
     # Class defaults: a model pickled before signed worths existed floors, as it ran.
     signed = False
+    harm_prior = "helps"  # ... and one pickled before the pooled harm prior, with the prior it ran
+    harm_kappa: float | None = None
     _signs: list[tuple[int, int, bool]] | tuple = ()
     _arm_sds: tuple[float, ...] | None = None  # ... and one pickled before the spread was learnt keeps its own
     arm_sd_fit: np.ndarray | None = None
@@ -113,19 +138,25 @@ class ProgressModel:
     def __init__(self, keep_probs: Sequence[np.ndarray], depths: Sequence[float] | None = (-2.0, -1.0, 0.0, 1.0, 2.0, 3.0),
                  discount: float = 0.9, window: int | None = None, arm_sd: float | None = None, beta_sd: float = 2.0,
                  noise: float = 0.25, noise_weight: float = 2.0, prior_beta: float = PRIOR_BETA,
-                 signed: bool = False) -> None:
+                 signed: bool = False, harm_prior: str = "pooled", scale: str = "log") -> None:
         from fedsim.core.plan import depth_weighted_keep
 
         if not 0.0 < discount <= 1.0:
             raise ValueError(f"discount must be in (0, 1], got {discount}")
         if window is not None and window < 1:
             raise ValueError(f"window must be >= 1 evaluations, got {window}")
+        if scale not in ("log", "mean"):
+            raise ValueError(f"scale must be 'log' or 'mean', got {scale!r}")
+        self.scale = scale
         self.num_arms = len(keep_probs)
         self.discount = float(discount)
         self.window = window
         self.flat = depths is None
         gammas = [0.0] if depths is None else list(depths)
         self.log_keep = np.log(np.maximum(np.array([[depth_weighted_keep(k, g) for k in keep_probs] for g in gammas]), 1e-6))
+        if scale == "mean":  # coefficients [c, d, delta_1..A]: theta_a = c * w_a + d * w_a log w_a + delta_a
+            self._init_mean(prior_beta, arm_sd, noise_weight)
+            return
         # Coefficients [alpha, trend, beta, delta_1..A] (flat: no beta); prior N(m0, s2 * V0).
         k = 2 + (0 if self.flat else 1) + self.num_arms
         self.m0 = np.zeros(k)
@@ -143,9 +174,39 @@ class ProgressModel:
         self.b0 = noise * (self.a0 - 1.0)
         self._rows: list[tuple[int, np.ndarray, float]] = []  # (evaluation, arm shares, log gain)
         self.signed = bool(signed)
+        if harm_prior not in ("pooled", "helps"):
+            raise ValueError(f"harm_prior must be 'pooled' or 'helps', got {harm_prior!r}")
+        self.harm_prior = harm_prior
         self._signs = []  # signed: (evaluation, arm, harmed) of every finite gain
         self.evaluations = 0
         self._fit: tuple | None = None
+
+    def _init_mean(self, prior_beta: float, arm_sd: float | None, noise_weight: float) -> None:
+        """The ``mean`` scale's prior. ``w_a = keep_gamma(a) ** prior_beta`` is the prior's
+        curve; ``c ~ N(1, noise)`` (a full update's gain is about its round's median);
+        ``d ~ N(0, noise)`` tilts the curve (``w log w`` is the first-order change of
+        ``keep ** beta`` with ``beta``: ``d > 0`` dropout costs more than the prior says, and
+        heavily dropped arms may come out worth less than nothing); each ``delta_a`` of the
+        learnt (or given) spread; the noise of a gain over its round's median guessed at 1
+        with the weight of two gains."""
+        if arm_sd is not None and not arm_sd > 0:
+            raise ValueError(f"arm_sd must be > 0 (or None: learnt), got {arm_sd}")
+        noise = 1.0
+        self.curve = np.exp((0.0 if self.flat else prior_beta) * self.log_keep)  # (G, A)
+        self.tilt = self.curve * np.log(self.curve)
+        self.m0 = np.zeros(2 + self.num_arms)
+        self.m0[0] = 1.0
+        self.V0_inv = np.diag(np.full(self.m0.size, noise))  # c: sd 1 at the guessed noise; arms: _prior_inv
+        self._arm_sds = ARM_SDS if arm_sd is None else (float(arm_sd),)
+        self.arm_sd_fit = None
+        self.a0 = 1.0 + noise_weight / 2.0
+        self.b0 = noise * (self.a0 - 1.0)
+        self._rows = []
+        self.signed = False
+        self.harm_prior = "pooled"
+        self._signs = []
+        self.evaluations = 0
+        self._fit = None
 
     # -- data --------------------------------------------------------------------------
     def observe(self, arms: np.ndarray, gains: np.ndarray) -> None:
@@ -164,12 +225,22 @@ class ProgressModel:
         self.evaluations += 1
         self._fit = None
         eye = np.eye(self.num_arms)
+        if getattr(self, "scale", "log") == "mean":
+            size = float(np.median(np.abs(gains))) if gains.size else 0.0
+            if size > 0:  # signed gains over the round's median size: the phase of training divided out
+                self._rows.extend((self.evaluations, eye[a], float(g / size)) for a, g in zip(arms, gains))
+            self._forget()
+            return
         if self.signed:
             self._signs.extend((self.evaluations, int(a), bool(g <= 0)) for a, g in zip(arms, gains))
         size = np.abs(gains) if self.signed else gains  # floored: a gain <= 0 counts at the floor
         if (size > 0).any():
             z = np.log(np.maximum(size, 0.1 * float(np.median(size[size > 0]))))
             self._rows.extend((self.evaluations, eye[a], float(zi)) for a, zi in zip(arms, z))
+        self._forget()
+
+    def _forget(self) -> None:
+        """Drop the observations outside the window or weighing less than 1e-6."""
         oldest = self.evaluations - (self.window or 10**9)
         if self.discount < 1.0:
             oldest = max(oldest, self.evaluations - int(np.ceil(np.log(1e-6) / np.log(self.discount))))
@@ -184,19 +255,45 @@ class ProgressModel:
             (harmed if bad else helped)[a] += self.discount ** (self.evaluations - e)
         return harmed, helped
 
+    def harm_posterior(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(a, b)``: each arm's ``Beta(a, b)`` posterior of its harm share.
+
+        ``harm_prior="helps"``: every arm's prior is ``Beta(0, 1)``, an update helps until
+        one of the arm's is seen not to. ``"pooled"``: an arm's prior is the fleet-wide
+        harm share ``m`` (the ``helps`` posterior of all arms' gains pooled) with the
+        strength ``kappa`` (pseudo-updates) of :data:`HARM_KAPPAS` under which the arms'
+        counts are likeliest (beta-binomial evidence; :attr:`harm_kappa`): where every arm
+        harms about as often, which is what an update's client decides and not its arm,
+        the arms keep to the shared share, and an arm not yet run is expected to harm as
+        often as the rest, not never. Before any gain at or below zero both are a point
+        mass at no harm.
+        """
+        harmed, helped = self.harm_counts()
+        H, P = float(harmed.sum()), float(helped.sum())
+        if getattr(self, "harm_prior", "helps") == "helps" or H <= 0:
+            return harmed, HELP_PRIOR + helped
+        m = H / (H + P + HELP_PRIOR)
+        seen = (harmed + helped) > 0
+
+        def evidence(kappa: float) -> float:
+            a0, b0 = kappa * m, kappa * (1.0 - m)
+            return float(np.sum(betaln(a0 + harmed[seen], b0 + helped[seen]) - betaln(a0, b0)))
+
+        kappa = max(HARM_KAPPAS, key=evidence)  # ties: the weakest
+        self.harm_kappa = kappa
+        return kappa * m + harmed, kappa * (1.0 - m) + helped
+
     def harm_factor(self, rng: np.random.Generator | None = None, size: int = 1) -> np.ndarray:
         """``(size, A)`` signed worth over size, ``1 - 2 h_a``: with ``rng``, ``h_a`` drawn from
-        its posterior; without, its posterior mean. 1 for an arm never seen to harm."""
+        its posterior; without, its posterior mean. 1 for an arm whose harm share is 0
+        for sure (no harm seen: every arm with the pooled prior, the arm with ``helps``)."""
         out = np.ones((size, self.num_arms))
         if not self.signed:
             return out
-        harmed, helped = self.harm_counts()
-        for a in np.flatnonzero(harmed > 0):
-            if rng is None:
-                h = harmed[a] / (harmed[a] + HELP_PRIOR + helped[a])
-            else:
-                h = rng.beta(harmed[a], HELP_PRIOR + helped[a], size=size)
-            out[:, a] = 1.0 - 2.0 * h
+        a, b = self.harm_posterior()
+        for k in np.flatnonzero(a > 0):
+            h = a[k] / (a[k] + b[k]) if rng is None else rng.beta(a[k], b[k], size=size)
+            out[:, k] = 1.0 - 2.0 * h
         return out
 
     @property
@@ -209,11 +306,14 @@ class ProgressModel:
         t = np.array([r[0] for r in self._rows], dtype=float)
         X = np.array([r[1] for r in self._rows]).reshape(len(self._rows), self.num_arms)
         z = np.array([r[2] for r in self._rows])
+        w = self.discount ** (self.evaluations - t)
+        if getattr(self, "scale", "log") == "mean":
+            F = np.column_stack([X @ self.curve[g], X @ self.tilt[g], X]) if len(t) else np.zeros((0, len(self.m0)))
+            return F, z, w
         cols = [np.ones(len(t)), (t - self.evaluations) / _TREND_UNIT]
         if not self.flat:
             cols.append(X @ self.log_keep[g])
         F = np.column_stack(cols + [X]) if len(t) else np.zeros((0, len(self.m0)))
-        w = self.discount ** (self.evaluations - t)
         return F, z, w
 
     def fit(self) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray, float]]]:
@@ -278,8 +378,10 @@ class ProgressModel:
         return np.diag(d)
 
     def _arm_features(self, g: int) -> np.ndarray:
-        """``(A, k)``: coefficients -> ``log theta`` of every arm."""
+        """``(A, k)``: coefficients -> ``log theta`` of every arm (``mean`` scale: ``theta``)."""
         eye = np.eye(self.num_arms)
+        if getattr(self, "scale", "log") == "mean":
+            return np.hstack([self.curve[g][:, None], self.tilt[g][:, None], eye])
         lead = np.zeros((self.num_arms, 2))
         if self.flat:
             return np.hstack([lead, eye])
@@ -300,7 +402,20 @@ class ProgressModel:
         each ``gamma``, averaged by their weights. (The mean of a log-normal grows with its
         spread: it would rate the arms known least as the best.)"""
         p, mean, _ = self.log_worth()
-        return (p @ np.exp(mean)) * self.harm_factor()[0]
+        return p @ self._to_worth(mean) * self.harm_factor()[0]
+
+    def _to_worth(self, x: np.ndarray) -> np.ndarray:
+        """What the coefficients' image says of the worth: ``exp`` of ``log theta``, or
+        ``theta`` itself on the ``mean`` scale."""
+        return x if getattr(self, "scale", "log") == "mean" else np.exp(x)
+
+    def future_design(self, g: int, arms: np.ndarray) -> np.ndarray:
+        """``(q, k)`` design rows of updates with ``arms`` observed one evaluation from now."""
+        F = self._arm_features(g)[np.asarray(arms, dtype=np.int64)].copy()
+        if getattr(self, "scale", "log") == "log":
+            F[:, 0] = 1.0  # the phase ...
+            F[:, 1] = 1.0 / _TREND_UNIT  # ... one evaluation from now
+        return F
 
     def sample_coefficients(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
         """``(gamma index (size,), coefficients (size, k))``: joint posterior draws."""
@@ -317,7 +432,7 @@ class ProgressModel:
         gs, coefs = self.sample_coefficients(rng, size)
         out = np.empty((size, self.num_arms))
         for i, (g, coef) in enumerate(zip(gs, coefs)):
-            out[i] = np.exp(self._arm_features(g) @ coef)
+            out[i] = self._to_worth(self._arm_features(g) @ coef)
         return out * self.harm_factor(rng, size)
 
     def lookahead_worth(self, arms: np.ndarray, gs: np.ndarray, coefs: np.ndarray,
@@ -337,12 +452,7 @@ class ProgressModel:
         q = arms.size
         W = len(gs)
         feats = [self._arm_features(g) for g in range(len(p))]
-        design = []
-        for A in feats:
-            F = A[arms].copy()
-            F[:, 0] = 1.0  # the phase ...
-            F[:, 1] = 1.0 / _TREND_UNIT  # ... one evaluation from now
-            design.append(F)
+        design = [self.future_design(g, arms) for g in range(len(p))]
         # Gains in each world.
         z = np.empty((W, q))
         for w in range(W):
@@ -363,7 +473,7 @@ class ProgressModel:
         logw -= logw.max(axis=1, keepdims=True)
         wts = np.exp(logw)
         wts /= wts.sum(axis=1, keepdims=True)
-        return np.einsum("wg,gwa->wa", wts, np.exp(log_theta)) * self.harm_factor()
+        return np.einsum("wg,gwa->wa", wts, self._to_worth(log_theta)) * self.harm_factor()
 
 
 def utility_scores(model: ProgressModel, rng: np.random.Generator, n_clients: int, explore: bool = True,
@@ -472,8 +582,7 @@ def information_gain(model: ProgressModel, arms: np.ndarray) -> float:
         if p[g] < 1e-3:
             continue
         A = model._arm_features(g)
-        F = A[arms].copy()
-        F[:, 0] = 1.0  # the phase of the round they are observed in
+        F = model.future_design(g, arms)
         prec = np.linalg.inv(cov)
         post = np.linalg.inv(prec + F.T @ F / max(s2, 1e-12))
         jitter = 1e-9 * np.eye(A.shape[0])
@@ -562,7 +671,7 @@ def kg_assignment(model: ProgressModel, rng: np.random.Generator, times: np.ndar
     plans += [paced_assignment(model.sample(rng, n), times, feasible, quota, fallback) for _ in range(candidates)]
     reps = [m for m in sorted(set(int(r) for r in repeats)) if 1 <= m <= rounds_left]
     gs, coefs = model.sample_coefficients(rng, worlds)
-    true_worth = np.array([np.exp(model._arm_features(int(g)) @ c) for g, c in zip(gs, coefs)])
+    true_worth = np.array([model._to_worth(model._arm_features(int(g)) @ c) for g, c in zip(gs, coefs)])
     true_worth *= model.harm_factor(rng, worlds)
     noise = rng.standard_normal((worlds, q * max(reps, default=1)))
     now = np.array([plan_value(median, times, arms, quota) for arms, _ in plans])

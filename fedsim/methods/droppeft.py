@@ -84,6 +84,13 @@ class DropPEFTParams(MethodParams):
         "learn each arm's share of updates that harm the round (gain <= 0) beside the size of its gains, so a "
         "harmful arm is worth less than nothing; false (the default) floors such gains at a tenth of the round's "
         "median. Off by default: in real training at Dirichlet 0.1 it took 2-4x longer (docs/droppeft.md)"))
+    worth_scale: Literal["log", "mean"] = Field("log", description=(
+        "what an arm's worth is learnt as: log = the ratio of its updates' typical gain sizes (log-linear model, "
+        "harmful gains floored or signed); mean = the ratio of their mean signed gains, each over its round's "
+        "median size (what adds up in the aggregate when a client's labels swing its update either way)"))
+    harm_prior: Literal["pooled", "helps"] = Field("pooled", description=(
+        "signed_worth: each arm's prior of its harm share; pooled = the fleet-wide share seen so far, as strong as "
+        "the arms' counts say (an arm not yet run harms as often as the rest); helps = none until one is seen"))
     policy: Literal["kg", "ids", "thompson"] = Field("kg", description=(
         "exploration: kg = online knowledge gradient (explores as far as the rounds left can repay it); "
         "ids = information-directed sampling over the median's and Thompson plans; "
@@ -192,7 +199,8 @@ class DropPEFT(Method):
         depths = params.shape_depths if params.prior == "shapes" else None
         self.model = ProgressModel([a.keep_prob for a in self.arms], depths, discount=params.discount,
                                    window=params.window, arm_sd=params.arm_sd, prior_beta=params.prior_beta,
-                                   signed=params.signed_worth)
+                                   signed=params.signed_worth, harm_prior=params.harm_prior,
+                                   scale=params.worth_scale)
         self._round_pace: float | None = None
         self._round_arms: np.ndarray | None = None
         self._arm_of: dict[int, list[int]] = {}  # planned clients not yet reported: their arms, oldest first
