@@ -130,6 +130,7 @@ class ProgressModel:
     # Class defaults: a model pickled before signed worths existed floors, as it ran.
     signed = False
     harm_prior = "helps"  # ... and one pickled before the pooled harm prior, with the prior it ran
+    scale = "log"  # ... and before the mean scale, on the log scale
     harm_kappa: float | None = None
     _signs: list[tuple[int, int, bool]] | tuple = ()
     _arm_sds: tuple[float, ...] | None = None  # ... and one pickled before the spread was learnt keeps its own
@@ -154,59 +155,43 @@ class ProgressModel:
         self.flat = depths is None
         gammas = [0.0] if depths is None else list(depths)
         self.log_keep = np.log(np.maximum(np.array([[depth_weighted_keep(k, g) for k in keep_probs] for g in gammas]), 1e-6))
-        if scale == "mean":  # coefficients [c, d, delta_1..A]: theta_a = c * w_a + d * w_a log w_a + delta_a
-            self._init_mean(prior_beta, arm_sd, noise_weight)
-            return
-        # Coefficients [alpha, trend, beta, delta_1..A] (flat: no beta); prior N(m0, s2 * V0).
-        k = 2 + (0 if self.flat else 1) + self.num_arms
-        self.m0 = np.zeros(k)
         if arm_sd is not None and not arm_sd > 0:
             raise ValueError(f"arm_sd must be > 0 (or None: learnt), got {arm_sd}")
-        self._arm_sds = ARM_SDS if arm_sd is None else (float(arm_sd),)
-        self.arm_sd_fit = None  # per arm, once fitted
-        v0 = np.full(k, 1.0 / noise)  # the arms' entries: see _prior_inv
-        v0[0], v0[1] = 100.0 / noise, 1.0 / noise
-        if not self.flat:
-            self.m0[2] = prior_beta
-            v0[2] = beta_sd**2 / noise
-        self.V0_inv = np.diag(1.0 / v0)
-        self.a0 = 1.0 + noise_weight / 2.0
-        self.b0 = noise * (self.a0 - 1.0)
-        self._rows: list[tuple[int, np.ndarray, float]] = []  # (evaluation, arm shares, log gain)
-        self.signed = bool(signed)
         if harm_prior not in ("pooled", "helps"):
             raise ValueError(f"harm_prior must be 'pooled' or 'helps', got {harm_prior!r}")
+        if scale == "mean":
+            # Coefficients [c, d, delta_1..A]: theta_a = c * w_a + d * w_a log w_a + delta_a, with
+            # w_a = keep_gamma(a) ** prior_beta the prior's curve; c ~ N(1, noise) (a full update's
+            # gain is about its round's median), d ~ N(0, noise) tilts the curve (w log w is the
+            # first-order change of keep ** beta with beta: d > 0, dropout costs more than the prior
+            # says, and heavy arms may come out worth less than nothing). A gain's noise over its
+            # round's median is guessed at 1.
+            noise = 1.0
+            self.curve = np.exp((0.0 if self.flat else prior_beta) * self.log_keep)  # (G, A)
+            self.tilt = self.curve * np.log(self.curve)
+            self.m0 = np.zeros(2 + self.num_arms)
+            self.m0[0] = 1.0
+            v0 = np.full(self.m0.size, 1.0 / noise)  # c and d: sd 1 at the guessed noise; arms: _prior_inv
+        else:
+            # Coefficients [alpha, trend, beta, delta_1..A] (flat: no beta); prior N(m0, s2 * V0).
+            k = 2 + (0 if self.flat else 1) + self.num_arms
+            self.m0 = np.zeros(k)
+            v0 = np.full(k, 1.0 / noise)  # the arms' entries: see _prior_inv
+            v0[0], v0[1] = 100.0 / noise, 1.0 / noise
+            if not self.flat:
+                self.m0[2] = prior_beta
+                v0[2] = beta_sd**2 / noise
+        self.V0_inv = np.diag(1.0 / v0)
+        self._arm_sds = ARM_SDS if arm_sd is None else (float(arm_sd),)
+        self.arm_sd_fit = None  # per arm, once fitted
+        self.a0 = 1.0 + noise_weight / 2.0
+        self.b0 = noise * (self.a0 - 1.0)
+        self._rows: list[tuple[int, np.ndarray, float]] = []  # (evaluation, arm shares, log gain or scaled gain)
+        self.signed = bool(signed) and scale == "log"
         self.harm_prior = harm_prior
         self._signs = []  # signed: (evaluation, arm, harmed) of every finite gain
         self.evaluations = 0
         self._fit: tuple | None = None
-
-    def _init_mean(self, prior_beta: float, arm_sd: float | None, noise_weight: float) -> None:
-        """The ``mean`` scale's prior. ``w_a = keep_gamma(a) ** prior_beta`` is the prior's
-        curve; ``c ~ N(1, noise)`` (a full update's gain is about its round's median);
-        ``d ~ N(0, noise)`` tilts the curve (``w log w`` is the first-order change of
-        ``keep ** beta`` with ``beta``: ``d > 0`` dropout costs more than the prior says, and
-        heavily dropped arms may come out worth less than nothing); each ``delta_a`` of the
-        learnt (or given) spread; the noise of a gain over its round's median guessed at 1
-        with the weight of two gains."""
-        if arm_sd is not None and not arm_sd > 0:
-            raise ValueError(f"arm_sd must be > 0 (or None: learnt), got {arm_sd}")
-        noise = 1.0
-        self.curve = np.exp((0.0 if self.flat else prior_beta) * self.log_keep)  # (G, A)
-        self.tilt = self.curve * np.log(self.curve)
-        self.m0 = np.zeros(2 + self.num_arms)
-        self.m0[0] = 1.0
-        self.V0_inv = np.diag(np.full(self.m0.size, noise))  # c: sd 1 at the guessed noise; arms: _prior_inv
-        self._arm_sds = ARM_SDS if arm_sd is None else (float(arm_sd),)
-        self.arm_sd_fit = None
-        self.a0 = 1.0 + noise_weight / 2.0
-        self.b0 = noise * (self.a0 - 1.0)
-        self._rows = []
-        self.signed = False
-        self.harm_prior = "pooled"
-        self._signs = []
-        self.evaluations = 0
-        self._fit = None
 
     # -- data --------------------------------------------------------------------------
     def observe(self, arms: np.ndarray, gains: np.ndarray) -> None:
@@ -225,7 +210,7 @@ class ProgressModel:
         self.evaluations += 1
         self._fit = None
         eye = np.eye(self.num_arms)
-        if getattr(self, "scale", "log") == "mean":
+        if self.scale == "mean":
             size = float(np.median(np.abs(gains))) if gains.size else 0.0
             if size > 0:  # signed gains over the round's median size: the phase of training divided out
                 self._rows.extend((self.evaluations, eye[a], float(g / size)) for a, g in zip(arms, gains))
@@ -270,7 +255,7 @@ class ProgressModel:
         """
         harmed, helped = self.harm_counts()
         H, P = float(harmed.sum()), float(helped.sum())
-        if getattr(self, "harm_prior", "helps") == "helps" or H <= 0:
+        if self.harm_prior == "helps" or H <= 0:
             return harmed, HELP_PRIOR + helped
         m = H / (H + P + HELP_PRIOR)
         seen = (harmed + helped) > 0
@@ -307,7 +292,7 @@ class ProgressModel:
         X = np.array([r[1] for r in self._rows]).reshape(len(self._rows), self.num_arms)
         z = np.array([r[2] for r in self._rows])
         w = self.discount ** (self.evaluations - t)
-        if getattr(self, "scale", "log") == "mean":
+        if self.scale == "mean":
             F = np.column_stack([X @ self.curve[g], X @ self.tilt[g], X]) if len(t) else np.zeros((0, len(self.m0)))
             return F, z, w
         cols = [np.ones(len(t)), (t - self.evaluations) / _TREND_UNIT]
@@ -380,7 +365,7 @@ class ProgressModel:
     def _arm_features(self, g: int) -> np.ndarray:
         """``(A, k)``: coefficients -> ``log theta`` of every arm (``mean`` scale: ``theta``)."""
         eye = np.eye(self.num_arms)
-        if getattr(self, "scale", "log") == "mean":
+        if self.scale == "mean":
             return np.hstack([self.curve[g][:, None], self.tilt[g][:, None], eye])
         lead = np.zeros((self.num_arms, 2))
         if self.flat:
@@ -407,14 +392,14 @@ class ProgressModel:
     def _to_worth(self, x: np.ndarray) -> np.ndarray:
         """What the coefficients' image says of the worth: ``exp`` of ``log theta``, or
         ``theta`` itself on the ``mean`` scale."""
-        return x if getattr(self, "scale", "log") == "mean" else np.exp(x)
+        return x if self.scale == "mean" else np.exp(x)
 
-    def future_design(self, g: int, arms: np.ndarray) -> np.ndarray:
-        """``(q, k)`` design rows of updates with ``arms`` observed one evaluation from now."""
+    def future_design(self, g: int, arms: np.ndarray, ahead: int = 1) -> np.ndarray:
+        """``(q, k)`` design rows of updates with ``arms`` observed ``ahead`` evaluations from now."""
         F = self._arm_features(g)[np.asarray(arms, dtype=np.int64)].copy()
-        if getattr(self, "scale", "log") == "log":
+        if self.scale == "log":
             F[:, 0] = 1.0  # the phase ...
-            F[:, 1] = 1.0 / _TREND_UNIT  # ... one evaluation from now
+            F[:, 1] = ahead / _TREND_UNIT  # ... that many evaluations on
         return F
 
     def sample_coefficients(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -582,7 +567,7 @@ def information_gain(model: ProgressModel, arms: np.ndarray) -> float:
         if p[g] < 1e-3:
             continue
         A = model._arm_features(g)
-        F = model.future_design(g, arms)
+        F = model.future_design(g, arms, ahead=0)  # the phase of the round they are observed in
         prec = np.linalg.inv(cov)
         post = np.linalg.inv(prec + F.T @ F / max(s2, 1e-12))
         jitter = 1e-9 * np.eye(A.shape[0])
