@@ -88,6 +88,7 @@ DROPPEFT_ROWS = {
     "droppeft-pooled-harm": {"signed_worth": True},
     "droppeft-mean": {"worth_scale": "mean"},
     "droppeft-one-spread": {"arm_sd": 1.0},
+    "droppeft-monotone": {"monotone_worth": True},
 }
 
 
@@ -117,7 +118,7 @@ def method_rows() -> dict[str, dict]:
     return {k: {"name": "droppeft", "params": v} if v else {"name": "droppeft"} for k, v in DROPPEFT_ROWS.items()}
 
 
-LEARNING_ONLY = ("arm_sd", "harm_prior", "worth_scale", "gain_examples", "gain_measure", "signed_worth", "policy", "horizon", "explore", "discount", "window")
+LEARNING_ONLY = ("arm_sd", "harm_prior", "worth_scale", "monotone_worth", "gain_examples", "gain_measure", "signed_worth", "policy", "horizon", "explore", "discount", "window")
 
 
 def resolved_method(method: dict) -> dict:
@@ -141,7 +142,45 @@ def comparable(resolved: dict) -> dict:
 
 
 # Parameters added after runs were recorded: the value that does what the code did before.
-ADDED_PARAMS = {"harm_prior": "helps", "worth_scale": "log"}
+ADDED_PARAMS = {"harm_prior": "helps", "worth_scale": "log", "monotone_worth": False}
+
+
+def recorded_method(old: dict, default: dict) -> dict:
+    """The comparable method parameters a run's ``scenario.yaml`` (loaded as ``old``) was
+    made with: ``default`` for records from before the key existed, and for a DropPEFT row
+    every parameter added since at the value that does what the code did then."""
+    resolved = dict(old.get("method_resolved", default))
+    if "signed_worth" in resolved:  # a DropPEFT row
+        for k, v in ADDED_PARAMS.items():
+            resolved.setdefault(k, v)
+    return comparable(resolved)
+
+
+def row_method(env: str, row: str) -> dict | None:
+    """The method a row runs in ``env`` (``None``: not a row of this benchmark)."""
+    if row == TOLD_TRUTH:
+        return told_truth_row(env)
+    return {**arm_rows(), **method_rows()}.get(row)
+
+
+STALE: dict[str, set[str]] = {}  # row -> runs left out of the tables: made with other parameters
+
+
+def run_time(base: Path, env: str, row: str, seed: int, target: float) -> tuple[float, bool] | None:
+    """:func:`time_to_target` of a finished run made with the parameters the row has now;
+    ``None`` for one made before a default the row reads changed (noted in ``STALE``:
+    rerun the row without ``--table-only``)."""
+    run_dir = base / env / row / f"seed{seed}"
+    t = time_to_target(run_dir, target)
+    method = row_method(env, row)
+    if t is None or method is None:
+        return t
+    old = yaml.safe_load((run_dir / "scenario.yaml").read_text()) if (run_dir / "scenario.yaml").is_file() else {}
+    want = comparable(resolved_method(method))
+    if recorded_method(old, want) != want:
+        STALE.setdefault(row, set()).add(f"{env}/seed{seed}")
+        return None
+    return t
 
 
 def run_one(out_dir: Path, env: str, method: dict, seed: int, trainer: str, overrides: list[str],
@@ -169,11 +208,7 @@ def run_one(out_dir: Path, env: str, method: dict, seed: int, trainer: str, over
     wanted = {"scenario": raw, "overrides": overrides, "method_resolved": resolved_method(method)}
     if summary_path.exists() and scenario_file.exists():
         old = yaml.safe_load(scenario_file.read_text())
-        old.setdefault("method_resolved", wanted["method_resolved"])  # records from before the key existed
-        if "signed_worth" in old["method_resolved"]:  # a DropPEFT row
-            for k, v in ADDED_PARAMS.items():
-                old["method_resolved"].setdefault(k, v)
-        old["method_resolved"] = comparable(old["method_resolved"])
+        old["method_resolved"] = recorded_method(old, wanted["method_resolved"])
         same = old == wanted | {"method_resolved": comparable(wanted["method_resolved"])}
         if json.loads(summary_path.read_text()).get("status") == "ok" and same:
             return "reused"
@@ -227,7 +262,7 @@ def time_to_target(run_dir: Path, target: float) -> tuple[float, bool] | None:
 def row_times(base: Path, env: str, row: str, seeds: list[int], target: float) -> list[tuple[float, bool]]:
     out = []
     for s in seeds:
-        t = time_to_target(base / env / row / f"seed{s}", target)
+        t = run_time(base, env, row, s, target)
         if t is not None:
             out.append(t)
     return out
@@ -253,8 +288,8 @@ def paired_ratio(base: Path, env: str, row: str, ref: str, seeds: list[int], tar
 
     logs = []
     for s in seeds:
-        a = time_to_target(base / env / row / f"seed{s}", target)
-        b = time_to_target(base / env / ref / f"seed{s}", target)
+        a = run_time(base, env, row, s, target)
+        b = run_time(base, env, ref, s, target)
         if a is not None and b is not None:
             logs.append(np.log(a[0] / b[0]))
     if len(logs) < 2:
@@ -450,6 +485,9 @@ def main(argv: list[str] | None = None) -> int:
             cap = (f"; told the truth: {summary[e]['fedlora'] / summary[e][TOLD_TRUTH]:.2f}x"
                    if TOLD_TRUTH in summary[e] else "")
             line(r >= goal, f"{e}: {r:.2f}x faster than fedlora (goal >= {goal}x{cap})")
+    if STALE:
+        emit("\nLeft out, made with other parameters than the row has now (a default changed since; "
+             "rerun without --table-only): " + "; ".join(f"{row}: {len(runs)} runs" for row, runs in sorted(STALE.items())))
 
     if args.report is not None:
         args.report.parent.mkdir(parents=True, exist_ok=True)

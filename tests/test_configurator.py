@@ -594,3 +594,71 @@ def test_lindy_horizon_expects_as_many_rounds_to_come_as_have_gone():
 def test_kg_horizon_must_be_positive():
     with pytest.raises(ValueError, match="horizon"):
         DropPEFTParams(horizon=0)
+
+
+# -- monotone worths ------------------------------------------------------------------------
+
+def _assert_ordered(model: ProgressModel, worth: np.ndarray) -> None:
+    for a, b in zip(*np.nonzero(model._above)):  # b runs every layer a runs, at least as often
+        assert np.all(worth[..., a] <= worth[..., b] + 1e-12), (a, b)
+
+
+def test_monotone_caps_an_arm_at_the_arms_that_run_its_layers_and_nothing_else():
+    model = ProgressModel(_keeps(), monotone=True)
+    assert model._above[1:, 0].all() and not model._above[0].any()  # the full arm runs every layer of every arm
+    rng = np.random.default_rng(0)
+    w = rng.uniform(-0.5, 2.0, size=(200, model.num_arms))
+    out = model.ordered(w)
+    _assert_ordered(model, out)
+    assert np.all(out <= w)  # lowered, never raised
+    # An already ordered worth is left as it is: here the prior's, and any draw once ordered
+    assert np.array_equal(model.ordered(model.worth()), model.worth())
+    assert np.array_equal(model.ordered(out), out)
+    # Only arms above which an arm is rated are lowered: the full arm never is
+    assert np.array_equal(out[:, 0], w[:, 0])
+    # Off, nothing changes
+    assert np.array_equal(ProgressModel(_keeps()).ordered(w), w)
+
+
+def test_monotone_starts_from_the_same_prior_worths():
+    # The prior's curve runs with the layers kept: learning off plans alike either way
+    assert np.array_equal(ProgressModel(_keeps(), monotone=True).worth(), ProgressModel(_keeps()).worth())
+
+
+def _heavy_as_large(rounds: int = 10, seed: int = 0, **kw) -> ProgressModel:
+    """Gains whose sizes do not fall with dropout (arms 7-9, mean drop 0.75, 1.3x a full
+    update's), as the floored sizes of real training at Dirichlet 0.1 did not."""
+    keeps = _keeps()
+    truth = np.array([k.mean() for k in keeps])
+    truth[7:] = 1.3
+    return _noisy_rounds(ProgressModel(keeps, **kw), truth, rounds, 0.3, seed)
+
+
+def test_monotone_never_rates_a_heavier_arm_above_a_lighter_one():
+    # Prepare: the heavy arms' gains as large as full ones; a fleet whose devices all fit
+    # every arm within the pace of a full arm
+    plain, mono = _heavy_as_large(), _heavy_as_large(monotone=True)
+    # Assert: the plain model rates them above the full arm; ordered, none is
+    w_plain, w_mono = plain.worth(), mono.worth()
+    assert w_plain[7:].min() > w_plain[0], w_plain
+    _assert_ordered(mono, w_mono)
+    assert w_mono[7:].max() <= w_mono[0] + 1e-12
+    # and every draw the policies plan with is ordered too
+    _assert_ordered(mono, mono.sample(np.random.default_rng(1), 64))
+    gs, coefs = mono.sample_coefficients(np.random.default_rng(2), 8)
+    _assert_ordered(mono, mono.lookahead_worth(np.array([7, 8, 9, 0]), gs, coefs, np.zeros((8, 4))))
+    # Each heavy arm at most its lighter profile's 0.5 arm (arms 4-6), which the gains put
+    # near the prior's curve: the heavy arms lose most of what the sizes gave them
+    assert np.all(w_mono[7:] <= w_mono[4:7] + 1e-12)
+    assert np.all(w_mono[7:] / w_mono[0] < 0.75 * w_plain[7:] / w_plain[0]), (w_mono, w_plain)
+
+
+def test_droppeft_passes_monotone_worth_and_old_models_stay_unordered():
+    method = DropPEFT(DropPEFTParams(monotone_worth=True), SHAPE, BASE)
+    assert method.model.monotone
+    # A model pickled before the order existed has none of its state: it plans unordered
+    old = _heavy_as_large()
+    for name in ("monotone", "_above", "_order"):
+        old.__dict__.pop(name, None)
+    w = np.array([0.1, 0.5, 2.0] + [1.0] * (old.num_arms - 3))
+    assert np.array_equal(old.ordered(w), w)

@@ -91,6 +91,9 @@ class DropPEFTParams(MethodParams):
     harm_prior: Literal["pooled", "helps"] = Field("pooled", description=(
         "signed_worth: each arm's prior of its harm share; pooled = the fleet-wide share seen so far, as strong as "
         "the arms' counts say (an arm not yet run harms as often as the rest); helps = none until one is seen"))
+    monotone_worth: bool = Field(False, description=(
+        "never rate an arm above one that runs every layer it runs at least as often (its estimates, and every "
+        "draw the policy plans with, are capped there): dropping layers may cost nothing but is not taken to help"))
     policy: Literal["kg", "ids", "thompson"] = Field("kg", description=(
         "exploration: kg = online knowledge gradient (explores as far as the rounds left can repay it); "
         "ids = information-directed sampling over the median's and Thompson plans; "
@@ -200,7 +203,7 @@ class DropPEFT(Method):
         self.model = ProgressModel([a.keep_prob for a in self.arms], depths, discount=params.discount,
                                    window=params.window, arm_sd=params.arm_sd, prior_beta=params.prior_beta,
                                    signed=params.signed_worth, harm_prior=params.harm_prior,
-                                   scale=params.worth_scale)
+                                   scale=params.worth_scale, monotone=params.monotone_worth)
         self._round_pace: float | None = None
         self._round_arms: np.ndarray | None = None
         self._arm_of: dict[int, list[int]] = {}  # planned clients not yet reported: their arms, oldest first
