@@ -88,7 +88,7 @@ DROPPEFT_ROWS = {
     "droppeft-pooled-harm": {"signed_worth": True},
     "droppeft-mean": {"worth_scale": "mean"},
     "droppeft-one-spread": {"arm_sd": 1.0},
-    "droppeft-monotone": {"monotone_worth": True},
+    "droppeft-unordered": {"monotone_worth": False},
 }
 
 
@@ -147,9 +147,18 @@ ADDED_PARAMS = {"harm_prior": "helps", "worth_scale": "log", "monotone_worth": F
 
 def recorded_method(old: dict, default: dict) -> dict:
     """The comparable method parameters a run's ``scenario.yaml`` (loaded as ``old``) was
-    made with: ``default`` for records from before the key existed, and for a DropPEFT row
-    every parameter added since at the value that does what the code did then."""
-    resolved = dict(old.get("method_resolved", default))
+    made with, a DropPEFT row's parameters added since at the values that do what the code
+    did then. Records from before the resolved parameters were kept: their method's
+    parameters resolved so (``default`` where even the method is missing)."""
+    resolved = old.get("method_resolved")
+    if resolved is None:
+        method = (old.get("scenario") or {}).get("method")
+        if not isinstance(method, dict) or "name" not in method:
+            return comparable(default)
+        if method["name"] == "droppeft":
+            method = {**method, "params": {**ADDED_PARAMS, **(method.get("params") or {})}}
+        return comparable(resolved_method(method))
+    resolved = dict(resolved)
     if "signed_worth" in resolved:  # a DropPEFT row
         for k, v in ADDED_PARAMS.items():
             resolved.setdefault(k, v)

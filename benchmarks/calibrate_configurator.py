@@ -52,8 +52,8 @@ ROWS = {
     "signed worths, pooled harm prior (signed_worth: true)": {"signed_worth": True},
     "signed worths, no harm until seen (harm_prior: helps)": {"signed_worth": True, "harm_prior": "helps"},
     "mean signed gains (worth_scale: mean)": {"worth_scale": "mean"},
-    "monotone worths (monotone_worth: true)": {"monotone_worth": True},
-    "mean signed gains, monotone": {"worth_scale": "mean", "monotone_worth": True},
+    "worths as the gains say (monotone_worth: false)": {"monotone_worth": False},
+    "mean signed gains, as the gains say": {"worth_scale": "mean", "monotone_worth": False},
 }
 
 

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/diag_plan_drift.py runs/gpu-1127/torch/minilm-dir01/droppeft [--scale mean]
+    python benchmarks/diag_plan_drift.py runs/gpu-1127/torch/minilm-dir01/droppeft-unordered [--scale mean] [--monotone true]
 
 Reads the runs of one ``bench_configurator.py`` row that were made with ``--log-gains``
 (``seed*/gains.jsonl`` beside ``scenario.yaml`` and ``clients.csv``) and prints
@@ -16,7 +16,7 @@ Reads the runs of one ``bench_configurator.py`` row that were made with ``--log-
 2. per seed, the mean dropout of the arriving updates in the first 10 rounds: what the run
    did, what the posterior median's plan would have been for the same devices (the gains
    of the rounds before replayed into a fresh model with the row's parameters, or
-   ``--scale``), and the prior's plan (learning off). Where the median's plan is as far from
+   ``--scale`` / ``--monotone``), and the prior's plan (learning off). Where the median's plan is as far from
    the prior's as the run, the drift is the model's estimates, not its exploration.
 """
 
@@ -67,12 +67,13 @@ def arm_table(seeds: list[Path], names: list[str]) -> None:
               f"| {size:.2f} | {np.exp(floored(x).mean() - floored(full).mean()):.2f} |")
 
 
-def plan_table(seeds: list[Path], scale: str | None) -> None:
+def plan_table(seeds: list[Path], scale: str | None, monotone: bool | None = None) -> None:
     from fedsim.core.costmodel import CostCoefficients
     from fedsim.core.rng import Seeds
     from fedsim.fleet.fleet import sample_fleet
     from fedsim.fleet.profiles import load_profiles
     from fedsim.methods.configurator import paced_assignment
+    from benchmarks.bench_configurator import ADDED_PARAMS
     from fedsim.methods.droppeft import DropPEFT, DropPEFTParams, feasible_arms
     from fedsim.study.scenario import load_scenario
     from fedsim.study.simulate import build_base_plan, model_shape_for
@@ -88,9 +89,17 @@ def plan_table(seeds: list[Path], scale: str | None) -> None:
             sc = load_scenario(path, overrides=overrides)[0].scenario
         fleet = sample_fleet(sc.fleet, load_profiles(sc.fleet.profiles_dir), Seeds(sc.seed).generator("fleet"))
         shape = model_shape_for(sc)
-        params = dict(sc.method.params or {})
+        # The parameters the run was made with: as recorded, with those added since at the
+        # value that did what the code did then (a default may have changed since).
+        params = dict(wanted.get("method_resolved") or sc.method.params or {})
+        if "signed_worth" in params:
+            for k, v in ADDED_PARAMS.items():
+                params.setdefault(k, v)
+        params = {k: v for k, v in params.items() if k in DropPEFTParams.model_fields and k != "learning"}
         if scale is not None:
             params["worth_scale"] = scale
+        if monotone is not None:
+            params["monotone_worth"] = monotone
         base = build_base_plan(sc, shape)
         method = DropPEFT(DropPEFTParams(**params), shape, base)
         prior = DropPEFT(DropPEFTParams(**params, learning=False), shape, base).model
@@ -120,12 +129,63 @@ def plan_table(seeds: list[Path], scale: str | None) -> None:
         print(f"| {sd.name} | {len(by_round)} | {np.nanmean(ran):.2f} | {np.mean(median):.2f} | {np.mean(prior_d):.2f} |")
 
 
+def progress_table(rows: list[Path], first: int = 7) -> None:
+    """Per row, pooled over its finished seeds' rounds 1..``first``: round length, loss drop
+    per round and per second, accuracy gain per second, mean dropout of arriving updates."""
+    print("| row | seeds | round (s) | loss drop / round | loss drop / s | accuracy gain / s | mean dropout |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        dur, drop, gain, md, n = [], [], [], [], 0
+        for sd in sorted(row.glob("seed*")):
+            if not sd.name[4:].isdigit() or not (sd / "rounds.csv").is_file() or not (sd / "clients.csv").is_file():
+                continue
+            with open(sd / "rounds.csv", newline="") as f:
+                rounds = list(csv.DictReader(f))
+            ok: dict[int, list[float]] = {}
+            with open(sd / "clients.csv", newline="") as f:
+                for r in csv.DictReader(f):
+                    if r["outcome"] == "ok":
+                        ok.setdefault(int(r["round"]), []).append(float(r["mean_drop"]))
+            n += 1
+            for prev, cur in zip(rounds[:first], rounds[1:first + 1]):
+                if "" in (prev["loss"], cur["loss"], prev["accuracy"], cur["accuracy"]):
+                    continue  # a round without an evaluation
+                dur.append(float(cur["duration_s"]))
+                drop.append(float(prev["loss"]) - float(cur["loss"]))
+                gain.append(float(cur["accuracy"]) - float(prev["accuracy"]))
+                md.extend(ok.get(int(cur["round"]), []))
+        name = f"{row.parent.name}/{row.name}"
+        if not dur:
+            print(f"| {name} | {n} | - | - | - | - | - |")
+            continue
+        t = float(np.mean(dur))
+        print(f"| {name} | {n} | {t:.1f} | {np.mean(drop):.4f} | {np.mean(drop) / t:.5f} | {np.mean(gain) / t:.5f} "
+              f"| {np.mean(md) if md else float('nan'):.2f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("row", type=Path, help="a row's folder of runs made with bench_configurator.py --log-gains")
+    ap.add_argument("row", type=Path, nargs="?", help="a row's folder of runs made with bench_configurator.py --log-gains")
+    ap.add_argument("--compare", type=Path, nargs="+", default=None, metavar="ROW",
+                    help="instead: rows' progress per round and per second in their first rounds")
+    ap.add_argument("--first", type=int, default=7, help="--compare: rounds 1 to this (default 7)")
     ap.add_argument("--scale", choices=["log", "mean"], default=None,
                     help="replay into a model of this worth_scale (default: the row's own)")
+    ap.add_argument("--monotone", choices=["true", "false"], default=None,
+                    help="replay into a model with this monotone_worth (default: the row's own)")
     args = ap.parse_args(argv)
+    if args.compare is not None:
+        if args.row is not None:
+            ap.error("give a row or --compare ROW ..., not both")
+        if args.first < 1:
+            ap.error(f"--first must be >= 1, got {args.first}")
+        missing = [str(r) for r in args.compare if not r.is_dir()]
+        if missing:
+            ap.error(f"--compare: no such folder: {', '.join(missing)}")
+        progress_table(args.compare, args.first)
+        return 0
+    if args.row is None:
+        ap.error("give a row's folder (or --compare ROW ...)")
     seeds = sorted(p for p in args.row.glob("seed*") if (p / "gains.jsonl").is_file() and (p / "clients.csv").is_file())
     if not seeds:
         ap.error(f"{args.row}: no seed*/ with gains.jsonl and clients.csv (run the benchmark with --log-gains)")
@@ -135,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [a.name for a in make_arms(ClientPlan.uniform(6), DropPEFTParams())]
     print(f"{args.row}: {len(seeds)} runs\n")
     arm_table(seeds, names)
-    plan_table(seeds, args.scale)
+    plan_table(seeds, args.scale, None if args.monotone is None else args.monotone == "true")
     return 0
 
 

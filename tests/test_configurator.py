@@ -194,15 +194,19 @@ def test_follows_a_best_arm_that_switches_half_way(policy):
     def worth(r, times):
         return early(r, times) if r < 30 else late(r, times)
     # Execute: 6 seeds (with 3, one seed that has not yet left the early arm moves the
-    # mean by 0.3)
+    # mean by 0.3); Thompson sampling 16: its late shares run from 0 to 1 seed by seed
+    # (standard error of a 6-seed mean about 0.15)
     shares_early, shares_late = [], []
-    for seed in range(6):
+    for seed in range(16 if policy == "thompson" else 6):
         counts, _ = _run(worth, 60, seed, decay=0.97, policy=policy)
         shares_early.append(_good_share(counts[:30], early, 29))
         shares_late.append(_good_share(counts, late, 59))
     # Assert: on the early best by round 30, on the late best within 30 rounds of the switch
-    # (measured with learnt spreads, kg / ids / thompson: early 0.99 / 0.99 / 1.00, late
-    # 0.73 / 0.63 / 0.61; with one spread of 1: early 0.93 / 0.95 / 0.93, late 0.80 / 0.67 / 0.82)
+    # (measured with learnt spreads, unordered, kg / ids / thompson on 6 seeds: early 0.99 /
+    # 0.99 / 1.00, late 0.73 / 0.63 / 0.61; with one spread of 1: early 0.93 / 0.95 / 0.93,
+    # late 0.80 / 0.67 / 0.82; ordered (monotone_worth, the default): kg / ids on 6 seeds
+    # early 0.98 / 0.99, late 0.98 / 0.89; thompson on 16 seeds early 0.96, late 0.64,
+    # unordered 0.96 and 0.71)
     assert np.mean(shares_early) >= 0.7, shares_early
     assert np.mean(shares_late) >= 0.6, shares_late
 
@@ -605,7 +609,10 @@ def _assert_ordered(model: ProgressModel, worth: np.ndarray) -> None:
 
 def test_monotone_caps_an_arm_at_the_arms_that_run_its_layers_and_nothing_else():
     model = ProgressModel(_keeps(), monotone=True)
-    assert model._above[1:, 0].all() and not model._above[0].any()  # the full arm runs every layer of every arm
+    # Every dropped arm runs each layer of a heavier arm of its profile at least as often;
+    # the full arm (the scale's unit) caps none and is capped by none
+    assert model._above[7, 4] and model._above[7, 1] and model._above[4, 1] and not model._above[1, 4]
+    assert not model._above[:, 0].any() and not model._above[0].any()
     rng = np.random.default_rng(0)
     w = rng.uniform(-0.5, 2.0, size=(200, model.num_arms))
     out = model.ordered(w)
@@ -614,7 +621,7 @@ def test_monotone_caps_an_arm_at_the_arms_that_run_its_layers_and_nothing_else()
     # An already ordered worth is left as it is: here the prior's, and any draw once ordered
     assert np.array_equal(model.ordered(model.worth()), model.worth())
     assert np.array_equal(model.ordered(out), out)
-    # Only arms above which an arm is rated are lowered: the full arm never is
+    # Only arms rated above an arm that runs more of their layers are lowered: the full arm never is
     assert np.array_equal(out[:, 0], w[:, 0])
     # Off, nothing changes
     assert np.array_equal(ProgressModel(_keeps()).ordered(w), w)
@@ -642,7 +649,6 @@ def test_monotone_never_rates_a_heavier_arm_above_a_lighter_one():
     w_plain, w_mono = plain.worth(), mono.worth()
     assert w_plain[7:].min() > w_plain[0], w_plain
     _assert_ordered(mono, w_mono)
-    assert w_mono[7:].max() <= w_mono[0] + 1e-12
     # and every draw the policies plan with is ordered too
     _assert_ordered(mono, mono.sample(np.random.default_rng(1), 64))
     gs, coefs = mono.sample_coefficients(np.random.default_rng(2), 8)

@@ -16,10 +16,10 @@ def logged_row(tmp_path_factory):
     return row
 
 
-@pytest.mark.parametrize("scale", [None, "mean"])
-def test_prints_the_arms_gains_and_each_seeds_plans(logged_row, scale, capsys):
+@pytest.mark.parametrize("extra", [[], ["--scale", "mean"], ["--monotone", "false"]])
+def test_prints_the_arms_gains_and_each_seeds_plans(logged_row, extra, capsys):
     diag = load_benchmark("diag_plan_drift")
-    assert diag.main([str(logged_row)] + (["--scale", scale] if scale else [])) == 0
+    assert diag.main([str(logged_row)] + extra) == 0
     out = capsys.readouterr().out
     assert "2 runs" in out and "| none |" in out and "+1.00 | 1.00 | 1.00 |" in out  # the full arm over itself
     plans = [line for line in out.splitlines() if line.startswith("| seed")]
@@ -32,3 +32,24 @@ def test_a_row_without_logged_gains_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         diag.main([str(tmp_path)])
     assert exc.value.code == 2 and "--log-gains" in capsys.readouterr().err
+
+
+def test_compare_prints_each_rows_first_rounds(logged_row, tmp_path, capsys):
+    diag = load_benchmark("diag_plan_drift")
+    empty = tmp_path / "minilm-iid" / "never-run"
+    empty.mkdir(parents=True)
+    assert diag.main(["--compare", str(logged_row), str(empty), "--first", "3"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| minilm-iid/")]
+    run, none = lines
+    cells = run.strip(" |").split(" | ")
+    assert cells[0] == "minilm-iid/droppeft" and cells[1] == "2"
+    assert float(cells[2]) > 0 and 0.0 <= float(cells[6]) <= 0.75  # a round's length; dropout of the arms run
+    assert none == "| minilm-iid/never-run | 0 | - | - | - | - | - |"
+
+
+@pytest.mark.parametrize("argv", [["--compare", "/no/such/row"], ["somewhere", "--compare", "."], [], ["--compare", ".", "--first", "0"]])
+def test_compare_refuses_what_it_cannot_read(argv, capsys):
+    diag = load_benchmark("diag_plan_drift")
+    with pytest.raises(SystemExit) as exc:
+        diag.main(argv)
+    assert exc.value.code == 2 and capsys.readouterr().err.strip()

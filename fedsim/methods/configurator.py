@@ -125,8 +125,9 @@ class ProgressModel:
         scale: ``log`` (the log-linear model of gain sizes) or ``mean`` (signed gains over
             their round's median, a linear model of their means; module docstring).
             ``signed`` and ``harm_prior`` apply to ``log`` only.
-        monotone: an arm is never worth more than one that runs every layer it runs at
-            least as often (:meth:`ordered`); ``False``: the worths are what the gains say.
+        monotone: a dropped arm is never worth more than another dropped arm that runs
+            every layer it runs at least as often (:meth:`ordered`); ``False``: the worths
+            are what the gains say.
     """
 
     # Class defaults: a model pickled before signed worths existed floors, as it ran.
@@ -199,8 +200,10 @@ class ProgressModel:
         self._fit: tuple | None = None
         self.monotone = bool(monotone)
         keep = np.array([np.asarray(k, dtype=float) for k in keep_probs])
-        # _above[a, b]: arm b runs every layer at least as often as arm a, and one more often.
+        # _above[a, b]: arm b drops a layer, yet runs every layer at least as often as arm a, and one
+        # more often (ordered: the arm that runs every layer is the scale's unit and caps none).
         self._above = np.all(keep[None, :, :] >= keep[:, None, :], axis=2) & np.any(keep[None] > keep[:, None], axis=2)
+        self._above[:, np.all(keep >= 1.0, axis=1)] = False
         self._order = np.argsort(-keep.sum(axis=1), kind="stable")
 
     # -- data --------------------------------------------------------------------------
@@ -400,11 +403,15 @@ class ProgressModel:
         return self.ordered(p @ self._to_worth(mean) * self.harm_factor()[0])
 
     def ordered(self, worth: np.ndarray) -> np.ndarray:
-        """``worth`` (``(..., A)``) with, if ``monotone``, each arm capped at the worth of
-        every arm that runs each of its layers at least as often (and one more often):
-        dropping a layer may cost nothing, but is never taken to help. Estimates that
-        break the order (in real training at Dirichlet 0.1 the gains' sizes rated heavily
-        dropped arms above lighter ones: docs/droppeft.md) are lowered, never raised."""
+        """``worth`` (``(..., A)``) with, if ``monotone``, each dropped arm capped at the
+        worth of every other dropped arm that runs each of its layers at least as often
+        (and one more often): dropping a layer more may cost nothing, but is never taken
+        to help. Estimates that break the order (in real training at Dirichlet 0.1 the
+        gains' sizes rated heavily dropped arms above lighter ones: docs/droppeft.md) are
+        lowered, never raised. The arm that runs every layer caps none: its worth is the
+        scale's unit, and its estimate is the part of the round's level its correction
+        absorbs (one round of a single other arm can double it), so capping at it would
+        carry that noise into every arm and, in the draws, stop exploration."""
         if not self.monotone or self._above is None or not self._above.any():
             return worth
         out = np.array(worth, dtype=float, copy=True)
