@@ -88,7 +88,7 @@ DROPPEFT_ROWS = {
     "droppeft-pooled-harm": {"signed_worth": True},
     "droppeft-mean": {"worth_scale": "mean"},
     "droppeft-one-spread": {"arm_sd": 1.0},
-    "droppeft-unordered": {"monotone_worth": False},
+    "droppeft-ordered": {"monotone_worth": True},
 }
 
 

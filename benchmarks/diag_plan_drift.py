@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/diag_plan_drift.py runs/gpu-1127/torch/minilm-dir01/droppeft-unordered [--scale mean] [--monotone true]
+    python benchmarks/diag_plan_drift.py runs/gpu-1127/torch/minilm-dir01/droppeft [--scale mean] [--monotone true]
 
 Reads the runs of one ``bench_configurator.py`` row that were made with ``--log-gains``
 (``seed*/gains.jsonl`` beside ``scenario.yaml`` and ``clients.csv``) and prints
@@ -16,8 +16,17 @@ Reads the runs of one ``bench_configurator.py`` row that were made with ``--log-
 2. per seed, the mean dropout of the arriving updates in the first 10 rounds: what the run
    did, what the posterior median's plan would have been for the same devices (the gains
    of the rounds before replayed into a fresh model with the row's parameters, or
-   ``--scale`` / ``--monotone``), and the prior's plan (learning off). Where the median's plan is as far from
-   the prior's as the run, the drift is the model's estimates, not its exploration.
+   ``--scale`` / ``--monotone``), and the prior's plan (learning off). Where the median's
+   plan is as far from the prior's as the run, the drift is the model's estimates, not
+   its exploration.
+
+With ``--compare ROW [ROW ...]`` (rows of one environment, ``--log-gains`` or not) it
+prints instead, per row, over its seeds' rounds 1 to ``--first`` (7): the mean round
+length, the drop in evaluated loss per round and per simulated second, the gain in
+accuracy per second and the mean dropout of the arriving updates: what a plan buys,
+round by round, where the time to target says only which run crossed first::
+
+    python benchmarks/diag_plan_drift.py --compare runs/gpu-1127/torch/minilm-dir01/{droppeft-no-learning,droppeft}
 """
 
 from __future__ import annotations

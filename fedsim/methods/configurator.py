@@ -125,9 +125,9 @@ class ProgressModel:
         scale: ``log`` (the log-linear model of gain sizes) or ``mean`` (signed gains over
             their round's median, a linear model of their means; module docstring).
             ``signed`` and ``harm_prior`` apply to ``log`` only.
-        monotone: a dropped arm is never worth more than another dropped arm that runs
-            every layer it runs at least as often (:meth:`ordered`); ``False``: the worths
-            are what the gains say.
+        monotone: an arm is never worth more than one that runs every layer it runs at
+            least as often (:meth:`ordered`; a posterior draw: among the dropped arms
+            only); ``False``: the worths are what the gains say.
     """
 
     # Class defaults: a model pickled before signed worths existed floors, as it ran.
@@ -140,6 +140,7 @@ class ProgressModel:
     arm_sd_fit: np.ndarray | None = None
     monotone = False  # ... and before the order, unordered
     _above: np.ndarray | None = None
+    _full: np.ndarray | None = None
     _order: np.ndarray | None = None
 
     def __init__(self, keep_probs: Sequence[np.ndarray], depths: Sequence[float] | None = (-2.0, -1.0, 0.0, 1.0, 2.0, 3.0),
@@ -200,10 +201,10 @@ class ProgressModel:
         self._fit: tuple | None = None
         self.monotone = bool(monotone)
         keep = np.array([np.asarray(k, dtype=float) for k in keep_probs])
-        # _above[a, b]: arm b drops a layer, yet runs every layer at least as often as arm a, and one
-        # more often (ordered: the arm that runs every layer is the scale's unit and caps none).
+        # _above[a, b]: arm b runs every layer at least as often as arm a, and one more often;
+        # _full[b]: arm b runs every layer (it caps the estimates, not the draws: ordered).
         self._above = np.all(keep[None, :, :] >= keep[:, None, :], axis=2) & np.any(keep[None] > keep[:, None], axis=2)
-        self._above[:, np.all(keep >= 1.0, axis=1)] = False
+        self._full = np.all(keep >= 1.0, axis=1)
         self._order = np.argsort(-keep.sum(axis=1), kind="stable")
 
     # -- data --------------------------------------------------------------------------
@@ -400,23 +401,27 @@ class ProgressModel:
         each ``gamma``, averaged by their weights. (The mean of a log-normal grows with its
         spread: it would rate the arms known least as the best.)"""
         p, mean, _ = self.log_worth()
-        return self.ordered(p @ self._to_worth(mean) * self.harm_factor()[0])
+        return self.ordered(p @ self._to_worth(mean) * self.harm_factor()[0], estimate=True)
 
-    def ordered(self, worth: np.ndarray) -> np.ndarray:
-        """``worth`` (``(..., A)``) with, if ``monotone``, each dropped arm capped at the
-        worth of every other dropped arm that runs each of its layers at least as often
-        (and one more often): dropping a layer more may cost nothing, but is never taken
-        to help. Estimates that break the order (in real training at Dirichlet 0.1 the
-        gains' sizes rated heavily dropped arms above lighter ones: docs/droppeft.md) are
-        lowered, never raised. The arm that runs every layer caps none: its worth is the
-        scale's unit, and its estimate is the part of the round's level its correction
-        absorbs (one round of a single other arm can double it), so capping at it would
-        carry that noise into every arm and, in the draws, stop exploration."""
+    def ordered(self, worth: np.ndarray, estimate: bool = False) -> np.ndarray:
+        """``worth`` (``(..., A)``) with, if ``monotone``, each arm capped at the worth of
+        every arm that runs each of its layers at least as often (and one more often):
+        dropping a layer more may cost nothing, but is never taken to help. Estimates that
+        break the order (in real training at Dirichlet 0.1 the gains' sizes rated heavily
+        dropped arms above lighter ones: docs/droppeft.md) are lowered, never raised.
+
+        ``estimate``: ``worth`` is a point estimate (the posterior median, now or after a
+        look-ahead), which the arm that runs every layer caps too. A posterior *draw* is
+        ordered among the dropped arms only: the full arm's draw carries the widest
+        uncertainty of all (its correction is what separates the round's level from the
+        arms; one round of a single other arm can double its median), and capping every
+        arm at it would cut off the draws that explore the dropped arms."""
         if not self.monotone or self._above is None or not self._above.any():
             return worth
+        above_of = self._above if estimate or self._full is None else self._above & ~self._full[None, :]
         out = np.array(worth, dtype=float, copy=True)
         for a in self._order:  # an arm's dominators run more layers in all: capped before it
-            above = np.flatnonzero(self._above[a])
+            above = np.flatnonzero(above_of[a])
             if above.size:
                 out[..., a] = np.minimum(out[..., a], out[..., above].min(axis=-1))
         return out
@@ -490,7 +495,7 @@ class ProgressModel:
         logw -= logw.max(axis=1, keepdims=True)
         wts = np.exp(logw)
         wts /= wts.sum(axis=1, keepdims=True)
-        return self.ordered(np.einsum("wg,gwa->wa", wts, self._to_worth(log_theta)) * self.harm_factor())
+        return self.ordered(np.einsum("wg,gwa->wa", wts, self._to_worth(log_theta)) * self.harm_factor(), estimate=True)
 
 
 def utility_scores(model: ProgressModel, rng: np.random.Generator, n_clients: int, explore: bool = True,
