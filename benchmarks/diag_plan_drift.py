@@ -82,7 +82,7 @@ def plan_table(seeds: list[Path], scale: str | None, monotone: bool | None = Non
     from fedsim.fleet.fleet import sample_fleet
     from fedsim.fleet.profiles import load_profiles
     from fedsim.methods.configurator import paced_assignment
-    from benchmarks.bench_configurator import ADDED_PARAMS
+    from benchmarks.bench_configurator import recorded_method
     from fedsim.methods.droppeft import DropPEFT, DropPEFTParams, feasible_arms
     from fedsim.study.scenario import load_scenario
     from fedsim.study.simulate import build_base_plan, model_shape_for
@@ -98,12 +98,8 @@ def plan_table(seeds: list[Path], scale: str | None, monotone: bool | None = Non
             sc = load_scenario(path, overrides=overrides)[0].scenario
         fleet = sample_fleet(sc.fleet, load_profiles(sc.fleet.profiles_dir), Seeds(sc.seed).generator("fleet"))
         shape = model_shape_for(sc)
-        # The parameters the run was made with: as recorded, with those added since at the
-        # value that did what the code did then (a default may have changed since).
-        params = dict(wanted.get("method_resolved") or sc.method.params or {})
-        if "signed_worth" in params:
-            for k, v in ADDED_PARAMS.items():
-                params.setdefault(k, v)
+        # The parameters the run was made with (a default may have changed since).
+        params = recorded_method(wanted, {})
         params = {k: v for k, v in params.items() if k in DropPEFTParams.model_fields and k != "learning"}
         if scale is not None:
             params["worth_scale"] = scale
