@@ -89,6 +89,7 @@ DROPPEFT_ROWS = {
     "droppeft-mean": {"worth_scale": "mean"},
     "droppeft-one-spread": {"arm_sd": 1.0},
     "droppeft-ordered": {"monotone_worth": True},
+    "droppeft-ordered-estimates": {"monotone_worth": True, "monotone_draws": False},
 }
 
 
@@ -118,7 +119,7 @@ def method_rows() -> dict[str, dict]:
     return {k: {"name": "droppeft", "params": v} if v else {"name": "droppeft"} for k, v in DROPPEFT_ROWS.items()}
 
 
-LEARNING_ONLY = ("arm_sd", "harm_prior", "worth_scale", "monotone_worth", "gain_examples", "gain_measure", "signed_worth", "policy", "horizon", "explore", "discount", "window")
+LEARNING_ONLY = ("arm_sd", "harm_prior", "worth_scale", "monotone_worth", "monotone_draws", "gain_examples", "gain_measure", "signed_worth", "policy", "horizon", "explore", "discount", "window")
 
 
 def resolved_method(method: dict) -> dict:
@@ -136,13 +137,16 @@ def comparable(resolved: dict) -> dict:
     gains are measured and acted on, one that floors harmful gains no harm prior."""
     if not (resolved.get("learning", True) and resolved.get("bandit", True)):
         return {k: v for k, v in resolved.items() if k not in LEARNING_ONLY}
+    unread = set()
     if "signed_worth" in resolved and not resolved["signed_worth"]:
-        return {k: v for k, v in resolved.items() if k != "harm_prior"}
-    return resolved
+        unread.add("harm_prior")
+    if "monotone_worth" in resolved and not resolved["monotone_worth"]:
+        unread.add("monotone_draws")
+    return {k: v for k, v in resolved.items() if k not in unread}
 
 
 # Parameters added after runs were recorded: the value that does what the code did before.
-ADDED_PARAMS = {"harm_prior": "helps", "worth_scale": "log", "monotone_worth": False}
+ADDED_PARAMS = {"harm_prior": "helps", "worth_scale": "log", "monotone_worth": False, "monotone_draws": True}
 
 
 def recorded_method(old: dict, default: dict) -> dict:

@@ -55,6 +55,7 @@ ROWS = {
     "mean signed gains (worth_scale: mean)": {"worth_scale": "mean"},
     "ordered worths (monotone_worth: true)": {"monotone_worth": True},
     "mean signed gains, ordered": {"worth_scale": "mean", "monotone_worth": True},
+    "ordered estimates, unordered draws (monotone_draws: false)": {"monotone_worth": True, "monotone_draws": False},
 }
 
 

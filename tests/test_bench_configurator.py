@@ -51,6 +51,20 @@ def test_a_row_that_floors_harm_ignores_the_harm_prior_and_old_signed_runs_are_r
     assert {**bench.ADDED_PARAMS, **{k: v for k, v in pooled.items() if k not in bench.ADDED_PARAMS}} != pooled
 
 
+def test_an_unordered_row_ignores_how_the_order_would_treat_draws_and_old_ordered_runs_are_reused(bench):
+    plain = bench.resolved_method({"name": "droppeft"})
+    assert plain["monotone_worth"] is False
+    assert bench.comparable({**plain, "monotone_draws": not plain["monotone_draws"]}) == bench.comparable(plain)
+    ordered = bench.resolved_method(bench.method_rows()["droppeft-ordered"])
+    estimates = bench.resolved_method(bench.method_rows()["droppeft-ordered-estimates"])
+    assert ordered["monotone_draws"] and not estimates["monotone_draws"]
+    assert bench.comparable(ordered) != bench.comparable(estimates)
+    # An ordered run recorded before monotone_draws existed ordered its draws: its row reuses it
+    older = {k: v for k, v in ordered.items() if k != "monotone_draws"}
+    assert bench.recorded_method({"method_resolved": older}, ordered) == bench.comparable(ordered)
+    assert bench.recorded_method({"method_resolved": older}, estimates) != bench.comparable(estimates)
+
+
 def test_log_gains_writes_what_a_learning_run_observed_and_changes_no_record(bench, tmp_path):
     learn, off = bench.method_rows()["droppeft"], bench.method_rows()["droppeft-no-learning"]
     for name, method in (("droppeft", learn), ("droppeft-no-learning", off)):

@@ -674,6 +674,30 @@ def test_droppeft_passes_monotone_worth_and_old_models_stay_unordered():
     assert np.array_equal(old.ordered(w), w)
 
 
+def test_ordering_the_estimates_only_leaves_the_draws_as_the_unordered_posterior_has_them():
+    # Prepare: the gains above, with the order on the estimates only (monotone_draws false)
+    plain, est = _heavy_as_large(), _heavy_as_large(monotone=True, monotone_draws=False)
+    # Assert: the median and every look-ahead ordered as with ordered draws ...
+    _assert_ordered(est, est.worth())
+    assert np.array_equal(est.worth(), _heavy_as_large(monotone=True).worth())
+    gs, coefs = est.sample_coefficients(np.random.default_rng(2), 8)
+    _assert_ordered(est, est.lookahead_worth(np.array([7, 8, 9, 0]), gs, coefs, np.zeros((8, 4))))
+    # ... and the draws that explore exactly the unordered model's (heavy arms drawn above lighter ones)
+    draws = est.sample(np.random.default_rng(1), 64)
+    assert np.array_equal(draws, plain.sample(np.random.default_rng(1), 64))
+    assert (draws[:, 7:] > draws[:, 4:7]).any()
+
+
+def test_droppeft_passes_monotone_draws_and_models_pickled_before_order_their_draws():
+    method = DropPEFT(DropPEFTParams(monotone_worth=True, monotone_draws=False), SHAPE, BASE)
+    assert method.model.monotone and not method.model.monotone_draws
+    assert DropPEFTParams().monotone_draws  # with the order on, its draws are ordered unless told
+    # A model pickled before the choice existed ordered its draws: it still does
+    old = _heavy_as_large(monotone=True)
+    old.__dict__.pop("monotone_draws", None)
+    _assert_ordered(old, old.sample(np.random.default_rng(1), 64), estimate=False)
+
+
 def test_ordered_worths_follow_a_best_arm_that_switches_half_way():
     # Prepare: the switch above (shallow layers matter for 30 rounds, then no dropout is best)
     early, late = TRUTHS["shallow-matters"], TRUTHS["steep-deep"]

@@ -128,6 +128,9 @@ class ProgressModel:
         monotone: an arm is never worth more than one that runs every layer it runs at
             least as often (:meth:`ordered`; a posterior draw: among the dropped arms
             only); ``False``: the worths are what the gains say.
+        monotone_draws: with ``monotone``, order the posterior draws too; ``False``: only
+            the estimates a round is planned with are ordered, and the draws that
+            explore are the unordered posterior's.
     """
 
     # Class defaults: a model pickled before signed worths existed floors, as it ran.
@@ -139,6 +142,7 @@ class ProgressModel:
     _arm_sds: tuple[float, ...] | None = None  # ... and one pickled before the spread was learnt keeps its own
     arm_sd_fit: np.ndarray | None = None
     monotone = False  # ... and before the order, unordered
+    monotone_draws = True  # ... and before the choice, with its draws ordered
     _above: np.ndarray | None = None
     _full: np.ndarray | None = None
     _order: np.ndarray | None = None
@@ -146,7 +150,8 @@ class ProgressModel:
     def __init__(self, keep_probs: Sequence[np.ndarray], depths: Sequence[float] | None = (-2.0, -1.0, 0.0, 1.0, 2.0, 3.0),
                  discount: float = 0.9, window: int | None = None, arm_sd: float | None = None, beta_sd: float = 2.0,
                  noise: float = 0.25, noise_weight: float = 2.0, prior_beta: float = PRIOR_BETA,
-                 signed: bool = False, harm_prior: str = "pooled", scale: str = "log", monotone: bool = False) -> None:
+                 signed: bool = False, harm_prior: str = "pooled", scale: str = "log", monotone: bool = False,
+                 monotone_draws: bool = True) -> None:
         from fedsim.core.plan import depth_weighted_keep
 
         if not 0.0 < discount <= 1.0:
@@ -200,6 +205,7 @@ class ProgressModel:
         self.evaluations = 0
         self._fit: tuple | None = None
         self.monotone = bool(monotone)
+        self.monotone_draws = bool(monotone_draws)
         keep = np.array([np.asarray(k, dtype=float) for k in keep_probs])
         # _above[a, b]: arm b runs every layer at least as often as arm a, and one more often;
         # _full[b]: arm b runs every layer (it caps the estimates, not the draws: ordered).
@@ -417,6 +423,8 @@ class ProgressModel:
         arms; one round of a single other arm can double its median), and capping every
         arm at it would cut off the draws that explore the dropped arms."""
         if not self.monotone or self._above is None or not self._above.any():
+            return worth
+        if not (estimate or self.monotone_draws):
             return worth
         above_of = self._above if estimate or self._full is None else self._above & ~self._full[None, :]
         out = np.array(worth, dtype=float, copy=True)

@@ -97,6 +97,9 @@ class DropPEFTParams(MethodParams):
         "more layers may cost nothing but is not taken to help. Off by default: in real training it cut "
         "DropPEFT's time at Dirichlet 0.1 from 1.6x to 1.2x learning off's, but on synthetic rounds it settles "
         "on a near-best arm in some runs (docs/droppeft.md)"))
+    monotone_draws: bool = Field(True, description=(
+        "monotone_worth: order the posterior draws that explore too (among the dropped arms); ablation: false "
+        "orders only the estimates a round is planned with, exploring with the unordered posterior's draws"))
     policy: Literal["kg", "ids", "thompson"] = Field("kg", description=(
         "exploration: kg = online knowledge gradient (explores as far as the rounds left can repay it); "
         "ids = information-directed sampling over the median's and Thompson plans; "
@@ -206,7 +209,8 @@ class DropPEFT(Method):
         self.model = ProgressModel([a.keep_prob for a in self.arms], depths, discount=params.discount,
                                    window=params.window, arm_sd=params.arm_sd, prior_beta=params.prior_beta,
                                    signed=params.signed_worth, harm_prior=params.harm_prior,
-                                   scale=params.worth_scale, monotone=params.monotone_worth)
+                                   scale=params.worth_scale, monotone=params.monotone_worth,
+                                   monotone_draws=params.monotone_draws)
         self._round_pace: float | None = None
         self._round_arms: np.ndarray | None = None
         self._arm_of: dict[int, list[int]] = {}  # planned clients not yet reported: their arms, oldest first
