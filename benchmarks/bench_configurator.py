@@ -352,7 +352,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-configurator")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="scenario override for every run")
     ap.add_argument("--rows", default=",".join(DROPPEFT_ROWS),
-                    help="DropPEFT rows to run (fedlora and the fixed arms always run)")
+                    help="DropPEFT rows to run (fedlora and the fixed arms run too, unless --rows-only)")
+    ap.add_argument("--rows-only", action="store_true",
+                    help="run the --rows alone: no FedLoRA, fixed arm or told-truth run is started (the tables read "
+                         "those already recorded; on a device whose time is short, where they were run before)")
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--log-gains", action="store_true",
                     help="each DropPEFT run that learns writes the gains it observed to gains.jsonl beside its records")
@@ -396,11 +399,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.table_only:
         # 1. every arm and every DropPEFT row; arms on the first seed only, the rest on every seed
         first = [(base / e / row / f"seed{seeds[0]}", e, m, seeds[0], args.trainer, args.overrides, args.horizon, args.log_gains)
-                 for e in envs for row, m in arms.items() if row != "fedlora"]
-        every = {"fedlora": arms["fedlora"], **run_methods}  # FedLoRA is a row of its own on every seed
+                 for e in envs for row, m in arms.items() if row != "fedlora" and not args.rows_only]
+        every = {**({} if args.rows_only else {"fedlora": arms["fedlora"]}), **run_methods}  # FedLoRA: a row on every seed
         rest = [(base / e / row / f"seed{s}", e, m, s, args.trainer, args.overrides, args.horizon, args.log_gains)
                 for e in envs for row, m in every.items() for s in seeds]
-        if args.trainer == "surrogate":
+        if args.trainer == "surrogate" and not args.rows_only:
             told = {e: told_truth_row(e) for e in envs}
             rest += [(base / e / TOLD_TRUTH / f"seed{s}", e, told[e], s, args.trainer, args.overrides, args.horizon, args.log_gains)
                      for e in envs if told[e] is not None for s in seeds]
@@ -410,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     for e in envs:
         ranked = sorted(arms, key=lambda row: mean_time(row_times(base, e, row, seeds[:1], targets[e])))
         top[e] = ranked[: max(args.top_arms, 1)]  # the oracle is the best of them (of the first seed's best with 0)
-    if not args.table_only:
+    if not (args.table_only or args.rows_only):
         execute((base / e / row / f"seed{s}", e, arms[row], s, args.trainer, args.overrides, args.horizon, args.log_gains)
                 for e in envs for row in top[e][: args.top_arms] for s in seeds[1:])
 

@@ -80,3 +80,15 @@ def test_log_gains_writes_what_a_learning_run_observed_and_changes_no_record(ben
         for f in ("rounds.csv", "clients.csv"):
             plain = tmp_path / "plain" / "surrogate" / "minilm-iid" / name / "seed0" / f
             assert (base / name / "seed0" / f).read_bytes() == plain.read_bytes()
+
+
+def test_rows_only_runs_the_rows_asked_for_and_nothing_else(bench, tmp_path):
+    out = tmp_path / "runs"
+    assert bench.main(["--envs", "minilm-iid", "--seeds", "0", "--rows", "droppeft-no-learning", "--rows-only",
+                       "--top-arms", "1", "--set", "engine.max_rounds=3", "--out", str(out)]) == 0
+    env = out / "surrogate" / "minilm-iid"
+    assert sorted(p.name for p in env.iterdir()) == ["droppeft-no-learning"]
+    # Without it, FedLoRA and the fixed arms run beside the row
+    assert bench.main(["--envs", "minilm-iid", "--seeds", "0", "--rows", "droppeft-no-learning",
+                       "--top-arms", "1", "--set", "engine.max_rounds=3", "--out", str(out)]) == 0
+    assert {"fedlora", "stld-uniform-0.5", "droppeft-told-truth"} <= {p.name for p in env.iterdir()}
