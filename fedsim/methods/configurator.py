@@ -421,10 +421,9 @@ class ProgressModel:
         ordered among the dropped arms only: the full arm's draw carries the widest
         uncertainty of all (its correction is what separates the round's level from the
         arms; one round of a single other arm can double its median), and capping every
-        arm at it would cut off the draws that explore the dropped arms."""
-        if not self.monotone or self._above is None or not self._above.any():
-            return worth
-        if not (estimate or self.monotone_draws):
+        arm at it would cut off the draws that explore the dropped arms. Without
+        ``monotone_draws`` a draw is returned as it is (the ablation of form 4 in the docs)."""
+        if not self.monotone or self._above is None or not self._above.any() or not (estimate or self.monotone_draws):
             return worth
         above_of = self._above if estimate or self._full is None else self._above & ~self._full[None, :]
         out = np.array(worth, dtype=float, copy=True)
