@@ -56,6 +56,8 @@ ROWS = {
     "ordered worths (monotone_worth: true)": {"monotone_worth": True},
     "mean signed gains, ordered": {"worth_scale": "mean", "monotone_worth": True},
     "ordered estimates, unordered draws (monotone_draws: false)": {"monotone_worth": True, "monotone_draws": False},
+    "ordered while the gains are noisy (monotone_worth: noisy)": {"monotone_worth": "noisy"},
+    "unordered (monotone_worth: false; the default until 2026-11-27)": {"monotone_worth": False},
 }
 
 

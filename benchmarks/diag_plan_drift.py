@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/diag_plan_drift.py runs/gpu-1127/torch/minilm-dir01/droppeft [--scale mean] [--monotone true]
+    python benchmarks/diag_plan_drift.py runs/gpu-1127/torch/minilm-dir01/droppeft [--scale mean] [--monotone true|false|noisy]
 
 Reads the runs of one ``bench_configurator.py`` row that were made with ``--log-gains``
 (``seed*/gains.jsonl`` beside ``scenario.yaml`` and ``clients.csv``) and prints
@@ -76,7 +76,7 @@ def arm_table(seeds: list[Path], names: list[str]) -> None:
               f"| {size:.2f} | {np.exp(floored(x).mean() - floored(full).mean()):.2f} |")
 
 
-def plan_table(seeds: list[Path], scale: str | None, monotone: bool | None = None) -> None:
+def plan_table(seeds: list[Path], scale: str | None, monotone: bool | str | None = None) -> None:
     from fedsim.core.costmodel import CostCoefficients
     from fedsim.core.rng import Seeds
     from fedsim.fleet.fleet import sample_fleet
@@ -87,8 +87,8 @@ def plan_table(seeds: list[Path], scale: str | None, monotone: bool | None = Non
     from fedsim.study.scenario import load_scenario
     from fedsim.study.simulate import build_base_plan, model_shape_for
 
-    print("\n| seed | rounds | run | posterior median's plan | prior's plan |")
-    print("|---|---|---|---|---|")
+    print("\n| seed | rounds | run | posterior median's plan | prior's plan | order on, evaluations 1-12 |")
+    print("|---|---|---|---|---|---|")
     for sd in seeds:
         wanted = yaml.safe_load((sd / "scenario.yaml").read_text())
         with tempfile.TemporaryDirectory() as tmp:
@@ -114,7 +114,7 @@ def plan_table(seeds: list[Path], scale: str | None, monotone: bool | None = Non
             for r in csv.DictReader(f):
                 by_round.setdefault(int(r["round"]), []).append(r)
         q = sc.engine.clients_per_round
-        ran, median, prior_d = [], [], []
+        ran, median, prior_d, order = [], [], [], []
         for rnd in sorted(by_round):
             rows = by_round[rnd]
             ids = np.array([int(r["device_id"]) for r in rows])
@@ -131,7 +131,9 @@ def plan_table(seeds: list[Path], scale: str | None, monotone: bool | None = Non
                 ran.append(np.mean([float(r["mean_drop"]) for r in rows if r["outcome"] == "ok"] or [np.nan]))
             if rnd in logs:
                 method.model.observe(np.array(logs[rnd]["arms"]), np.array(logs[rnd]["gains"]))
-        print(f"| {sd.name} | {len(by_round)} | {np.nanmean(ran):.2f} | {np.mean(median):.2f} | {np.mean(prior_d):.2f} |")
+                order.append(str(int(method.model.order_on())))
+        print(f"| {sd.name} | {len(by_round)} | {np.nanmean(ran):.2f} | {np.mean(median):.2f} | {np.mean(prior_d):.2f} "
+              f"| {''.join(order[:12])} |")
 
 
 def progress_table(rows: list[Path], first: int = 7) -> None:
@@ -176,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--first", type=int, default=7, help="--compare: rounds 1 to this (default 7)")
     ap.add_argument("--scale", choices=["log", "mean"], default=None,
                     help="replay into a model of this worth_scale (default: the row's own)")
-    ap.add_argument("--monotone", choices=["true", "false"], default=None,
+    ap.add_argument("--monotone", choices=["true", "false", "noisy"], default=None,
                     help="replay into a model with this monotone_worth (default: the row's own)")
     args = ap.parse_args(argv)
     if args.compare is not None:
@@ -200,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     names = [a.name for a in make_arms(ClientPlan.uniform(6), DropPEFTParams())]
     print(f"{args.row}: {len(seeds)} runs\n")
     arm_table(seeds, names)
-    plan_table(seeds, args.scale, None if args.monotone is None else args.monotone == "true")
+    monotone = {"true": True, "false": False}.get(args.monotone, args.monotone)
+    plan_table(seeds, args.scale, monotone)
     return 0
 
 

@@ -52,7 +52,7 @@ def test_a_row_that_floors_harm_ignores_the_harm_prior_and_old_signed_runs_are_r
 
 
 def test_an_unordered_row_ignores_how_the_order_would_treat_draws_and_old_ordered_runs_are_reused(bench):
-    plain = bench.resolved_method({"name": "droppeft"})
+    plain = bench.resolved_method(bench.method_rows()["droppeft-unordered"])
     assert plain["monotone_worth"] is False
     assert bench.comparable({**plain, "monotone_draws": not plain["monotone_draws"]}) == bench.comparable(plain)
     ordered = bench.resolved_method(bench.method_rows()["droppeft-ordered"])
@@ -82,12 +82,15 @@ def test_log_gains_writes_what_a_learning_run_observed_and_changes_no_record(ben
             assert (base / name / "seed0" / f).read_bytes() == plain.read_bytes()
 
 
-def test_rows_only_runs_the_rows_asked_for_and_nothing_else(bench, tmp_path):
+def test_rows_only_runs_the_rows_asked_for_and_nothing_else(bench, tmp_path, capsys):
     out = tmp_path / "runs"
     assert bench.main(["--envs", "minilm-iid", "--seeds", "0", "--rows", "droppeft-no-learning", "--rows-only",
                        "--top-arms", "1", "--set", "engine.max_rounds=3", "--out", str(out)]) == 0
     env = out / "surrogate" / "minilm-iid"
     assert sorted(p.name for p in env.iterdir()) == ["droppeft-no-learning"]
+    # droppeft has no runs: its goals against learning off are not measured, not met
+    printed = capsys.readouterr().out
+    assert "not measured: droppeft against learning off" in printed and "than learning off: ok" not in printed
     # Without it, FedLoRA and the fixed arms run beside the row
     assert bench.main(["--envs", "minilm-iid", "--seeds", "0", "--rows", "droppeft-no-learning",
                        "--top-arms", "1", "--set", "engine.max_rounds=3", "--out", str(out)]) == 0

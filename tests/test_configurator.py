@@ -14,7 +14,7 @@ import pytest
 from fedsim.core.costmodel import CostCoefficients, ModelShape
 from fedsim.fleet.fleet import Fleet
 from fedsim.methods.base import RoundContext, RoundReport
-from fedsim.methods.configurator import (ARM_SD, ProgressModel, ids_assignment, information_gain, kg_assignment, lindy_horizon,
+from fedsim.methods.configurator import (ARM_SD, NOISY_VAR, ProgressModel, ids_assignment, information_gain, kg_assignment, lindy_horizon,
                                           paced_assignment, plan_value, utility_scores)
 from fedsim.methods.droppeft import DropPEFT, DropPEFTParams, feasible_arms
 from fedsim.core.plan import ClientPlan, depth_weighted_keep
@@ -696,6 +696,54 @@ def test_droppeft_passes_monotone_draws_and_models_pickled_before_order_their_dr
     old = _heavy_as_large(monotone=True)
     old.__dict__.pop("monotone_draws", None)
     _assert_ordered(old, old.sample(np.random.default_rng(1), 64), estimate=False)
+
+
+def test_noisy_order_holds_where_one_gain_says_little_and_not_where_gains_are_precise():
+    # Prepare: gains whose sizes do not fall with dropout (heavy arms 1.3x a full update's):
+    # precise (log sd 0.3, the synthetic tests' noise) and noisy (log sd 1.2, as real
+    # training's: posterior noise variance 0.9-2.1 there)
+    keeps = _keeps()
+    truth = np.array([k.mean() for k in keeps])
+    truth[7:] = 1.3
+    precise = _noisy_rounds(ProgressModel(keeps, monotone="noisy"), truth, 10, 0.3, 0)
+    noisy = _noisy_rounds(ProgressModel(keeps, monotone="noisy"), truth, 10, 1.2, 0)
+    # Assert: precise, the gains rank the arms (the heavy arms above the full one, as said);
+    # noisy, the order holds, in the estimates and the draws, as with monotone true
+    assert precise.noise_var() < NOISY_VAR <= noisy.noise_var()
+    assert not precise.order_on() and noisy.order_on()
+    assert precise.worth()[7:].min() > precise.worth()[0]
+    _assert_ordered(noisy, noisy.worth())
+    _assert_ordered(noisy, noisy.sample(np.random.default_rng(1), 64), estimate=False)
+    always = _noisy_rounds(ProgressModel(keeps, monotone=True), truth, 10, 1.2, 0)
+    assert np.array_equal(noisy.worth(), always.worth())
+    # Before any gain the prior's own noise is below the mark: unordered (the prior is ordered anyway)
+    assert not ProgressModel(keeps, monotone="noisy").order_on()
+
+
+def test_a_best_arm_that_changes_does_not_make_precise_gains_noisy():
+    # Prepare: the switch (shallow layers matter for 30 rounds, then no dropout is best), gains
+    # of log sd 0.3; 15 rounds after the switch
+    early, late = TRUTHS["shallow-matters"], TRUTHS["steep-deep"]
+
+    def worth(r, times):
+        return early(r, times) if r < 30 else late(r, times)
+
+    _, method = _run(worth, 45, 1, decay=0.97, policy="kg", monotone_worth="noisy")
+    model = method.model
+    p, posts = model.fit()
+    # Assert: the model's residual variance has grown past the mark (its curve no longer
+    # fits), the spread of gains within a round has not: the order stays off
+    assert p @ np.array([s2 for _, _, s2 in posts]) >= NOISY_VAR
+    assert model.noise_var() < 0.15 and not model.order_on()
+
+
+def test_monotone_worth_takes_true_false_or_noisy():
+    assert DropPEFTParams(monotone_worth="noisy").monotone_worth == "noisy"
+    assert DropPEFT(DropPEFTParams(monotone_worth="noisy"), SHAPE, BASE).model.monotone == "noisy"
+    with pytest.raises(ValueError, match="monotone_worth"):
+        DropPEFTParams(monotone_worth="sometimes")
+    with pytest.raises(ValueError, match="noisy"):
+        ProgressModel(_keeps(), monotone="sometimes")
 
 
 def test_ordered_worths_follow_a_best_arm_that_switches_half_way():

@@ -16,7 +16,7 @@ def logged_row(tmp_path_factory):
     return row
 
 
-@pytest.mark.parametrize("extra", [[], ["--scale", "mean"], ["--monotone", "false"]])
+@pytest.mark.parametrize("extra", [[], ["--scale", "mean"], ["--monotone", "false"], ["--monotone", "noisy"]])
 def test_prints_the_arms_gains_and_each_seeds_plans(logged_row, extra, capsys):
     diag = load_benchmark("diag_plan_drift")
     assert diag.main([str(logged_row)] + extra) == 0
@@ -24,7 +24,10 @@ def test_prints_the_arms_gains_and_each_seeds_plans(logged_row, extra, capsys):
     assert "2 runs" in out and "| none |" in out and "+1.00 | 1.00 | 1.00 |" in out  # the full arm over itself
     plans = [line for line in out.splitlines() if line.startswith("| seed")]
     assert [p.split(" | ")[0] for p in plans] == ["| seed", "| seed0", "| seed1"]
-    assert all(0.0 <= float(x) <= 0.75 for p in plans[1:] for x in p.strip(" |").split(" | ")[2:])
+    for p in plans[1:]:
+        cells = p.strip(" |").split(" | ")
+        assert all(0.0 <= float(x) <= 0.75 for x in cells[2:5])  # mean dropout: run, median's plan, prior's
+        assert len(cells[5]) == 5 and set(cells[5]) <= ({"0"} if extra == ["--monotone", "false"] else {"0", "1"})
 
 
 def test_a_row_without_logged_gains_is_refused(tmp_path, capsys):

@@ -101,6 +101,11 @@ HARM_KAPPAS = (1.0, 3.0, 10.0, 30.0, 100.0, 1000.0)  # pooled harm prior: its st
 _TREND_UNIT = 10.0  # evaluations per unit of the trend coefficient
 ARM_SD = 1.0  # prior sd of an arm's correction before its gains say otherwise (log scale)
 ARM_SDS = (0.1, 0.2, 0.35, 0.6, 1.0, 1.7)  # the sds the evidence chooses among, per arm
+# monotone="noisy": the order holds once the gains' noise variance within a round (log
+# scale; ProgressModel.noise_var) reaches this: a gain's log sd 0.7, so one update in three
+# is off its arm's worth by more than a factor of two. Below it the gains rank the arms
+# themselves. Set between the calibration set's clean gains (0.09) and its client swing (> 1).
+NOISY_VAR = 0.5
 
 
 class ProgressModel:
@@ -127,7 +132,9 @@ class ProgressModel:
             ``signed`` and ``harm_prior`` apply to ``log`` only.
         monotone: an arm is never worth more than one that runs every layer it runs at
             least as often (:meth:`ordered`; a posterior draw: among the dropped arms
-            only); ``False``: the worths are what the gains say.
+            only); ``False``: the worths are what the gains say; ``"noisy"``: ordered
+            while the gains' noise variance within a round is at least ``NOISY_VAR``
+            (:meth:`order_on`).
         monotone_draws: with ``monotone``, order the posterior draws too; ``False``: only
             the estimates a round is planned with are ordered, and the draws that
             explore are the unordered posterior's.
@@ -150,7 +157,7 @@ class ProgressModel:
     def __init__(self, keep_probs: Sequence[np.ndarray], depths: Sequence[float] | None = (-2.0, -1.0, 0.0, 1.0, 2.0, 3.0),
                  discount: float = 0.9, window: int | None = None, arm_sd: float | None = None, beta_sd: float = 2.0,
                  noise: float = 0.25, noise_weight: float = 2.0, prior_beta: float = PRIOR_BETA,
-                 signed: bool = False, harm_prior: str = "pooled", scale: str = "log", monotone: bool = False,
+                 signed: bool = False, harm_prior: str = "pooled", scale: str = "log", monotone: bool | str = False,
                  monotone_draws: bool = True) -> None:
         from fedsim.core.plan import depth_weighted_keep
 
@@ -160,6 +167,8 @@ class ProgressModel:
             raise ValueError(f"window must be >= 1 evaluations, got {window}")
         if scale not in ("log", "mean"):
             raise ValueError(f"scale must be 'log' or 'mean', got {scale!r}")
+        if not (isinstance(monotone, (bool, np.bool_)) or monotone == "noisy"):
+            raise ValueError(f"monotone must be true, false or 'noisy', got {monotone!r}")
         self.scale = scale
         self.num_arms = len(keep_probs)
         self.discount = float(discount)
@@ -204,7 +213,7 @@ class ProgressModel:
         self._signs = []  # signed: (evaluation, arm, harmed) of every finite gain
         self.evaluations = 0
         self._fit: tuple | None = None
-        self.monotone = bool(monotone)
+        self.monotone = "noisy" if isinstance(monotone, str) else bool(monotone)
         self.monotone_draws = bool(monotone_draws)
         keep = np.array([np.asarray(k, dtype=float) for k in keep_probs])
         # _above[a, b]: arm b runs every layer at least as often as arm a, and one more often;
@@ -423,7 +432,7 @@ class ProgressModel:
         arms; one round of a single other arm can double its median), and capping every
         arm at it would cut off the draws that explore the dropped arms. Without
         ``monotone_draws`` a draw is returned as it is (the ablation of form 4 in the docs)."""
-        if not self.monotone or self._above is None or not self._above.any() or not (estimate or self.monotone_draws):
+        if self._above is None or not self._above.any() or not (estimate or self.monotone_draws) or not self.order_on():
             return worth
         above_of = self._above if estimate or self._full is None else self._above & ~self._full[None, :]
         out = np.array(worth, dtype=float, copy=True)
@@ -432,6 +441,36 @@ class ProgressModel:
             if above.size:
                 out[..., a] = np.minimum(out[..., a], out[..., above].min(axis=-1))
         return out
+
+    def noise_var(self) -> float:
+        """The gains' noise variance within a round (on the model's scale): the spread of
+        the gains of updates that ran the same arm in the same evaluation about their mean,
+        pooled over such groups, each weighted as its evaluation is (``discount``), with the
+        noise prior's guess counted as ``noise_weight`` observations. Unlike the model's
+        residual variance, a change of the arms' worths during training or a misfit of the
+        curve does not enter it: it measures how much one gain says, nothing else."""
+        prior_var, prior_n = self.b0 / max(self.a0 - 1.0, 1e-9), 2.0 * (self.a0 - 1.0)
+        groups: dict[tuple[int, int], list[float]] = {}
+        for t, x, z in self._rows:
+            groups.setdefault((t, int(np.argmax(x))), []).append(z)
+        ss, dof = prior_var * prior_n, prior_n
+        for (t, _), zs in groups.items():
+            if len(zs) > 1:
+                w = self.discount ** (self.evaluations - t)
+                ss += w * float(np.sum((np.asarray(zs) - np.mean(zs)) ** 2))
+                dof += w * (len(zs) - 1)
+        return ss / dof
+
+    def order_on(self) -> bool:
+        """Whether :meth:`ordered` orders now: always with ``monotone`` true, never with
+        false; with ``"noisy"`` while :meth:`noise_var` is at least ``NOISY_VAR``. The cap
+        guards against a winner's curse: where one gain says little, the arms drawn or
+        estimated above their lighter neighbours are mostly noise, and the cheaper heavy
+        arm would take the plan on it; where gains are precise they rank the arms
+        themselves, and a heavier arm that helps (dropout as a regulariser) can be found."""
+        if self.monotone == "noisy":
+            return self.noise_var() >= NOISY_VAR
+        return bool(self.monotone)
 
     def _to_worth(self, x: np.ndarray) -> np.ndarray:
         """What the coefficients' image says of the worth: ``exp`` of ``log theta``, or

@@ -91,12 +91,13 @@ class DropPEFTParams(MethodParams):
     harm_prior: Literal["pooled", "helps"] = Field("pooled", description=(
         "signed_worth: each arm's prior of its harm share; pooled = the fleet-wide share seen so far, as strong as "
         "the arms' counts say (an arm not yet run harms as often as the rest); helps = none until one is seen"))
-    monotone_worth: bool = Field(False, description=(
+    monotone_worth: bool | Literal["noisy"] = Field("noisy", description=(
         "never rate an arm above one that runs every layer it runs at least as often (the estimates a round is "
         "planned with are capped there; the posterior draws that explore, among the dropped arms only): dropping "
-        "more layers may cost nothing but is not taken to help. Off by default: in real training it cut "
-        "DropPEFT's time at Dirichlet 0.1 from 1.6x to 1.2x learning off's, but on synthetic rounds it settles "
-        "on a near-best arm in some runs (docs/droppeft.md)"))
+        "more layers may cost nothing but is not taken to help. noisy (the default) = so while the noise variance "
+        "of the gains within a round (log scale) is at least 0.5, as in real training, where one gain says little and the cheap heavy "
+        "arms would win plans on noise; precise gains rank the arms themselves. true = always (on synthetic rounds "
+        "with precise gains it settles on a near-best arm in some runs); false = never (docs/droppeft.md)"))
     monotone_draws: bool = Field(True, description=(
         "monotone_worth: order the posterior draws that explore too (among the dropped arms); ablation: false "
         "orders only the estimates a round is planned with, exploring with the unordered posterior's draws"))
