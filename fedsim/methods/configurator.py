@@ -150,6 +150,7 @@ class ProgressModel:
     arm_sd_fit: np.ndarray | None = None
     monotone = False  # ... and before the order, unordered
     monotone_draws = True  # ... and before the choice, with its draws ordered
+    _noise_var: float | None = None  # noise_var's cache (cleared by observe)
     _above: np.ndarray | None = None
     _full: np.ndarray | None = None
     _order: np.ndarray | None = None
@@ -238,6 +239,7 @@ class ProgressModel:
         arms, gains = arms[ok], gains[ok]
         self.evaluations += 1
         self._fit = None
+        self._noise_var = None
         eye = np.eye(self.num_arms)
         if self.scale == "mean":
             size = float(np.median(np.abs(gains))) if gains.size else 0.0
@@ -449,6 +451,8 @@ class ProgressModel:
         noise prior's guess counted as ``noise_weight`` observations. Unlike the model's
         residual variance, a change of the arms' worths during training or a misfit of the
         curve does not enter it: it measures how much one gain says, nothing else."""
+        if self._noise_var is not None:  # cached until the next observation
+            return self._noise_var
         prior_var, prior_n = self.b0 / max(self.a0 - 1.0, 1e-9), 2.0 * (self.a0 - 1.0)
         groups: dict[tuple[int, int], list[float]] = {}
         for t, x, z in self._rows:
@@ -459,7 +463,8 @@ class ProgressModel:
                 w = self.discount ** (self.evaluations - t)
                 ss += w * float(np.sum((np.asarray(zs) - np.mean(zs)) ** 2))
                 dof += w * (len(zs) - 1)
-        return ss / dof
+        self._noise_var = ss / dof
+        return self._noise_var
 
     def order_on(self) -> bool:
         """Whether :meth:`ordered` orders now: always with ``monotone`` true, never with
