@@ -95,3 +95,33 @@ def test_rows_only_runs_the_rows_asked_for_and_nothing_else(bench, tmp_path, cap
     assert bench.main(["--envs", "minilm-iid", "--seeds", "0", "--rows", "droppeft-no-learning",
                        "--top-arms", "1", "--set", "engine.max_rounds=3", "--out", str(out)]) == 0
     assert {"fedlora", "stld-uniform-0.5", "droppeft-told-truth"} <= {p.name for p in env.iterdir()}
+
+
+def test_without_fixed_arms_or_fedlora_the_goals_against_them_are_not_measured(bench, tmp_path, capsys):
+    # Execute: droppeft alone, nothing to compare it with
+    assert bench.main(["--envs", "minilm-iid", "--seeds", "0", "--rows", "droppeft", "--rows-only", "--top-arms", "0",
+                       "--set", "engine.max_rounds=3", "--out", str(tmp_path / "runs")]) == 0
+    # Assert: said so, never "met" over an empty set, no ratio to an infinite mean
+    printed = capsys.readouterr().out
+    assert "not measured: minilm-iid: droppeft against the oracle" in printed
+    assert "not measured: minilm-iid: droppeft against fedlora" in printed
+    assert "met: minilm-iid" not in printed and "inf" not in printed
+
+
+def test_an_environment_whose_weights_are_not_installed_is_named_with_the_fix(bench, tmp_path, monkeypatch):
+    # Prepare: MPNet's five packages missing (whatever this machine has), nothing unpacked
+    import importlib.metadata
+
+    from fedsim.core import models
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setenv("FEDSIM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("FEDSIM_MODEL_DIR_MPNET_BASE", raising=False)
+    monkeypatch.delenv("FEDSIM_MODELS", raising=False)
+    monkeypatch.setattr(models.importlib.metadata, "distribution", missing)
+    # Execute
+    out = bench.untrainable(["minilm-iid", "mpnet-12l"])
+    # Assert: MiniLM trains; MPNet is left out with the command that installs it
+    assert list(out) == ["mpnet-12l"] and "make mpnet" in out["mpnet-12l"]

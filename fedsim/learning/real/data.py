@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from fedsim.core.errors import FedsimError
+from fedsim.core.models import default_cache_dir
 from fedsim.learning.real.config import DataSpec
 
 __all__ = [
@@ -266,12 +267,6 @@ def label_order(labels: list[str]) -> list[str]:
 
 
 # ------------------------------------------------------------------------ tokenising
-
-
-def default_cache_dir() -> Path:
-    """``$FEDSIM_CACHE`` if set, else ``~/.cache/fedsim``."""
-    env = os.environ.get("FEDSIM_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "fedsim"
 
 
 def tokenizer_identity(tokenizer: Any, name: str) -> str:
