@@ -92,6 +92,9 @@ DROPPEFT_ROWS = {
     "droppeft-unordered": {"monotone_worth": False},
     "droppeft-ordered": {"monotone_worth": True},
     "droppeft-ordered-estimates": {"monotone_worth": True, "monotone_draws": False},
+    # the light arms only (mean drop 0 or 0.25): where no low-end phone fits them
+    # (minilm-memstarved), rounds close with the phones that do, as FedLoRA's
+    "droppeft-light": {"mean_levels": [0.0, 0.25]},
 }
 
 
