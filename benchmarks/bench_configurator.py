@@ -84,17 +84,23 @@ DROPPEFT_ROWS = {
     "droppeft-ids": {"policy": "ids"},
     "droppeft-thompson": {"policy": "thompson"},
     "droppeft-alone": {"gain_measure": "alone"},
-    # ablations of the model as it was before the order (monotone_worth: false), as they were run
-    "droppeft-signed": {"signed_worth": True, "harm_prior": "helps", "monotone_worth": False},
-    "droppeft-pooled-harm": {"signed_worth": True, "monotone_worth": False},
-    "droppeft-mean": {"worth_scale": "mean", "monotone_worth": False},
+    # ablations of the model as it was before the order (monotone_worth: false) and before
+    # devices were left out (leave_out: none), as they were run
+    "droppeft-signed": {"signed_worth": True, "harm_prior": "helps", "monotone_worth": False, "leave_out": "none"},
+    "droppeft-pooled-harm": {"signed_worth": True, "monotone_worth": False, "leave_out": "none"},
+    "droppeft-mean": {"worth_scale": "mean", "monotone_worth": False, "leave_out": "none"},
     "droppeft-one-spread": {"arm_sd": 1.0},
-    "droppeft-unordered": {"monotone_worth": False},
-    "droppeft-ordered": {"monotone_worth": True},
-    "droppeft-ordered-estimates": {"monotone_worth": True, "monotone_draws": False},
+    "droppeft-unordered": {"monotone_worth": False, "leave_out": "none"},
+    "droppeft-ordered": {"monotone_worth": True, "leave_out": "none"},
+    "droppeft-ordered-estimates": {"monotone_worth": True, "monotone_draws": False, "leave_out": "none"},
     # the light arms only (mean drop 0 or 0.25): where no low-end phone fits them
     # (minilm-memstarved), rounds close with the phones that do, as FedLoRA's
     "droppeft-light": {"mean_levels": [0.0, 0.25]},
+    # every selected device runs (the planner before leave_out): the round waits for its
+    # quota, a device no arm fits included
+    "droppeft-keep-all": {"leave_out": "none"},
+    # devices whose every arm the gains say harms the round are left out too
+    "droppeft-leave-harmful": {"leave_out": "harmful"},
 }
 
 
@@ -165,7 +171,8 @@ def comparable(resolved: dict) -> dict:
 
 
 # Parameters added after runs were recorded: the value that does what the code did before.
-ADDED_PARAMS = {"harm_prior": "helps", "worth_scale": "log", "monotone_worth": False, "monotone_draws": True}
+ADDED_PARAMS = {"harm_prior": "helps", "worth_scale": "log", "monotone_worth": False, "monotone_draws": True,
+                "leave_out": "none"}
 
 
 def recorded_method(old: dict, default: dict) -> dict:

@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT))
 def gains_logged(log: Path):
     """While inside, every DropPEFT run of this process appends to ``log`` the gains its
     updates report, one JSON line a round (``round``, ``arms``, ``gains``, ``accuracy``), as
-    the method sees them. A run that does not learn measures no gains and logs nothing."""
+    the method sees them, and ``left_out``, the devices its plan left out of the round. A run
+    that does not learn measures no gains and logs nothing."""
     from fedsim.methods.droppeft import DropPEFT
 
     finished = DropPEFT.round_finished
@@ -50,7 +51,8 @@ def gains_logged(log: Path):
             out = out or open(log, "a")
             out.write(json.dumps({"round": report.round_idx, "arms": arms.tolist(),
                                   "gains": np.asarray(report.update_gains, dtype=float).tolist(),
-                                  "accuracy": report.evaluation.accuracy if report.evaluation else None}) + "\n")
+                                  "accuracy": report.evaluation.accuracy if report.evaluation else None,
+                                  "left_out": int(getattr(self, "_left_out", 0))}) + "\n")
             out.flush()
         return finished(self, report)
 

@@ -40,10 +40,12 @@ def _two_speed_fleet(n: int = 13, slow: int = 6) -> Fleet:
 
 
 def _run(worth_fn, rounds: int, seed: int, noise: float = 0.3, decay: float = 0.93, fleet: Fleet | None = None,
-         **params):
+         may_leave_out: bool = False, **params):
     """Clients per arm in each round; ``worth_fn(round, arm_times) -> (A,)`` true worth, or
     with ``worth_fn.in_round`` set, ``worth_fn(round, arm_times, arms) -> (n,)`` the true
-    worth of each arriving update given the arms of the round's others."""
+    worth of each arriving update given the arms of the round's others. ``may_leave_out``:
+    the rounds are a synchronous engine's (the method may leave clients out; they neither
+    run nor arrive)."""
     fleet = _identical_fleet() if fleet is None else fleet
     ids = np.arange(fleet.size)
     method = DropPEFT(DropPEFTParams(**params), SHAPE, BASE)
@@ -54,10 +56,16 @@ def _run(worth_fn, rounds: int, seed: int, noise: float = 0.3, decay: float = 0.
     for r in range(rounds):
         ctx = RoundContext(round_idx=r, now_s=0.0, device_ids=ids, fleet=fleet, shape=SHAPE, base_plan=BASE,
                            coefficients=CostCoefficients(), deadline_s=None, rng=np.random.default_rng([seed, r]),
-                           quota=QUOTA)
+                           quota=QUOTA, may_leave_out=may_leave_out)
         plans = method.configure_round(ctx)
         arms = method._round_arms
-        arrived = np.sort(np.argsort(device_times[ids, arms], kind="stable")[:QUOTA])
+        run = np.flatnonzero(arms >= 0)
+        if run.size < arms.size:
+            ids_r, arms = ids[run], arms[run]
+            plans = plans.dispatched()
+        else:
+            ids_r = ids
+        arrived = np.sort(np.argsort(device_times[ids_r, arms], kind="stable")[:QUOTA])
         outcome = np.full(len(arms), "surplus", dtype=object)
         outcome[arrived] = "ok"
         results = [ClientResult(int(i), 10, np.zeros(6), 0.0, np.zeros(6)) for i in arrived]
@@ -66,7 +74,7 @@ def _run(worth_fn, rounds: int, seed: int, noise: float = 0.3, decay: float = 0.
         else:
             true = worth_fn(r, times)[arms[arrived]]
         gains = true * decay**r * np.exp(noise * rng.standard_normal(arrived.size))
-        method.round_finished(RoundReport(round_idx=r, start_s=0.0, end_s=1.0, device_ids=ids, plans=plans,
+        method.round_finished(RoundReport(round_idx=r, start_s=0.0, end_s=1.0, device_ids=ids_r, plans=plans,
                                           outcome=outcome, duration_s=np.ones(len(arms)), results=results,
                                           evaluation=EvalResult(accuracy=0.5, loss=1.0), update_gains=gains))
         counts.append(np.bincount(arms, minlength=len(method.arms)))
@@ -150,13 +158,52 @@ def test_learns_to_stop_mixing_arms_that_harm_the_round(policy):
     assert off >= 0.3 and np.mean(on) <= off - 0.15, (off, on)
 
 
-def test_floored_harm_does_not_learn_to_stop_mixing():
-    # The default: with harmful gains floored at a tenth of the round's median, a harmful
-    # arm is never worth less than nothing, and the mix stays as learning off has it
+@pytest.mark.parametrize("leave_out", ["harmful", "infeasible"])
+def test_floored_sizes_stop_mixing_by_the_harm_sign_alone(leave_out):
+    # The default sizes: harmful gains floored at a tenth of the round's median. With
+    # leave_out: harmful an arm whose updates harm the round more often than not is
+    # signed negative, and the slow devices run the full arm instead; without it (the
+    # default) a harmful arm is never worth less than nothing, and the mix stays as
+    # learning off has it
     worth = _mixing_harm()
     off = _harmed_share(_run(worth, 30, 0, learning=False, fleet=_two_speed_fleet())[0])
-    floored = [_harmed_share(_run(worth, 30, seed, fleet=_two_speed_fleet(), signed_worth=False)[0]) for seed in range(2)]
-    assert np.mean(floored) >= off - 0.05, (off, floored)
+    floored = [_harmed_share(_run(worth, 30, seed, fleet=_two_speed_fleet(), leave_out=leave_out)[0])
+               for seed in range(2)]
+    if leave_out == "harmful":
+        assert off >= 0.3 and np.mean(floored) <= off - 0.15, (off, floored)
+    else:
+        assert np.mean(floored) >= off - 0.05, (off, floored)
+
+
+def _starved_fleet(n: int = 13, low: int = 6) -> Fleet:
+    """``_two_speed_fleet`` whose ``low`` slow devices fit only the arms that drop half the layers or more."""
+    fleet = _two_speed_fleet(n, low)
+    fleet.mem_cap_bytes[n - low:] = 500e6
+    return fleet
+
+
+def _low_left_out(method: DropPEFT, last: int = 10, low: int = 6) -> float:
+    """Share of the low devices left out over the last ``last`` rounds."""
+    return float(np.mean([h["left_out"] for h in method.history[-last:]]) / low)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_leaves_out_devices_whose_only_arms_harm_the_round(policy):
+    # Prepare: the memory-starved fleet's shape: six slow devices fit only heavily dropped
+    # arms, and such updates averaged in with full ones harm the round (negative gains),
+    # so the round is better without them; the prior cannot know it
+    worth = _mixing_harm()
+    # Execute: learning (leave_out: harmful), learning off, and the default (infeasible)
+    on = [_low_left_out(_run(worth, 30, seed, fleet=_starved_fleet(), may_leave_out=True, policy=policy,
+                             leave_out="harmful")[1]) for seed in range(3)]
+    off = _low_left_out(_run(worth, 30, 0, fleet=_starved_fleet(), may_leave_out=True, learning=False,
+                             leave_out="harmful")[1])
+    kept = _low_left_out(_run(worth, 30, 0, fleet=_starved_fleet(), may_leave_out=True, policy=policy)[1])
+    # Assert: learning leaves most of them out of the last 10 rounds (what is left is the
+    # re-checking: an arm's harm counts fade with the discount and it is tried again);
+    # neither the prior nor a planner that leaves out only the devices no arm fits does
+    assert np.mean(on) >= 0.6 and min(on) >= 0.4, on
+    assert off == 0.0 and kept == 0.0, (off, kept)
 
 
 def test_every_policy_offered_is_tested():
@@ -494,6 +541,101 @@ def test_paced_assignment_respects_feasibility_and_fallback():
     feasible = np.array([[False, True], [False, False]])
     arms, _ = paced_assignment(np.array([5.0, 1.0]), np.ones((2, 2)), feasible, 1, np.array([1, 0]))
     assert arms.tolist() == [1, 0]
+
+
+def test_paced_assignment_leaves_out_clients_no_arm_of_which_helps():
+    # Prepare: 4 clients, 2 arms; arm 1 harms (utility < 0); client 2 can run only arm 1,
+    # client 3 no arm at all
+    times = np.array([[2.0, 1.0], [2.0, 1.0], [9.0, 1.0], [9.0, 1.0]])
+    feasible = np.array([[True, True], [True, True], [False, True], [False, False]])
+    fallback = np.array([0, 0, 1, 1])
+    # Execute
+    arms, pace = paced_assignment(np.array([1.0, -0.5]), times, feasible, 3, fallback, leave_out="harmful")
+    infeasible, _ = paced_assignment(np.array([1.0, -0.5]), times, feasible, 3, fallback, leave_out="infeasible")
+    kept, kept_pace = paced_assignment(np.array([1.0, -0.5]), times, feasible, 3, fallback)
+    # Assert: the two that can help run the arm that helps, and the round waits for them alone
+    assert arms.tolist() == [0, 0, -1, -1] and pace == 2.0
+    assert plan_value(np.array([1.0, -0.5]), times, arms, 3) == pytest.approx(0.5)
+    # "infeasible" leaves out only client 3, which no arm fits
+    assert infeasible.tolist() == [0, 0, 1, -1]
+    # ... while a planner that must run every client lets the harmful updates (fast:
+    # arm 1 takes 1 s) take two of the round's three places
+    assert kept.tolist() == [0, 0, 1, 1] and kept_pace == 2.0
+    assert plan_value(np.array([1.0, -0.5]), times, kept, 3) == pytest.approx(0.0)
+    # Where no client's arms help, only the one without a feasible arm is left out
+    arms, _ = paced_assignment(np.array([-1.0, -0.5]), times, feasible, 3, fallback, leave_out="harmful")
+    assert arms[3] == -1 and (arms[:3] >= 0).all()
+    # Where none has a feasible arm, every one runs its fallback
+    arms, _ = paced_assignment(np.array([1.0, 1.0]), times, np.zeros_like(feasible), 3, fallback, leave_out="harmful")
+    assert arms.tolist() == fallback.tolist()
+    with pytest.raises(ValueError, match="leave_out must be"):
+        paced_assignment(np.array([1.0, 1.0]), times, feasible, 3, fallback, leave_out=True)
+
+
+def test_the_harm_sign_marks_the_arms_that_harm_more_often_than_the_rest_not_harm_every_arm_shows():
+    # Prepare: the floored model with the harm sign; arms 7-9 harm 9 updates in 10, the
+    # rest 1 in 10; then a model where every arm harms 6 updates in 10
+    rng = np.random.default_rng(0)
+    some, every = ProgressModel(_keeps(), sign_harm=True), ProgressModel(_keeps(), sign_harm=True)
+    for _ in range(6):
+        arms = np.arange(10).repeat(5)
+        some.observe(arms, np.where(rng.random(50) < np.where(arms >= 7, 0.9, 0.1), -1.0, 1.0))
+        every.observe(arms, np.where(rng.random(50) < 0.6, -1.0, 1.0))
+    # Assert: the harmful arms are worth less than nothing, the others keep their floored
+    # worth; where every arm harms alike, none is signed
+    w = some.worth()
+    assert (w[7:] < 0).all() and (w[:7] > 0).all(), w
+    assert (every.worth() > 0).all() and (every.harm_factor() == 1).all()
+    # Without the sign (leave_out: infeasible, the default) the floored model never rates an arm below zero
+    plain = ProgressModel(_keeps())
+    for _ in range(3):
+        plain.observe(np.arange(10), np.where(np.arange(10) >= 7, -1.0, 1.0))
+    assert (plain.worth() > 0).all()
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_droppeft_leaves_clients_out_only_where_the_round_allows_it(policy):
+    # Prepare: the starved fleet; every heavily dropped arm seen to harm the round
+    fleet = _starved_fleet()
+    ids = np.arange(fleet.size)
+    method = DropPEFT(DropPEFTParams(policy=policy, leave_out="harmful"), SHAPE, BASE)
+    heavy = np.array([a.mean_drop >= 0.5 for a in method.arms])
+    for _ in range(3):
+        method.model.observe(np.arange(len(heavy)), np.where(heavy, -0.5, 1.0))
+
+    def plan(may_leave_out):
+        ctx = RoundContext(round_idx=3, now_s=0.0, device_ids=ids, fleet=fleet, shape=SHAPE, base_plan=BASE,
+                           coefficients=CostCoefficients(), deadline_s=None, rng=np.random.default_rng(0),
+                           quota=QUOTA, may_leave_out=may_leave_out)
+        return method.configure_round(ctx), method._round_arms.copy()
+
+    # Execute
+    (plans, arms), (every, every_arms) = plan(True), plan(False)
+    # Assert: the six low devices are left out (their arms all harm), the others run;
+    # where the round cannot leave anyone out (the async driver), every device runs
+    assert plans.dispatch.tolist() == [True] * 7 + [False] * 6 and (arms[7:] == -1).all()
+    assert len(plans.dispatched()) == 7
+    assert every.dispatch is None and (every_arms >= 0).all()
+    assert method.arms[every_arms[-1]].mean_drop >= 0.5  # the low devices fit heavy arms only
+
+
+def test_droppeft_by_default_leaves_out_the_devices_no_arm_fits_learning_or_not():
+    # Prepare: the starved fleet with two devices that fit no arm (100 MB)
+    fleet = _starved_fleet()
+    fleet.mem_cap_bytes[[3, 9]] = 100e6
+    ids = np.arange(fleet.size)
+    ctx = lambda may: RoundContext(round_idx=0, now_s=0.0, device_ids=ids, fleet=fleet, shape=SHAPE,  # noqa: E731
+                                   base_plan=BASE, coefficients=CostCoefficients(), deadline_s=None,
+                                   rng=np.random.default_rng(0), quota=QUOTA, may_leave_out=may)
+    # Execute / Assert: the default and learning off leave them out; leave_out: none and
+    # the asynchronous driver give them the arm of least memory (they fail at once)
+    for params in ({}, {"learning": False}):
+        assert DropPEFT(DropPEFTParams(**params), SHAPE, BASE).configure_round(ctx(True)).dispatch.tolist() == \
+            [i not in (3, 9) for i in range(13)]
+    for params, may in (({"leave_out": "none"}, True), ({}, False)):
+        method = DropPEFT(DropPEFTParams(**params), SHAPE, BASE)
+        assert method.configure_round(ctx(may)).dispatch is None
+        assert method.arms[method._round_arms[3]].mean_drop == 0.75
 
 
 def test_plan_value_is_mean_worth_of_the_first_quota_over_the_last_of_their_times():

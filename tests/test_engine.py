@@ -394,6 +394,55 @@ def test_records_have_the_required_columns(tmp_path, shipped_profiles):
     assert (tmp_path / "run" / "config.yaml").read_text().strip() == "name: hand"
 
 
+class _LeavesOut(FedLoRA):
+    """FedLoRA that leaves the selected device ``skip`` out of every round it may."""
+
+    def __init__(self, skip: int) -> None:
+        super().__init__(FedLoRAParams(), SHAPE, PLAN)
+        self.skip = skip
+
+    def configure_round(self, ctx):
+        plans = super().configure_round(ctx)
+        if ctx.may_leave_out and (ctx.device_ids == self.skip).any():
+            plans.dispatch = ctx.device_ids != self.skip
+        return plans
+
+
+def test_a_client_the_method_leaves_out_never_runs_and_the_round_waits_for_those_that_do(tmp_path, shipped_profiles):
+    # Prepare: 4 selected for 3 updates; the method leaves out device 1 (4 s)
+    fleet = make_fleet(compute_s=(2, 4, 6, 8))
+    engine = make_engine(fleet, shipped_profiles, clients_per_round=3, over_selection=1.34, max_rounds=1,
+                         recorder=RunRecorder(tmp_path / "run", {"name": "hand"}))
+    engine.method = _LeavesOut(skip=1)
+    # Execute
+    result = engine.run()
+    engine.recorder.close()
+    # Assert: the round waits for devices 0, 2 and 3 (5, 9 and 11 s); device 1 has no
+    # clients.csv row; rounds.csv counts it as left out, not as selected or failed
+    assert result.sim_time_s == 11.0
+    row = read_rounds(tmp_path / "run")
+    assert (row["selected"][0], row["left_out"][0], row["participants"][0], row["failures"][0]) == (3, 1, 3, 0)
+    c = read_clients(tmp_path / "run")
+    assert sorted(c["device_id"].astype(int).tolist()) == [0, 2, 3]
+
+
+def test_a_resumed_run_keeps_the_columns_its_rounds_csv_began_with(tmp_path):
+    # Prepare: a rounds.csv written before the left_out column existed
+    old = [c for c in ROUND_COLUMNS if c != "left_out"]
+    with RunRecorder(tmp_path, {"name": "hand"}) as rec:
+        pass
+    header = (",".join(old) + "\n").encode()
+    (tmp_path / "rounds.csv").write_bytes(header)
+    # Execute: resume and write a round
+    with RunRecorder(tmp_path, {"name": "hand"}, resume_offsets={"rounds.csv": len(header), "clients.csv": 0}) as rec:
+        rec.round({c: 1 for c in ROUND_COLUMNS})
+    # Assert: every row has the header's cells, and the readers take it as an older record
+    with open(tmp_path / "rounds.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == old and len(rows[1]) == len(old)
+    assert "left_out" not in read_rounds(tmp_path) and read_rounds(tmp_path)["round"].tolist() == [1.0]
+
+
 def test_clients_csv_rows_match_round_totals(tmp_path, shipped_profiles):
     engine, result, c, dev = run_recorded(tmp_path, make_fleet(), shipped_profiles, clients_per_round=2, max_rounds=3)
 

@@ -70,6 +70,25 @@ def test_round_plans_index():
         RoundPlans([p], [0, 1])
 
 
+def test_round_plans_dispatch_leaves_clients_out_and_keeps_the_rest_grouped():
+    p, q, r = ClientPlan.uniform(2), ClientPlan.uniform(2, drop_prob=0.5), ClientPlan.uniform(2, drop_prob=0.25)
+    rp = RoundPlans([p, q, r], [0, 1, 2, 1], dispatch=[True, False, True, True])
+
+    run = rp.dispatched()
+
+    assert rp.left_out == 1 and len(rp) == 4
+    assert run.dispatch is None and [run[i] for i in range(3)] == [p, r, q]
+    assert run.plans == [p, q, r] and run.index.tolist() == [0, 2, 1]
+    # Regrouping keeps who runs; without a mask every client runs
+    assert rp.regroup(lambda i, plan: plan.with_(name="x")).dispatch.tolist() == [True, False, True, True]
+    assert RoundPlans([p], [0, 0]).left_out == 0 and RoundPlans([p], [0, 0]).dispatched().index.tolist() == [0, 0]
+    # A round must keep one client, and the mask must cover every client
+    with pytest.raises(ValueError, match="leaves every client out"):
+        RoundPlans([p], [0, 0], dispatch=[False, False])
+    with pytest.raises(ValueError, match="2 entries for 3 clients"):
+        RoundPlans([p], [0, 0, 0], dispatch=[True, False])
+
+
 KEEPS = [
     np.array([0.5, 0.5, 0.5, 0.5]),
     np.array([0.1, 0.9, 0.3, 0.7, 0.25, 1.0]),

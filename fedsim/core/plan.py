@@ -121,16 +121,39 @@ class RoundPlans:
     """Plans of all selected clients of a round, stored as distinct plans plus an index.
 
     ``plans[index[i]]`` is the plan of the i-th selected client. Methods that give every
-    client the same plan return one plan and an index of zeros.
+    client the same plan return one plan and an index of zeros. ``dispatch`` (where the
+    round's context allows it: ``RoundContext.may_leave_out``) says which selected clients
+    are asked to train; the others are left out of the round (``None``: every one).
     """
 
     plans: list[ClientPlan]
     index: np.ndarray
+    dispatch: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.index = np.asarray(self.index, dtype=np.int64)
         if self.index.size and (self.index.min() < 0 or self.index.max() >= len(self.plans)):
             raise ValueError("RoundPlans.index refers to a plan that does not exist")
+        if self.dispatch is not None:
+            self.dispatch = np.asarray(self.dispatch, dtype=bool)
+            if self.dispatch.shape != self.index.shape:
+                raise ValueError(f"RoundPlans.dispatch has {self.dispatch.size} entries for {self.index.size} clients")
+            if self.index.size and not self.dispatch.any():
+                raise ValueError("RoundPlans.dispatch leaves every client out; a round needs at least one")
+
+    @property
+    def left_out(self) -> int:
+        """Selected clients the method left out of the round."""
+        return 0 if self.dispatch is None else int(np.count_nonzero(~self.dispatch))
+
+    def dispatched(self) -> RoundPlans:
+        """The plans of the clients asked to train only (every one's where none is left out)."""
+        if self.dispatch is None:
+            return self
+        if self.dispatch.all():
+            return RoundPlans(self.plans, self.index)
+        used, index = np.unique(self.index[self.dispatch], return_inverse=True)
+        return RoundPlans([self.plans[k] for k in used], index.reshape(-1))
 
     @classmethod
     def same(cls, plan: ClientPlan, n_clients: int) -> RoundPlans:
@@ -148,7 +171,7 @@ class RoundPlans:
         index = np.empty(len(self), dtype=np.int64)
         for i in range(len(self)):
             index[i] = distinct.setdefault(change(i, self[i]), len(distinct))
-        return RoundPlans(list(distinct), index)
+        return RoundPlans(list(distinct), index, self.dispatch)
 
 
 def draw_layers(keep_prob: np.ndarray, rng: np.random.Generator) -> np.ndarray:

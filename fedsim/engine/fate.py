@@ -71,6 +71,8 @@ class RoundFate:
         bytes_down, bytes_up, energy_j: What the phases that took place moved and spent.
         peak_mem_bytes: Peak memory of each client's plan.
         retries: Failed transfer attempts (download and upload) each client began.
+        left_out: Selected devices the method left out of the round (not among
+            ``device_ids``: they were never asked to train).
     """
 
     round_idx: int
@@ -90,6 +92,7 @@ class RoundFate:
     energy_j: np.ndarray
     peak_mem_bytes: np.ndarray
     retries: np.ndarray
+    left_out: int = 0
 
     def __post_init__(self) -> None:
         for value in vars(self).values():
@@ -212,11 +215,13 @@ def draw_fate(
     transfer_rng: np.random.Generator | None = None,
     online_s: np.ndarray | None = None,
     links: SharedLinks | None = None,
+    left_out: int = 0,
 ) -> RoundFate:
     """The fate of one round: the clients ``ids`` running ``plans`` (priced as ``costs``)
     from ``start_s``; ``transfer_rng`` draws failing transfers when ``transfers`` has any;
     ``online_s`` says how long each client stays online (availability trace), if known;
-    ``links`` (:mod:`fedsim.engine.links`) stretches transfers that share a bottleneck."""
+    ``links`` (:mod:`fedsim.engine.links`) stretches transfers that share a bottleneck;
+    ``left_out``: selected devices the method did not dispatch (recorded only)."""
     slowdown = draw_slowdown(rng, fleet, ids, slowdown_dists)
     planned = client_times(fleet, ids, list(costs), plans.index, slowdown)
     if links is not None:
@@ -257,7 +262,7 @@ def draw_fate(
         device_ids=np.asarray(ids), plans=plans, outcome=outcome, duration_s=elapsed,
         download_s=download_s, compute_s=compute_s, upload_s=upload_s,
         bytes_down=bytes_down, bytes_up=bytes_up, energy_j=energy,
-        peak_mem_bytes=planned.peak_mem_bytes, retries=retries,
+        peak_mem_bytes=planned.peak_mem_bytes, retries=retries, left_out=int(left_out),
     )
 
 

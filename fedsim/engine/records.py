@@ -37,7 +37,7 @@ ROUND_COLUMNS = (
     "round", "start_s", "sim_time_s", "duration_s", "available", "selected", "participants",
     "failures", "oom", "dropout", "straggler", "surplus", "accuracy", "loss",
     "personal_accuracy", "bytes_up", "bytes_down", "energy_j", "train_loss", "rejected",
-    "transfer_failed", "retries",
+    "transfer_failed", "retries", "left_out",
 )
 
 # (name, printf format) of the per-client columns, in file order.
@@ -98,8 +98,11 @@ class RunRecorder:
         if resume_offsets is not None:
             for name, size in resume_offsets.items():
                 _truncate(self.out_dir / name, size)
+        # A resumed run keeps the columns its rounds.csv was begun with (an older version's
+        # lack the ones added since), so every row matches the header.
+        self._round_columns = _header(self.out_dir / "rounds.csv") if resume_offsets else ROUND_COLUMNS
         self._rounds = open(self.out_dir / "rounds.csv", "a" if resume_offsets else "w", newline="", encoding="utf-8")
-        self._round_writer = csv.DictWriter(self._rounds, fieldnames=ROUND_COLUMNS)
+        self._round_writer = csv.DictWriter(self._rounds, fieldnames=self._round_columns)
         self._clients = open(self.out_dir / "clients.csv", "a" if resume_offsets else "w", encoding="utf-8")
         if resume_offsets is None:
             self._round_writer.writeheader()
@@ -108,7 +111,7 @@ class RunRecorder:
             self._clients.flush()
 
     def round(self, row: dict[str, Any]) -> None:
-        self._round_writer.writerow({k: _fmt_cell(row.get(k)) for k in ROUND_COLUMNS})
+        self._round_writer.writerow({k: _fmt_cell(row.get(k)) for k in self._round_columns})
         self._rounds.flush()
 
     def clients(self, columns: dict[str, np.ndarray]) -> None:
@@ -133,6 +136,13 @@ class RunRecorder:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _header(path: Path) -> tuple[str, ...]:
+    """The columns a record's header names, those this version does not know left out."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        header = next(csv.reader(fh), [])
+    return tuple(c for c in header if c in ROUND_COLUMNS) or ROUND_COLUMNS
 
 
 def _truncate(path: Path, size: int) -> None:
@@ -162,7 +172,7 @@ _SUMMARY_NUMBERS = (
 _SUMMARY_TEXTS = ("scenario", "variant", "method", "status", "error", "trainer")
 _CLIENT_TEXTS = ("device_class", "network_class", "plan", "outcome")
 # Columns that records written by older versions lack; readers leave them out.
-_ADDED_LATER = ("rejected", "transfer_failed", "retries", "num_examples", "staleness")
+_ADDED_LATER = ("rejected", "transfer_failed", "retries", "num_examples", "staleness", "left_out")
 
 
 def _read_csv(path: Path, columns: tuple[str, ...]) -> tuple[list[dict[str, str]], list[str]]:

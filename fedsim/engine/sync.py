@@ -207,9 +207,12 @@ class SyncEngine:
         ctx = RoundContext(
             round_idx=r, now_s=now_s, device_ids=ids, fleet=self.fleet, shape=self.shape,
             base_plan=self.base_plan, coefficients=self.coef, deadline_s=spec.round_deadline_s,
-            rng=self.seeds.generator("method", r), quota=spec.clients_per_round,
+            rng=self.seeds.generator("method", r), quota=spec.clients_per_round, may_leave_out=True,
         )
         plans = self.method.configure_round(ctx)
+        left_out = plans.left_out
+        if left_out:
+            ids, plans = ids[plans.dispatch], plans.dispatched()
         return draw_fate(
             round_idx=r, model_version=self.progress.model_version, available=int(available.size), start_s=now_s,
             ids=ids, plans=plans, costs=[plan_cost(self.shape, p, self.coef) for p in plans.plans],
@@ -217,7 +220,7 @@ class SyncEngine:
             quota=spec.clients_per_round, deadline_s=spec.round_deadline_s, transfers=spec.transfers,
             transfer_rng=self.seeds.generator("transfers", r) if spec.transfers.failure_prob > 0 else None,
             online_s=self._online_for_s(now_s, ids),
-            links=self.links,
+            links=self.links, left_out=left_out,
         )
 
     def _online_for_s(self, now_s: float, ids: np.ndarray) -> np.ndarray | None:
@@ -322,6 +325,7 @@ def round_row(fate: RoundFate, now_s: float, evaluation: EvalResult | None, resu
         "rejected": int(counts[REJECTED]),
         "transfer_failed": int(counts[TRANSFER_FAILED]),
         "retries": int(fate.retries.sum()),
+        "left_out": fate.left_out,
     }
 
 

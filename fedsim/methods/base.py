@@ -42,6 +42,9 @@ class RoundContext:
     deadline_s: float | None
     rng: np.random.Generator
     quota: int | None = None  # updates the round waits for (None: every selected client)
+    # The method may leave selected clients out of the round (RoundPlans.dispatch): the
+    # synchronous engine allows it; a driver that dispatches one device at a time does not.
+    may_leave_out: bool = False
 
 
 @dataclass

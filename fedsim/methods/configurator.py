@@ -91,8 +91,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.special import betaln
 
-__all__ = ["ProgressModel", "utility_scores", "paced_assignment", "plan_value", "information_gain", "ids_assignment",
-           "kg_assignment", "lindy_horizon", "PRIOR_BETA", "ARM_SD", "ARM_SDS"]
+__all__ = ["ProgressModel", "utility_scores", "paced_assignment", "arrival_times", "plan_value", "information_gain",
+           "ids_assignment", "kg_assignment", "lindy_horizon", "PRIOR_BETA", "ARM_SD", "ARM_SDS"]
 
 FASTEST_TOLERANCE = 0.1  # paced_assignment: arms this close to a client's fastest count as fastest
 PRIOR_BETA = 1.0  # prior mean of beta: an update is worth the share of layers it runs
@@ -142,6 +142,7 @@ class ProgressModel:
 
     # Class defaults: a model pickled before signed worths existed floors, as it ran.
     signed = False
+    sign_harm = False  # ... and before harmful arms were signed, with every worth positive
     harm_prior = "helps"  # ... and one pickled before the pooled harm prior, with the prior it ran
     scale = "log"  # ... and before the mean scale, on the log scale
     harm_kappa: float | None = None
@@ -159,7 +160,7 @@ class ProgressModel:
                  discount: float = 0.9, window: int | None = None, arm_sd: float | None = None, beta_sd: float = 2.0,
                  noise: float = 0.25, noise_weight: float = 2.0, prior_beta: float = PRIOR_BETA,
                  signed: bool = False, harm_prior: str = "pooled", scale: str = "log", monotone: bool | str = False,
-                 monotone_draws: bool = True) -> None:
+                 monotone_draws: bool = True, sign_harm: bool = False) -> None:
         from fedsim.core.plan import depth_weighted_keep
 
         if not 0.0 < discount <= 1.0:
@@ -210,6 +211,7 @@ class ProgressModel:
         self.b0 = noise * (self.a0 - 1.0)
         self._rows: list[tuple[int, np.ndarray, float]] = []  # (evaluation, arm shares, log gain or scaled gain)
         self.signed = bool(signed) and scale == "log"
+        self.sign_harm = bool(sign_harm) and scale == "log" and not self.signed
         self.harm_prior = harm_prior
         self._signs = []  # signed: (evaluation, arm, harmed) of every finite gain
         self.evaluations = 0
@@ -247,7 +249,7 @@ class ProgressModel:
                 self._rows.extend((self.evaluations, eye[a], float(g / size)) for a, g in zip(arms, gains))
             self._forget()
             return
-        if self.signed:
+        if self.signed or self.sign_harm:
             self._signs.extend((self.evaluations, int(a), bool(g <= 0)) for a, g in zip(arms, gains))
         size = np.abs(gains) if self.signed else gains  # floored: a gain <= 0 counts at the floor
         if (size > 0).any():
@@ -261,7 +263,7 @@ class ProgressModel:
         if self.discount < 1.0:
             oldest = max(oldest, self.evaluations - int(np.ceil(np.log(1e-6) / np.log(self.discount))))
         self._rows = [r for r in self._rows if r[0] > oldest]
-        if self.signed:
+        if self.signed or self.sign_harm:
             self._signs = [r for r in self._signs if r[0] > oldest]
 
     def harm_counts(self) -> tuple[np.ndarray, np.ndarray]:
@@ -302,8 +304,20 @@ class ProgressModel:
     def harm_factor(self, rng: np.random.Generator | None = None, size: int = 1) -> np.ndarray:
         """``(size, A)`` signed worth over size, ``1 - 2 h_a``: with ``rng``, ``h_a`` drawn from
         its posterior; without, its posterior mean. 1 for an arm whose harm share is 0
-        for sure (no harm seen: every arm with the pooled prior, the arm with ``helps``)."""
+        for sure (no harm seen: every arm with the pooled prior, the arm with ``helps``).
+        ``sign_harm`` (floored sizes): the sign alone, -1 for an arm whose posterior mean
+        harm share is above one half (its updates make the round worse more often than
+        better), 1 for the others; drawn or not, so a plan's exploration is over sizes.
+        Where every arm's is above one half nothing is signed: a leave-one-out gain is
+        relative to the round's other updates (in a round of like updates about half are
+        below the average), so harm that every arm shows is the clients', not the arms'."""
         out = np.ones((size, self.num_arms))
+        if self.sign_harm:
+            a, b = self.harm_posterior()
+            harms = (a > 0) & (a > b)
+            if not harms.all():
+                out[:, harms] = -1.0
+            return out
         if not self.signed:
             return out
         a, b = self.harm_posterior()
@@ -565,7 +579,7 @@ def utility_scores(model: ProgressModel, rng: np.random.Generator, n_clients: in
 
 
 def paced_assignment(utility: np.ndarray, times: np.ndarray, feasible: np.ndarray, quota: int,
-                     fallback: np.ndarray, max_candidates: int = 64) -> tuple[np.ndarray, float]:
+                     fallback: np.ndarray, max_candidates: int = 64, leave_out: str = "none") -> tuple[np.ndarray, float]:
     """Arms for one synchronous round that maximise predicted progress per second.
 
     A round lasts until its ``quota``-th update arrives, so its time is the
@@ -579,6 +593,14 @@ def paced_assignment(utility: np.ndarray, times: np.ndarray, feasible: np.ndarra
     utility of its ``quota`` fastest clients over their ``quota``-th time. The best
     candidate wins (ties: the shorter round).
 
+    ``leave_out``: ``"infeasible"``, a client with no feasible arm is left out of the
+    round (arm ``-1``) instead of running its ``fallback`` (it would fail or miss the
+    deadline); ``"harmful"``, so is one every feasible arm of which has a utility at or
+    below zero (its update is expected to make the round's aggregate worse), unless no
+    client has an arm that helps; ``"none"``: every client runs. The round then waits for
+    at most as many updates as clients run. Where no client has a feasible arm, every
+    one runs its ``fallback``.
+
     Args:
         utility: ``(n, A)`` (or ``(A,)`` for every client) what an update with each arm
             adds to the round's progress.
@@ -588,14 +610,23 @@ def paced_assignment(utility: np.ndarray, times: np.ndarray, feasible: np.ndarra
         fallback: ``(n,)`` arm of clients with no feasible arm.
 
     Returns:
-        ``(arms, T)``: an arm per client and the round's predicted length.
+        ``(arms, T)``: an arm per client (``-1``: left out) and the round's predicted length.
     """
+    if leave_out not in ("none", "infeasible", "harmful"):
+        raise ValueError(f"leave_out must be 'none', 'infeasible' or 'harmful', got {leave_out!r}")
     times = np.asarray(times, dtype=float)
     feasible = np.asarray(feasible, dtype=bool)
     out = np.asarray(fallback, dtype=np.int64).copy()
     rows = np.flatnonzero(feasible.any(axis=1))
     if rows.size == 0:
         return out, float("nan")
+    if leave_out != "none":
+        out[:] = -1
+    if leave_out == "harmful":
+        u_all = np.broadcast_to(np.asarray(utility, dtype=float), times.shape)
+        helpful = np.flatnonzero((feasible & (u_all > 0)).any(axis=1))
+        if helpful.size:
+            rows = helpful
     u = np.broadcast_to(np.asarray(utility, dtype=float), times.shape)[rows]
     u = np.where(u > 0, np.maximum(u, 1e-3 * max(float(np.abs(u).max()), 1e-12)), u)
     t, f = times[rows], feasible[rows]
@@ -631,11 +662,19 @@ def paced_assignment(utility: np.ndarray, times: np.ndarray, feasible: np.ndarra
     return out, float(last_t[best])
 
 
+def arrival_times(times: np.ndarray, arms: np.ndarray) -> np.ndarray:
+    """Each client's predicted time with its arm; ``inf`` for one left out (arm ``-1``)."""
+    arms = np.asarray(arms, dtype=np.int64)
+    t = np.asarray(times, dtype=float)[np.arange(len(arms)), np.maximum(arms, 0)]
+    return np.where(arms >= 0, t, np.inf)
+
+
 def plan_value(worth: np.ndarray, times: np.ndarray, arms: np.ndarray, quota: int) -> float:
     """Predicted progress per second of a synchronous round planned as ``arms``: the mean
     ``worth`` of the ``quota`` clients predicted to arrive first over the time of the last
-    of them (the value :func:`paced_assignment` maximises)."""
-    t = np.asarray(times, dtype=float)[np.arange(len(arms)), arms]
+    of them (the value :func:`paced_assignment` maximises). A client left out (arm ``-1``)
+    does not arrive."""
+    t = arrival_times(times, arms)
     ok = np.isfinite(t)
     if not ok.any():
         return 0.0
@@ -666,7 +705,8 @@ def information_gain(model: ProgressModel, arms: np.ndarray) -> float:
 
 
 def ids_assignment(model: ProgressModel, rng: np.random.Generator, times: np.ndarray, feasible: np.ndarray,
-                   quota: int, fallback: np.ndarray, candidates: int = 8, worlds: int = 16) -> tuple[np.ndarray, float]:
+                   quota: int, fallback: np.ndarray, candidates: int = 8, worlds: int = 16,
+                   leave_out: str = "none") -> tuple[np.ndarray, float]:
     """Arms for one round by information-directed sampling (Russo and Van Roy, 2018).
 
     Candidate plans: the posterior median's plan and ``candidates`` Thompson plans (one
@@ -675,25 +715,26 @@ def ids_assignment(model: ProgressModel, rng: np.random.Generator, times: np.nda
     information ``g`` its arriving updates bring (:func:`information_gain`); the plan of
     least ``Delta ** 2 / g`` is run. A plan that costs nothing in expectation (the
     posterior is sure) is run whatever it teaches; one that teaches nothing is not run
-    unless it costs nothing.
+    unless it costs nothing. ``leave_out``: as :func:`paced_assignment`'s.
     """
     times = np.asarray(times, dtype=float)
     q = max(min(int(quota), times.shape[0]), 1)
     median = model.worth()
-    plans = [paced_assignment(median, times, feasible, quota, fallback)]
-    plans += [paced_assignment(model.sample(rng, times.shape[0]), times, feasible, quota, fallback)
+    plans = [paced_assignment(median, times, feasible, quota, fallback, leave_out=leave_out)]
+    plans += [paced_assignment(model.sample(rng, times.shape[0]), times, feasible, quota, fallback, leave_out=leave_out)
               for _ in range(candidates)]
     ws = model.sample(rng, worlds)
     value = np.array([[plan_value(w, times, arms, quota) for arms, _ in plans] for w in ws])
-    best = np.array([plan_value(w, times, paced_assignment(w, times, feasible, quota, fallback)[0], quota) for w in ws])
+    best = np.array([plan_value(w, times, paced_assignment(w, times, feasible, quota, fallback, leave_out=leave_out)[0],
+                                quota) for w in ws])
     regret = np.maximum(best, value.max(axis=1))[:, None] - value
     delta = regret.mean(axis=0)
-    rows = np.arange(times.shape[0])
     gain = []
     for arms, _ in plans:
-        t = times[rows, arms]
-        arrive = np.argsort(np.where(np.isfinite(t), t, np.inf), kind="stable")[:q]
-        gain.append(information_gain(model, arms[arrive]))
+        t = arrival_times(times, arms)
+        arrive = np.argsort(t, kind="stable")[:q]
+        arrive = arrive[np.isfinite(t[arrive])]
+        gain.append(information_gain(model, arms[arrive]) if arrive.size else 0.0)
     gain = np.maximum(np.array(gain), 1e-12)
     ratio = delta**2 / gain
     pick = int(np.argmin(ratio))
@@ -709,7 +750,8 @@ def lindy_horizon(round_idx: int) -> int:
 
 def kg_assignment(model: ProgressModel, rng: np.random.Generator, times: np.ndarray, feasible: np.ndarray,
                   quota: int, fallback: np.ndarray, rounds_left: int, candidates: int = 4,
-                  worlds: int = 32, z: float = 1.0, repeats: Sequence[int] = (1, 2, 4, 8)) -> tuple[np.ndarray, float]:
+                  worlds: int = 32, z: float = 1.0, repeats: Sequence[int] = (1, 2, 4, 8),
+                  leave_out: str = "none") -> tuple[np.ndarray, float]:
     """Arms for one round by the online knowledge gradient (Ryzhov, Powell and Frazier,
     2012) in its KG(*) form (Frazier and Powell, 2010).
 
@@ -734,14 +776,15 @@ def kg_assignment(model: ProgressModel, rng: np.random.Generator, times: np.ndar
     ``rounds_left = 0`` it runs the plan of largest value under the median; the longer the
     run still has to go, the more a plan that teaches is worth, so exploration is paid for
     only where the rounds left can repay it (information-directed sampling,
-    :func:`ids_assignment`, does not weigh that).
+    :func:`ids_assignment`, does not weigh that). ``leave_out``: as :func:`paced_assignment`'s.
     """
     times = np.asarray(times, dtype=float)
     n = times.shape[0]
     q = max(min(int(quota), n), 1)
     median = model.worth()
-    plans = [paced_assignment(median, times, feasible, quota, fallback)]
-    plans += [paced_assignment(model.sample(rng, n), times, feasible, quota, fallback) for _ in range(candidates)]
+    plans = [paced_assignment(median, times, feasible, quota, fallback, leave_out=leave_out)]
+    plans += [paced_assignment(model.sample(rng, n), times, feasible, quota, fallback, leave_out=leave_out)
+              for _ in range(candidates)]
     reps = [m for m in sorted(set(int(r) for r in repeats)) if 1 <= m <= rounds_left]
     gs, coefs = model.sample_coefficients(rng, worlds)
     true_worth = np.array([model._to_worth(model._arm_features(int(g)) @ c) for g, c in zip(gs, coefs)])
@@ -750,18 +793,19 @@ def kg_assignment(model: ProgressModel, rng: np.random.Generator, times: np.ndar
     now = np.array([plan_value(median, times, arms, quota) for arms, _ in plans])
     adv = now - now[0]
     if reps:
-        rows = np.arange(n)
         arrivals = []
         for arms, _ in plans:
-            t = times[rows, arms]
-            arrivals.append(arms[np.argsort(np.where(np.isfinite(t), t, np.inf), kind="stable")[:q]])
+            t = arrival_times(times, arms)
+            first = np.argsort(t, kind="stable")[:q]
+            arrivals.append(arms[first[np.isfinite(t[first])]])
         best = np.full(len(plans), -np.inf)
         for m in reps:
             after = np.empty((len(plans), worlds))
             for i, seen in enumerate(arrivals):
                 learnt = model.lookahead_worth(np.tile(seen, m), gs, coefs, noise)
                 after[i] = [plan_value(true_worth[w], times,
-                                       paced_assignment(learnt[w], times, feasible, quota, fallback)[0], quota)
+                                       paced_assignment(learnt[w], times, feasible, quota, fallback,
+                                                        leave_out=leave_out)[0], quota)
                             for w in range(worlds)]
             d = after - after[0]  # paired over the worlds: what a plan teaches beyond the median's plan
             lcb = d.mean(axis=1) - z * d.std(axis=1, ddof=1) / np.sqrt(worlds)

@@ -3,7 +3,8 @@
 Each round (see docs/droppeft.md):
 
 1. the *arms* (per-layer dropout configurations) that would run out of memory or miss
-   the round deadline on a selected client, by the cost model, are masked out;
+   the round deadline on a selected client, by the cost model, are masked out; in a
+   synchronous round a client no arm fits is left out of it (``leave_out``);
 2. the policy (``kg``: the online knowledge gradient, ``ids``: information-directed
    sampling, or ``thompson``) turns the
    posterior of each arm's *worth* (what an update with it is worth relative to running
@@ -101,6 +102,13 @@ class DropPEFTParams(MethodParams):
     monotone_draws: bool = Field(True, description=(
         "monotone_worth: order the posterior draws that explore too (among the dropped arms); ablation: false "
         "orders only the estimates a round is planned with, exploring with the unordered posterior's draws"))
+    leave_out: Literal["infeasible", "harmful", "none"] = Field("infeasible", description=(
+        "synchronous rounds: which selected clients are left out. infeasible (the default) = those no arm fits "
+        "(memory, deadline), which would fail or miss the deadline; harmful = those too, and those every arm "
+        "of which the gains seen say harms the round's aggregate (log scale with floored sizes: the arm's harm "
+        "share, by the pooled prior, above one half unless every arm's is; signed or mean scale: a worth at "
+        "or below zero); none = every selected client runs (the arm of least memory where none fits), and the "
+        "round waits for its quota of updates, as before"))
     policy: Literal["kg", "ids", "thompson"] = Field("kg", description=(
         "exploration: kg = online knowledge gradient (explores as far as the rounds left can repay it); "
         "ids = information-directed sampling over the median's and Thompson plans; "
@@ -202,6 +210,7 @@ def select_personal_layers(norms: np.ndarray, k: int | str, mass: float = 0.5) -
 class DropPEFT(Method):
     name = "droppeft"
     Params = DropPEFTParams
+    _left_out = 0  # a method pickled before clients were left out
 
     def __init__(self, params: DropPEFTParams, shape, base_plan: ClientPlan) -> None:
         super().__init__(params, shape, base_plan)
@@ -211,8 +220,10 @@ class DropPEFT(Method):
                                    window=params.window, arm_sd=params.arm_sd, prior_beta=params.prior_beta,
                                    signed=params.signed_worth, harm_prior=params.harm_prior,
                                    scale=params.worth_scale, monotone=params.monotone_worth,
-                                   monotone_draws=params.monotone_draws)
+                                   monotone_draws=params.monotone_draws,
+                                   sign_harm=params.leave_out == "harmful")
         self._round_pace: float | None = None
+        self._left_out = 0
         self._round_arms: np.ndarray | None = None
         self._arm_of: dict[int, list[int]] = {}  # planned clients not yet reported: their arms, oldest first
 
@@ -236,14 +247,18 @@ class DropPEFT(Method):
         if not p.bandit:
             return self._fixed_or_nearest(feasible, fallback), feasible
         quota = ctx.quota if ctx.quota is not None else len(ids)
+        # A run checkpointed before the parameter existed ran every selected client: it resumes so.
+        out = getattr(p, "leave_out", "none") if ctx.may_leave_out else "none"
         if p.policy == "kg" and p.explore and p.learning:
             left = lindy_horizon(ctx.round_idx) if p.horizon == "auto" else max(p.horizon - ctx.round_idx - 1, 0)
-            arms, self._round_pace = kg_assignment(self.model, ctx.rng, total, feasible, quota, fallback, left)
+            arms, self._round_pace = kg_assignment(self.model, ctx.rng, total, feasible, quota, fallback, left,
+                                                   leave_out=out)
         elif p.policy == "ids" and p.explore and p.learning:
-            arms, self._round_pace = ids_assignment(self.model, ctx.rng, total, feasible, quota, fallback)
+            arms, self._round_pace = ids_assignment(self.model, ctx.rng, total, feasible, quota, fallback,
+                                                    leave_out=out)
         else:
             util = utility_scores(self.model, ctx.rng, len(ids), explore=p.explore, learning=p.learning)
-            arms, self._round_pace = paced_assignment(util, total, feasible, quota, fallback)
+            arms, self._round_pace = paced_assignment(util, total, feasible, quota, fallback, leave_out=out)
         return arms, feasible
 
     def _fixed_or_nearest(self, feasible: np.ndarray, fallback: np.ndarray) -> np.ndarray:
@@ -288,13 +303,16 @@ class DropPEFT(Method):
 
     def configure_round(self, ctx: RoundContext) -> RoundPlans:
         arms, _ = self.choose_arms(ctx)
+        run = arms >= 0  # -1: left out of the round (choose_arms, leave_out)
         self._round_arms = arms
-        for d, a in zip(ctx.device_ids.tolist(), arms.tolist()):
+        self._left_out = int(np.count_nonzero(~run))
+        for d, a in zip(ctx.device_ids[run].tolist(), arms[run].tolist()):
             self._arm_of.setdefault(d, []).append(a)
+        arms = np.where(run, arms, arms[run][0] if run.any() else 0)  # a left-out client's plan is never run
         used = np.unique(arms)
         remap = np.zeros(len(self.arms), dtype=np.int64)
         remap[used] = np.arange(used.size)
-        plans = RoundPlans([self.arms[a] for a in used], remap[arms])
+        plans = RoundPlans([self.arms[a] for a in used], remap[arms], None if run.all() else run)
         if not self.params.ptls:
             return plans
         return plans.regroup(lambda i, plan: self.personalise(plan, int(ctx.device_ids[i])))
@@ -318,7 +336,7 @@ class DropPEFT(Method):
         # Under the async driver a report holds the clients that finished since the last
         # aggregation (a device possibly twice), each planned alone when it was dispatched.
         reported = np.array([self._pop_arm(d) for d in report.device_ids.tolist()], dtype=np.int64)
-        entry = {"round": report.round_idx, "pace_s": self._round_pace,
+        entry = {"round": report.round_idx, "pace_s": self._round_pace, "left_out": self._left_out,
                  "arms": np.bincount(reported, minlength=len(self.arms)).tolist()}
         if self._learns and report.update_gains is not None:
             # The results are the updates of the clients whose outcome is ok, in order.
