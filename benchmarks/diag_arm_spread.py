@@ -52,7 +52,7 @@ def gains_logged(log: Path):
             out.write(json.dumps({"round": report.round_idx, "arms": arms.tolist(),
                                   "gains": np.asarray(report.update_gains, dtype=float).tolist(),
                                   "accuracy": report.evaluation.accuracy if report.evaluation else None,
-                                  "left_out": int(getattr(self, "_left_out", 0))}) + "\n")
+                                  "left_out": self.left_out}) + "\n")
             out.flush()
         return finished(self, report)
 

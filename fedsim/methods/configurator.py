@@ -620,14 +620,14 @@ def paced_assignment(utility: np.ndarray, times: np.ndarray, feasible: np.ndarra
     rows = np.flatnonzero(feasible.any(axis=1))
     if rows.size == 0:
         return out, float("nan")
+    u_all = np.broadcast_to(np.asarray(utility, dtype=float), times.shape)
     if leave_out != "none":
         out[:] = -1
     if leave_out == "harmful":
-        u_all = np.broadcast_to(np.asarray(utility, dtype=float), times.shape)
         helpful = np.flatnonzero((feasible & (u_all > 0)).any(axis=1))
         if helpful.size:
             rows = helpful
-    u = np.broadcast_to(np.asarray(utility, dtype=float), times.shape)[rows]
+    u = u_all[rows]
     u = np.where(u > 0, np.maximum(u, 1e-3 * max(float(np.abs(u).max()), 1e-12)), u)
     t, f = times[rows], feasible[rows]
     cand = np.unique(t[f])

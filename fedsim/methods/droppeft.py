@@ -210,7 +210,6 @@ def select_personal_layers(norms: np.ndarray, k: int | str, mass: float = 0.5) -
 class DropPEFT(Method):
     name = "droppeft"
     Params = DropPEFTParams
-    _left_out = 0  # a method pickled before clients were left out
 
     def __init__(self, params: DropPEFTParams, shape, base_plan: ClientPlan) -> None:
         super().__init__(params, shape, base_plan)
@@ -223,7 +222,6 @@ class DropPEFT(Method):
                                    monotone_draws=params.monotone_draws,
                                    sign_harm=params.leave_out == "harmful")
         self._round_pace: float | None = None
-        self._left_out = 0
         self._round_arms: np.ndarray | None = None
         self._arm_of: dict[int, list[int]] = {}  # planned clients not yet reported: their arms, oldest first
 
@@ -236,7 +234,7 @@ class DropPEFT(Method):
 
     # -- planning ------------------------------------------------------------------------
     def choose_arms(self, ctx: RoundContext) -> tuple[np.ndarray, np.ndarray]:
-        """Arm of each selected client and the feasibility mask."""
+        """Arm of each selected client (``-1``: left out of the round) and the feasibility mask."""
         p = self.params
         ids = ctx.device_ids
         feasible, mem, total = feasible_arms(ctx.fleet, ids, self.shape, self.arms, ctx.coefficients,
@@ -260,6 +258,11 @@ class DropPEFT(Method):
             util = utility_scores(self.model, ctx.rng, len(ids), explore=p.explore, learning=p.learning)
             arms, self._round_pace = paced_assignment(util, total, feasible, quota, fallback, leave_out=out)
         return arms, feasible
+
+    @property
+    def left_out(self) -> int:
+        """Selected clients the last planned round left out."""
+        return 0 if self._round_arms is None else int(np.count_nonzero(self._round_arms < 0))
 
     def _fixed_or_nearest(self, feasible: np.ndarray, fallback: np.ndarray) -> np.ndarray:
         """``fixed_arm`` where feasible, else the feasible arm with the nearest mean drop at or above it."""
@@ -305,7 +308,6 @@ class DropPEFT(Method):
         arms, _ = self.choose_arms(ctx)
         run = arms >= 0  # -1: left out of the round (choose_arms, leave_out)
         self._round_arms = arms
-        self._left_out = int(np.count_nonzero(~run))
         for d, a in zip(ctx.device_ids[run].tolist(), arms[run].tolist()):
             self._arm_of.setdefault(d, []).append(a)
         arms = np.where(run, arms, arms[run][0] if run.any() else 0)  # a left-out client's plan is never run
@@ -336,7 +338,7 @@ class DropPEFT(Method):
         # Under the async driver a report holds the clients that finished since the last
         # aggregation (a device possibly twice), each planned alone when it was dispatched.
         reported = np.array([self._pop_arm(d) for d in report.device_ids.tolist()], dtype=np.int64)
-        entry = {"round": report.round_idx, "pace_s": self._round_pace, "left_out": self._left_out,
+        entry = {"round": report.round_idx, "pace_s": self._round_pace, "left_out": self.left_out,
                  "arms": np.bincount(reported, minlength=len(self.arms)).tolist()}
         if self._learns and report.update_gains is not None:
             # The results are the updates of the clients whose outcome is ok, in order.
