@@ -63,6 +63,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fedsim.core.rng import DRAWS  # noqa: E402
 from fedsim.study.parallel import run_all  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,6 +204,7 @@ def row_method(env: str, row: str) -> dict | None:
 
 
 STALE: dict[str, set[str]] = {}  # row -> runs left out of the tables: made with other parameters
+OTHER_DRAWS: dict[str, set[str]] = {}  # env -> runs tabulated that drew under another scheme (rng.DRAWS)
 
 
 def run_time(base: Path, env: str, row: str, seed: int, target: float) -> tuple[float, bool] | None:
@@ -219,6 +221,8 @@ def run_time(base: Path, env: str, row: str, seed: int, target: float) -> tuple[
     if recorded_method(old, want) != want:
         STALE.setdefault(row, set()).add(f"{env}/seed{seed}")
         return None
+    if json.loads((run_dir / "summary.json").read_text()).get("draws") != DRAWS:
+        OTHER_DRAWS.setdefault(env, set()).add(f"{row}/seed{seed}")
     return t
 
 
@@ -249,7 +253,8 @@ def run_one(out_dir: Path, env: str, method: dict, seed: int, trainer: str, over
         old = yaml.safe_load(scenario_file.read_text())
         old["method_resolved"] = recorded_method(old, wanted["method_resolved"])
         same = old == wanted | {"method_resolved": comparable(wanted["method_resolved"])}
-        if json.loads(summary_path.read_text()).get("status") == "ok" and same:
+        done = json.loads(summary_path.read_text())
+        if done.get("status") == "ok" and done.get("draws") == DRAWS and same:
             return "reused"
     if out_dir.exists() and any(out_dir.iterdir()):
         # A run of another scenario (or one cut short): keep its records beside the new run.
@@ -374,6 +379,8 @@ def drop_per_round(base: Path, env: str, row: str, seeds: list[int],
 # -- the benchmark ---------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
+    STALE.clear()
+    OTHER_DRAWS.clear()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--trainer", choices=["surrogate", "torch"], default="surrogate")
     ap.add_argument("--envs", default=",".join(ENVS))
@@ -483,6 +490,9 @@ def main(argv: list[str] | None = None) -> int:
         drops = mean_drop_by_class(base, e, "droppeft", seeds)
         emit("\ndroppeft's mean dropout of the updates that arrived, per device class: "
               + ", ".join(f"{k} {v:.2f}" for k, v in drops.items()) + "\n")
+        if e in OTHER_DRAWS:
+            emit(f"{len(OTHER_DRAWS[e])} of these runs drew positionally (made before draws keyed by device, "
+                 f"docs/design.md *Randomness*): " + ", ".join(sorted(OTHER_DRAWS[e])) + "\n")
 
     # Summary: one line per environment.
     cols = ["droppeft", *[r for r in methods if r != "droppeft"], TOLD_TRUTH, "fedlora"]

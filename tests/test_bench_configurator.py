@@ -125,3 +125,28 @@ def test_an_environment_whose_weights_are_not_installed_is_named_with_the_fix(be
     out = bench.untrainable(["minilm-iid", "mpnet-12l"])
     # Assert: MiniLM trains; MPNet is left out with the command that installs it
     assert list(out) == ["mpnet-12l"] and "make mpnet" in out["mpnet-12l"]
+
+
+def test_a_run_made_with_positional_draws_is_rerun_and_named_in_the_table(bench, tmp_path, capsys):
+    # Prepare: a finished run, then its summary made to look as written before draws keyed by device
+    args = ["--envs", "minilm-iid", "--seeds", "0", "--rows", "droppeft-no-learning", "--rows-only", "--top-arms", "0",
+            "--set", "engine.max_rounds=3", "--out", str(tmp_path / "runs")]
+    assert bench.main(args) == 0
+    run = tmp_path / "runs" / "surrogate" / "minilm-iid" / "droppeft-no-learning" / "seed0"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["draws"] == "keyed-by-device"
+    del summary["draws"]
+    (run / "summary.json").write_text(json.dumps(summary))
+    capsys.readouterr()
+    # Execute: the table alone, then the run
+    assert bench.main([*args, "--table-only"]) == 0
+    table = capsys.readouterr().out
+    assert bench.main(args) == 0
+    # Assert: the table says which run drew positionally; the run is made again, the old one kept
+    assert "1 of these runs drew positionally" in table and "droppeft-no-learning/seed0" in table
+    assert json.loads((run / "summary.json").read_text())["draws"] == "keyed-by-device"
+    assert (run.parent / "seed0.old-1" / "summary.json").exists()
+    # A table made after the rerun names none
+    capsys.readouterr()
+    assert bench.main([*args, "--table-only"]) == 0
+    assert "drew positionally" not in capsys.readouterr().out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import stats
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from fedsim.fleet.distributions import Choice, Constant, Dist, LogNormal, Normal, Uniform
@@ -182,3 +183,28 @@ def test_lognormal_support_never_negative():
     d = LogNormal(dist="lognormal", median=1, sigma=1, min=-1)
 
     assert d.support[0] >= 0.0
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_quantiles_of_uniforms_sample_the_distribution(spec):
+    # quantile() is how draws keyed by device sample: the same law as sample()
+    d = DIST.validate_python(spec)
+    u = np.random.default_rng(1).random(20_000)
+
+    x, y = d.quantile(u), d.sample(np.random.default_rng(2), 20_000)
+
+    assert x.shape == u.shape and x.dtype == np.float64
+    assert np.all(np.diff(x[np.argsort(u)]) >= 0)  # non-decreasing in u
+    lo, hi = d.support
+    assert np.all((x >= lo) & (x <= hi))
+    if isinstance(d, Choice):  # the same frequency of every value
+        for v in d.values:
+            assert abs(np.mean(x == v) - np.mean(y == v)) < 0.02
+    elif np.unique(y).size > 1:
+        assert stats.ks_2samp(x, y).pvalue > 1e-3
+
+
+def test_quantiles_are_clipped_like_samples():
+    d = LogNormal(dist="lognormal", median=2.0, sigma=1.0, min=1.2, max=10.0)
+    x = d.quantile(np.array([1e-12, 0.5, 1 - 1e-12]))
+    assert x.tolist() == [1.2, 2.0, 10.0]

@@ -528,3 +528,40 @@ def test_shared_links_refuse_failing_transfers_and_the_async_driver():
         EngineSpec(server_link={"up_mbps": 100}, transfers={"failure_prob": 0.1})
     with pytest.raises(ValueError, match="sync driver only"):
         EngineSpec(cells={"count": 3, "up_mbps": 10}, driver="async")
+
+
+def test_leaving_a_device_out_leaves_the_other_devices_fates_as_they_were(tmp_path, shipped_profiles):
+    # Prepare: stragglers and drop-outs; every selected device's update is waited for
+    fleet = make_fleet(compute_s=(2, 3, 4, 5, 6, 7), dropout=0.3, straggle=0.5)
+
+    def clients(method, name):
+        engine = make_engine(fleet, shipped_profiles, clients_per_round=6, max_rounds=3, seed=4,
+                             recorder=RunRecorder(tmp_path / name, {"name": name}))
+        if method is not None:
+            engine.method = method
+        engine.run()
+        engine.recorder.close()
+        c = read_clients(tmp_path / name)
+        return {(int(r), int(d)): (o, s) for r, d, o, s in zip(c["round"], c["device_id"], c["outcome"], c["compute_s"])}
+
+    # Execute: every device runs; device 2 is left out
+    every, without = clients(None, "every"), clients(_LeavesOut(skip=2), "without")
+    # Assert: draws keyed by device (common random numbers) give every other device the
+    # same outcome and compute time in every round
+    assert set(without) == {k for k in every if k[1] != 2}
+    assert all(without[k] == every[k] for k in without)
+    assert len({v[0] for v in every.values()}) > 1 and len({v[1] for v in every.values()}) > 3
+
+
+def test_a_device_made_unavailable_changes_no_other_selection(shipped_profiles):
+    # Prepare: 4 of 40 devices a round
+    fleet = make_fleet(compute_s=np.arange(2, 42))
+    engine = make_engine(fleet, shipped_profiles, clients_per_round=4)
+    everyone = np.arange(40)
+    for r in range(20):
+        picked = engine.draw(r, 0.0, everyone).device_ids
+        # Execute: a device not picked goes offline
+        gone = np.setdiff1d(everyone, picked)[r]
+        again = engine.draw(r, 0.0, everyone[everyone != gone]).device_ids
+        # Assert: the same devices are picked
+        assert again.tolist() == picked.tolist()

@@ -12,6 +12,7 @@ import simpy
 
 from fedsim.core.costmodel import ClientTimes
 from fedsim.core.plan import RoundPlans
+from fedsim.core.rng import Seeds
 from fedsim.engine.fate import DROPOUT, OK, OOM, OUTCOMES, STRAGGLER, SURPLUS, close_round, draw_fate, selection_size
 from test_engine import COST, PLAN, TRANSFER_S, make_fleet
 
@@ -139,3 +140,25 @@ def test_selection_size_rounds_up_within_availability():
     assert selection_size(2, 1.3, 10) == 3
     assert selection_size(50, 1.1, 100) == 55
     assert selection_size(10, 2.0, 7) == 7
+
+
+def test_with_draws_keyed_by_device_a_clients_fate_does_not_depend_on_the_others(shipped_profiles):
+    # Prepare: stragglers and drop-outs likely; every client's update is waited for
+    fleet = make_fleet(compute_s=(2, 3, 4, 5, 6, 7), dropout=0.3, straggle=0.5)
+    dists = [shipped_profiles.device(name).straggle_slowdown for name in fleet.device_names]
+    seeds = Seeds(3)
+
+    def fate(ids):
+        ids = np.asarray(ids)
+        return draw_fate(round_idx=2, model_version=0, available=6, start_s=0.0, ids=ids,
+                         plans=RoundPlans.same(PLAN, ids.size), costs=[COST], fleet=fleet, slowdown_dists=dists,
+                         rng=seeds.devices("devices", 2, ids), quota=ids.size, deadline_s=None)
+
+    # Execute: all six, then four of them in another order
+    a, b = fate([0, 1, 2, 3, 4, 5]), fate([5, 3, 0, 1])
+    # Assert: the four have the same fates, times and costs in both rounds
+    at = [0, 1, 2, 3, 4, 5]
+    for j, d in enumerate([5, 3, 0, 1]):
+        i = at.index(d)
+        assert (a.outcome[i], a.duration_s[i], a.compute_s[i], a.energy_j[i]) == (b.outcome[j], b.duration_s[j], b.compute_s[j], b.energy_j[j])
+    assert len(set(a.outcome.tolist())) > 1 and len(set(a.compute_s.tolist())) > 2  # the draws were not all alike

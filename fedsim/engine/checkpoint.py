@@ -14,7 +14,7 @@ A checkpoint (``checkpoint.pkl`` in the run directory, replaced atomically) hold
   run cuts them back to these sizes, so rows of a round the checkpoint does not cover
   are written again, once.
 
-Every random draw is keyed by round (:mod:`fedsim.core.rng`), so a run resumed from round r
+Every random draw is keyed by round (and device; :mod:`fedsim.core.rng`), so a run resumed from round r
 draws what the uninterrupted run drew and writes byte-identical records.
 
 A checkpoint is a pickle: load only run directories you wrote.
@@ -35,7 +35,7 @@ from fedsim.engine.rundir import CHECKPOINT, atomic_write
 
 __all__ = ["Checkpoint", "save", "load", "dump_method", "load_method", "CHECKPOINT"]
 
-FORMAT = 1
+FORMAT = 2  # 2: draws keyed by device (fedsim.core.rng.DRAWS); a format-1 run resumed would mix schemes
 _PARAMS = "method-params"
 _TRAINER = "trainer"
 

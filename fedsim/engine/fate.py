@@ -1,6 +1,6 @@
 """A round's fate as a value: which clients finish, how, when, and what it costs them.
 
-:func:`draw_fate` is a pure function of the round's inputs and one generator: no SimPy,
+:func:`draw_fate` is a pure function of the round's inputs and its draws: no SimPy,
 no method, no trainer. It prices each client's plan with the cost model, draws
 stragglers and drop-outs, closes the round and accounts for every phase, and returns a
 frozen :class:`RoundFate`. The engine waits in simulated time until ``fate.end_s`` and
@@ -36,6 +36,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from fedsim.core.costmodel import ClientTimes, PlanCost, client_times
+from fedsim.core.rng import DeviceRandom
 from fedsim.fleet.fleet import Fleet
 from fedsim.core.plan import RoundPlans
 from fedsim.engine.links import SharedLinks, share_phases
@@ -135,15 +136,18 @@ def selection_size(clients_per_round: int, over_selection: float, available: int
 
 
 def draw_slowdown(rng: np.random.Generator, fleet: Fleet, ids: np.ndarray, slowdown_dists: Sequence) -> np.ndarray:
-    """Per client, the factor its compute time is stretched by (1 unless it straggles)."""
+    """Per client, the factor its compute time is stretched by (1 unless it straggles).
+    Two uniforms per client, whether it straggles or not, so that with draws keyed by
+    device (:class:`fedsim.core.rng.DeviceRandom`) each client's factor is its own."""
     n = ids.size
     slowdown = np.ones(n)
     straggling = rng.random(n) < fleet.straggle_prob[ids]
+    u = rng.random(n)
     if straggling.any():
         classes = fleet.device_class[ids]
         for code in np.unique(classes[straggling]):
             sel = straggling & (classes == code)
-            slowdown[sel] = slowdown_dists[code].sample(rng, int(sel.sum()))
+            slowdown[sel] = slowdown_dists[code].quantile(u[sel])
     return slowdown
 
 
@@ -208,17 +212,19 @@ def draw_fate(
     costs: Sequence[PlanCost],
     fleet: Fleet,
     slowdown_dists: Sequence,
-    rng: np.random.Generator,
+    rng: np.random.Generator | DeviceRandom,
     quota: int,
     deadline_s: float | None,
     transfers: TransferSpec | None = None,
-    transfer_rng: np.random.Generator | None = None,
+    transfer_rng: np.random.Generator | DeviceRandom | None = None,
     online_s: np.ndarray | None = None,
     links: SharedLinks | None = None,
     left_out: int = 0,
 ) -> RoundFate:
     """The fate of one round: the clients ``ids`` running ``plans`` (priced as ``costs``)
-    from ``start_s``; ``transfer_rng`` draws failing transfers when ``transfers`` has any;
+    from ``start_s``; ``rng`` draws straggling and drop-outs, ``transfer_rng`` failing
+    transfers when ``transfers`` has any (the engines pass draws keyed by device,
+    :class:`fedsim.core.rng.DeviceRandom`, for ``ids``);
     ``online_s`` says how long each client stays online (availability trace), if known;
     ``links`` (:mod:`fedsim.engine.links`) stretches transfers that share a bottleneck;
     ``left_out``: selected devices the method did not dispatch (recorded only)."""

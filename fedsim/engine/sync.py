@@ -203,7 +203,10 @@ class SyncEngine:
         """Select round ``r``'s clients, have the method plan them, and draw their fate."""
         spec = self.spec
         n_sel = selection_size(spec.clients_per_round, spec.over_selection, available.size)
-        ids = self.seeds.generator("select", r).choice(available, size=n_sel, replace=False)
+        # Uniform without replacement, by each available device's own priority (keyed by
+        # device): a device picked in a round is picked in that round whatever else is available.
+        priority = self.seeds.devices("select", r, available).priority()
+        ids = available[np.argsort(priority, kind="stable")[:n_sel]]
         ctx = RoundContext(
             round_idx=r, now_s=now_s, device_ids=ids, fleet=self.fleet, shape=self.shape,
             base_plan=self.base_plan, coefficients=self.coef, deadline_s=spec.round_deadline_s,
@@ -216,9 +219,9 @@ class SyncEngine:
         return draw_fate(
             round_idx=r, model_version=self.progress.model_version, available=int(available.size), start_s=now_s,
             ids=ids, plans=plans, costs=[plan_cost(self.shape, p, self.coef) for p in plans.plans],
-            fleet=self.fleet, slowdown_dists=self._slowdown_dists, rng=self.seeds.generator("devices", r),
+            fleet=self.fleet, slowdown_dists=self._slowdown_dists, rng=self.seeds.devices("devices", r, ids),
             quota=spec.clients_per_round, deadline_s=spec.round_deadline_s, transfers=spec.transfers,
-            transfer_rng=self.seeds.generator("transfers", r) if spec.transfers.failure_prob > 0 else None,
+            transfer_rng=self.seeds.devices("transfers", r, ids) if spec.transfers.failure_prob > 0 else None,
             online_s=self._online_for_s(now_s, ids),
             links=self.links, left_out=left_out,
         )
@@ -236,7 +239,7 @@ class SyncEngine:
             raise RuntimeError(f"round {r} was drawn against global model version {fate.model_version}, "
                                f"but the model is at version {p.model_version}")
         ok = fate.arrived
-        train_seeds = self.seeds.generator("train", r).integers(0, 2**63 - 1, size=fate.size)
+        train_seeds = self.seeds.devices("train", r, fate.device_ids).seeds()
         t_train = time.perf_counter()
         results = self.trainer.train(r, fate.device_ids[ok], [fate.plans[i] for i in ok], train_seeds[ok]) if ok.size else []
         finite = np.array([is_finite(x) for x in results], dtype=bool)

@@ -15,6 +15,7 @@ from typing import Annotated, Literal, Union
 
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, Field, model_validator
+from scipy.special import ndtri
 
 from fedsim.core.configio import Spec
 
@@ -35,6 +36,13 @@ class _Dist(BaseModel):
                     raise ValueError(f"'{key}' must be a number, not a boolean (true/false)")
         return data
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def quantile(self, u: np.ndarray) -> np.ndarray:
+        """The values at probabilities ``u`` in (0, 1) (the inverse of the distribution
+        function, clipped as :meth:`sample` clips): ``quantile`` of uniforms samples the
+        distribution, one value per uniform, so a value drawn for one device does not
+        depend on what was drawn for others (:class:`fedsim.core.rng.DeviceRandom`)."""
         raise NotImplementedError
 
     def mean(self) -> float:
@@ -61,6 +69,9 @@ class Constant(_Dist):
 
     def sample(self, rng, n):
         return np.full(n, self.value, dtype=float)
+
+    def quantile(self, u):
+        return np.full(np.shape(u), self.value, dtype=float)
 
     def mean(self):
         return self.value
@@ -102,6 +113,9 @@ class Uniform(_Dist):
     def sample(self, rng, n):
         return rng.uniform(self.low, self.high, size=n)
 
+    def quantile(self, u):
+        return self.low + (self.high - self.low) * np.asarray(u, dtype=float)
+
     def mean(self):
         return 0.5 * (self.low + self.high)
 
@@ -119,6 +133,9 @@ class Normal(_Clipped):
 
     def sample(self, rng, n):
         return self._clip(rng.normal(self.mean_, self.std, size=n))
+
+    def quantile(self, u):
+        return self._clip(self.mean_ + self.std * ndtri(np.asarray(u, dtype=float)))
 
     def mean(self):
         return self.mean_
@@ -147,6 +164,10 @@ class LogNormal(_Clipped):
 
     def sample(self, rng, n):
         return self._clip(self.median * np.exp(self.sigma * rng.standard_normal(n)))
+
+    def quantile(self, u):
+        with np.errstate(over="ignore"):
+            return self._clip(self.median * np.exp(self.sigma * ndtri(np.asarray(u, dtype=float))))
 
     def mean(self):
         return float(self.median * np.exp(0.5 * self.sigma**2))
@@ -188,6 +209,12 @@ class Choice(_Dist):
 
     def sample(self, rng, n):
         return rng.choice(np.asarray(self.values, dtype=float), size=n, p=self._p())
+
+    def quantile(self, u):
+        p = self._p()
+        cum = np.cumsum(np.full(len(self.values), 1.0 / len(self.values)) if p is None else p)
+        idx = np.minimum(np.searchsorted(cum, np.asarray(u, dtype=float), side="right"), len(self.values) - 1)
+        return np.asarray(self.values, dtype=float)[idx]
 
     def mean(self):
         p = self._p()

@@ -45,9 +45,11 @@ from collections.abc import Sequence
 
 import numpy as np
 from pydantic import Field, model_validator
+from scipy.special import ndtri
 
 from fedsim.core.configio import Spec
 from fedsim.core.plan import ClientPlan, depth_weighted_keep
+from fedsim.core.rng import DeviceRandom
 from fedsim.learning.base import GAIN_MEASURES, AggregateFn, ClientResult, EvalResult, GainMeasure
 
 __all__ = ["SurrogateSpec", "SurrogateTrainer"]
@@ -125,8 +127,10 @@ class SurrogateTrainer:
         else:
             raise ValueError(f"measure must be one of {GAIN_MEASURES}, got {measure!r}")
         sd = s.gain_noise * np.sqrt(128.0 / max(int(num_examples), 1))
-        rng = np.random.default_rng([self.seed, 0x6A17, round_idx])
-        return true * np.exp(sd * rng.standard_normal(len(results)) - 0.5 * sd**2)
+        # Keyed by client: an update's noise does not depend on which others the round holds.
+        key = int(np.random.default_rng([self.seed, 0x6A17, round_idx]).integers(0, 2**63 - 1))
+        z = ndtri(DeviceRandom(key, np.array([r.client_id for r in results], dtype=np.int64)).random(len(results)))
+        return true * np.exp(sd * z - 0.5 * sd**2)
 
     def _total(self, results: Sequence[ClientResult], weights: np.ndarray | None, leave_out: int | None = None) -> float:
         """The round's effective examples in the aggregate, each scaled by its weight (module docstring)."""

@@ -31,7 +31,7 @@ from fedsim.core.plan import ClientPlan
 from fedsim.fleet.profiles import ProfileSet, load_profiles
 from fedsim.fleet.scaling import ScaleError, scale_profiles
 from fedsim.engine.records import ASYNC_CLIENT_COLUMNS, CLIENT_COLUMNS, RunRecorder, config_text, read_summary
-from fedsim.core.rng import Seeds
+from fedsim.core.rng import DRAWS, Seeds
 from fedsim.engine.rundir import Existing, Interrupted, clear, finished_ok, prepare
 from fedsim.study.scenario import Scenario
 from fedsim.learning.surrogate import SurrogateTrainer
@@ -139,6 +139,7 @@ def simulate(
         "method": sc.method.name,
         "seed": sc.seed,
         "trainer": sc.trainer.kind,
+        "draws": DRAWS,
         "status": "running",
         "target_accuracy": sc.engine.target_accuracy,
     }
