@@ -15,7 +15,7 @@ from fedsim.core.costmodel import CostCoefficients, ModelShape
 from fedsim.fleet.fleet import Fleet
 from fedsim.methods.base import RoundContext, RoundReport
 from fedsim.methods.configurator import (ARM_SD, NOISY_VAR, ProgressModel, ids_assignment, information_gain, kg_assignment, lindy_horizon,
-                                          paced_assignment, plan_value, utility_scores)
+                                          paced_assignment, plan_value, round_pace, utility_scores)
 from fedsim.methods.droppeft import DropPEFT, DropPEFTParams, feasible_arms
 from fedsim.core.plan import ClientPlan, depth_weighted_keep
 from fedsim.learning.base import ClientResult, EvalResult
@@ -906,3 +906,22 @@ def test_ordered_worths_follow_a_best_arm_that_switches_half_way():
     # single arm doubled the full arm's estimate and the capped draws stopped exploring
     assert np.mean(shares_early) >= 0.7, shares_early
     assert np.mean(shares_late) >= 0.6, shares_late
+
+
+def test_where_every_arm_harms_the_planner_prefers_the_short_round_and_the_small_loss():
+    # Prepare: 3 clients, 2 arms both harmful (signed worths); arm 1 is 5x faster, and
+    # harms as much; the round waits for 2 updates
+    times = np.array([[10.0, 2.0], [10.0, 2.0], [10.0, 2.0]])
+    feasible = np.ones((3, 2), dtype=bool)
+    fallback = np.zeros(3, dtype=np.int64)
+    # Execute
+    same, pace = paced_assignment(np.array([-0.5, -0.5]), times, feasible, 2, fallback)
+    # Assert: the short round (a ratio of loss to time would take the 10 s one)
+    assert same.tolist() == [1, 1, 1] and pace == 2.0
+    assert plan_value(np.array([-0.5, -0.5]), times, same, 2) == pytest.approx(-1.0)
+    # The smaller loss wins at the same length; any progress beats any loss
+    assert round_pace(-0.1, 2.0) > round_pace(-0.5, 2.0) > round_pace(-0.5, 10.0)
+    assert round_pace(1e-6, 100.0) > round_pace(0.0, 1.0) > round_pace(-1e-6, 1.0)
+    # With progress the ratio decides, as before
+    arms, pace = paced_assignment(np.array([1.0, 0.1]), times, feasible, 2, fallback)
+    assert arms.tolist() == [0, 0, 0] and pace == 10.0  # 1.0 / 10 s beats 0.1 / 2 s

@@ -91,7 +91,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.special import betaln
 
-__all__ = ["ProgressModel", "utility_scores", "paced_assignment", "arrival_times", "plan_value", "information_gain",
+__all__ = ["ProgressModel", "utility_scores", "paced_assignment", "round_pace", "arrival_times", "plan_value", "information_gain",
            "ids_assignment", "kg_assignment", "lindy_horizon", "PRIOR_BETA", "ARM_SD", "ARM_SDS"]
 
 FASTEST_TOLERANCE = 0.1  # paced_assignment: arms this close to a client's fastest count as fastest
@@ -590,8 +590,9 @@ def paced_assignment(utility: np.ndarray, times: np.ndarray, feasible: np.ndarra
     feasible arms within ``FASTEST_TOLERANCE`` of its fastest), unless that arm's utility
     is at or below zero (it would harm the round) and another feasible arm's is above:
     then it runs the best of those, and arrives later; the round's value is the mean
-    utility of its ``quota`` fastest clients over their ``quota``-th time. The best
-    candidate wins (ties: the shorter round).
+    utility of its ``quota`` fastest clients over their ``quota``-th time (where that
+    mean is not positive, :func:`round_pace`: the shorter round and the smaller loss win).
+    The best candidate wins (ties: the shorter round).
 
     ``leave_out``: ``"infeasible"``, a client with no feasible arm is left out of the
     round (arm ``-1``) instead of running its ``fallback`` (it would fail or miss the
@@ -655,11 +656,22 @@ def paced_assignment(utility: np.ndarray, times: np.ndarray, feasible: np.ndarra
     last_t = np.take_along_axis(ct, order[:, -1:], axis=1)[:, 0]
     best_val, best = -np.inf, 0
     for i in range(cand.size):
-        val = float(first_u[i].mean()) / max(float(last_t[i]), 1e-9)
-        if val > best_val * (1.0 + 1e-9):
+        val = round_pace(float(first_u[i].mean()), float(last_t[i]))
+        if i == 0 or val > best_val + 1e-9 * abs(best_val):
             best_val, best = val, i
     out[rows] = arms[best]
     return out, float(last_t[best])
+
+
+def round_pace(utility: float, length_s: float) -> float:
+    """What a round of mean ``utility`` lasting ``length_s`` is worth to the planner: its
+    progress per second where it makes progress; where it makes none or loses ground
+    (every utility at or below zero, possible with signed worths), the loss times the
+    length, so that the planner still prefers the shorter round and the smaller loss (the
+    ratio would prefer the longest round, its loss spread over the most seconds). Every
+    round that makes progress ranks above every round that does not."""
+    t = max(float(length_s), 1e-9)
+    return utility / t if utility > 0 else utility * t
 
 
 def arrival_times(times: np.ndarray, arms: np.ndarray) -> np.ndarray:
@@ -672,15 +684,15 @@ def arrival_times(times: np.ndarray, arms: np.ndarray) -> np.ndarray:
 def plan_value(worth: np.ndarray, times: np.ndarray, arms: np.ndarray, quota: int) -> float:
     """Predicted progress per second of a synchronous round planned as ``arms``: the mean
     ``worth`` of the ``quota`` clients predicted to arrive first over the time of the last
-    of them (the value :func:`paced_assignment` maximises). A client left out (arm ``-1``)
-    does not arrive."""
+    of them (the value :func:`paced_assignment` maximises; :func:`round_pace` where that
+    mean is not positive). A client left out (arm ``-1``) does not arrive."""
     t = arrival_times(times, arms)
     ok = np.isfinite(t)
     if not ok.any():
         return 0.0
     idx = np.flatnonzero(ok)
     first = idx[np.argsort(t[idx], kind="stable")[: max(min(int(quota), idx.size), 1)]]
-    return float(np.asarray(worth, dtype=float)[arms[first]].mean()) / max(float(t[first].max()), 1e-9)
+    return round_pace(float(np.asarray(worth, dtype=float)[arms[first]].mean()), float(t[first].max()))
 
 
 def information_gain(model: ProgressModel, arms: np.ndarray) -> float:
