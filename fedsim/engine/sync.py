@@ -206,7 +206,8 @@ class SyncEngine:
         # Uniform without replacement, by each available device's own priority (keyed by
         # device): a device picked in a round is picked in that round whatever else is available.
         priority = self.seeds.devices("select", r, available).priority()
-        ids = available[np.argsort(priority, kind="stable")[:n_sel]]
+        first = np.argpartition(priority, n_sel - 1)[:n_sel] if 0 < n_sel < priority.size else np.arange(priority.size)
+        ids = available[first[np.argsort(priority[first], kind="stable")][:n_sel]]
         ctx = RoundContext(
             round_idx=r, now_s=now_s, device_ids=ids, fleet=self.fleet, shape=self.shape,
             base_plan=self.base_plan, coefficients=self.coef, deadline_s=spec.round_deadline_s,
