@@ -565,3 +565,6 @@ def test_a_device_made_unavailable_changes_no_other_selection(shipped_profiles):
         again = engine.draw(r, 0.0, everyone[everyone != gone]).device_ids
         # Assert: the same devices are picked
         assert again.tolist() == picked.tolist()
+        # ... and where a picked device goes offline, the other three stay picked
+        without = engine.draw(r, 0.0, everyone[everyone != picked[0]]).device_ids
+        assert set(picked[1:]) <= set(without.tolist()) and picked[0] not in without

@@ -203,8 +203,8 @@ class SyncEngine:
         """Select round ``r``'s clients, have the method plan them, and draw their fate."""
         spec = self.spec
         n_sel = selection_size(spec.clients_per_round, spec.over_selection, available.size)
-        # Uniform without replacement, by each available device's own priority (keyed by
-        # device): a device picked in a round is picked in that round whatever else is available.
+        # Uniform without replacement: the available devices of smallest priority this round
+        # (keyed by device), so one device more or less available changes at most one pick.
         priority = self.seeds.devices("select", r, available).priority()
         first = np.argpartition(priority, n_sel - 1)[:n_sel] if 0 < n_sel < priority.size else np.arange(priority.size)
         ids = available[first[np.argsort(priority[first], kind="stable")][:n_sel]]
