@@ -21,7 +21,10 @@ Rows, with the same fleet, data, selection and seeds in every row of an environm
   ``--top-arms`` of them (by time to target on that seed) run on every seed; the best of
   those in hindsight is the **oracle** (best fixed arm; DropPEFT is not told which);
 * ``droppeft``: as shipped (the online knowledge gradient, ``policy: kg``, learning on);
-* ``droppeft-no-learning``: the same planner with the prior alone (``learning: false``);
+* ``droppeft-no-learning``: the same planner with the prior alone (``learning: false``:
+  the prior's worths, and the prior's returns to more updates where it closes rounds early);
+* ``droppeft-fixed-quota``: every round waits for the scenario's quota (``choose_quota:
+  false``, the default before); ``droppeft-no-learning-fixed-quota``: that with learning off;
 * ``droppeft-flat``: no curve, every arm alike a priori, per-arm learning only;
 * ``droppeft-greedy``: learning without exploration (``explore: false``);
 * ``droppeft-ids`` and ``droppeft-thompson``: the other exploration policies offered,
@@ -85,23 +88,30 @@ DROPPEFT_ROWS = {
     "droppeft-ids": {"policy": "ids"},
     "droppeft-thompson": {"policy": "thompson"},
     "droppeft-alone": {"gain_measure": "alone"},
-    # ablations of the model as it was before the order (monotone_worth: false) and before
-    # devices were left out (leave_out: none), as they were run
-    "droppeft-signed": {"signed_worth": True, "harm_prior": "helps", "monotone_worth": False, "leave_out": "none"},
-    "droppeft-pooled-harm": {"signed_worth": True, "monotone_worth": False, "leave_out": "none"},
-    "droppeft-mean": {"worth_scale": "mean", "monotone_worth": False, "leave_out": "none"},
-    "droppeft-one-spread": {"arm_sd": 1.0},
-    "droppeft-unordered": {"monotone_worth": False, "leave_out": "none"},
-    "droppeft-ordered": {"monotone_worth": True, "leave_out": "none"},
-    "droppeft-ordered-estimates": {"monotone_worth": True, "monotone_draws": False, "leave_out": "none"},
+    # every round waits for the scenario's quota (the default before choose_quota)
+    "droppeft-fixed-quota": {"choose_quota": False},
+    # the same with learning off: the prior alone, every round waiting for its quota
+    "droppeft-no-learning-fixed-quota": {"learning": False, "choose_quota": False},
+    # ablations of the model as it was before the order (monotone_worth: false), before
+    # devices were left out (leave_out: none) and before rounds closed early
+    # (choose_quota: false), as they were run
+    "droppeft-signed": {"signed_worth": True, "harm_prior": "helps", "monotone_worth": False, "leave_out": "none",
+                        "choose_quota": False},
+    "droppeft-pooled-harm": {"signed_worth": True, "monotone_worth": False, "leave_out": "none", "choose_quota": False},
+    "droppeft-mean": {"worth_scale": "mean", "monotone_worth": False, "leave_out": "none", "choose_quota": False},
+    "droppeft-one-spread": {"arm_sd": 1.0, "choose_quota": False},
+    "droppeft-unordered": {"monotone_worth": False, "leave_out": "none", "choose_quota": False},
+    "droppeft-ordered": {"monotone_worth": True, "leave_out": "none", "choose_quota": False},
+    "droppeft-ordered-estimates": {"monotone_worth": True, "monotone_draws": False, "leave_out": "none",
+                                   "choose_quota": False},
     # the light arms only (mean drop 0 or 0.25): where no low-end phone fits them
     # (minilm-memstarved), rounds close with the phones that do, as FedLoRA's
-    "droppeft-light": {"mean_levels": [0.0, 0.25]},
+    "droppeft-light": {"mean_levels": [0.0, 0.25], "choose_quota": False},
     # every selected device runs (the planner before leave_out): the round waits for its
     # quota, a device no arm fits included
-    "droppeft-keep-all": {"leave_out": "none"},
+    "droppeft-keep-all": {"leave_out": "none", "choose_quota": False},
     # devices whose every arm the gains say harms the round are left out too
-    "droppeft-leave-harmful": {"leave_out": "harmful"},
+    "droppeft-leave-harmful": {"leave_out": "harmful", "choose_quota": False},
 }
 
 
@@ -162,18 +172,21 @@ def comparable(resolved: dict) -> dict:
     of them does not run it again: a DropPEFT row that does not learn reads none of how
     gains are measured and acted on, one that floors harmful gains no harm prior."""
     if not (resolved.get("learning", True) and resolved.get("bandit", True)):
-        return {k: v for k, v in resolved.items() if k not in LEARNING_ONLY}
+        quota_unread = () if resolved.get("choose_quota", True) else ("min_quota_share", "returns_prior")
+        return {k: v for k, v in resolved.items() if k not in LEARNING_ONLY + quota_unread}
     unread = set()
     if "signed_worth" in resolved and not resolved["signed_worth"]:
         unread.add("harm_prior")
     if "monotone_worth" in resolved and not resolved["monotone_worth"]:
         unread.add("monotone_draws")
+    if not resolved.get("choose_quota", True):
+        unread.update(("min_quota_share", "returns_prior"))
     return {k: v for k, v in resolved.items() if k not in unread}
 
 
 # Parameters added after runs were recorded: the value that does what the code did before.
 ADDED_PARAMS = {"harm_prior": "helps", "worth_scale": "log", "monotone_worth": False, "monotone_draws": True,
-                "leave_out": "none"}
+                "leave_out": "none", "choose_quota": False}
 
 
 def recorded_method(old: dict, default: dict) -> dict:

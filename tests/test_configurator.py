@@ -65,7 +65,8 @@ def _run(worth_fn, rounds: int, seed: int, noise: float = 0.3, decay: float = 0.
             plans = plans.dispatched()
         else:
             ids_r = ids
-        arrived = np.sort(np.argsort(device_times[ids_r, arms], kind="stable")[:QUOTA])
+        quota = QUOTA if plans.quota is None else min(plans.quota, QUOTA)  # the engine's rule
+        arrived = np.sort(np.argsort(device_times[ids_r, arms], kind="stable")[:quota])
         outcome = np.full(len(arms), "surplus", dtype=object)
         outcome[arrived] = "ok"
         results = [ClientResult(int(i), 10, np.zeros(6), 0.0, np.zeros(6)) for i in arrived]
@@ -193,12 +194,13 @@ def test_leaves_out_devices_whose_only_arms_harm_the_round(policy):
     # arms, and such updates averaged in with full ones harm the round (negative gains),
     # so the round is better without them; the prior cannot know it
     worth = _mixing_harm()
-    # Execute: learning (leave_out: harmful), learning off, and the default (infeasible)
-    on = [_low_left_out(_run(worth, 30, seed, fleet=_starved_fleet(), may_leave_out=True, policy=policy,
-                             leave_out="harmful")[1]) for seed in range(3)]
-    off = _low_left_out(_run(worth, 30, 0, fleet=_starved_fleet(), may_leave_out=True, learning=False,
-                             leave_out="harmful")[1])
-    kept = _low_left_out(_run(worth, 30, 0, fleet=_starved_fleet(), may_leave_out=True, policy=policy)[1])
+    # Execute: learning (leave_out: harmful), learning off, and the default (infeasible),
+    # each waiting for the whole quota (a round closed early would cut the slow devices
+    # as surplus instead: test_round_returns.py)
+    fixed = dict(fleet=_starved_fleet(), may_leave_out=True, choose_quota=False)
+    on = [_low_left_out(_run(worth, 30, seed, policy=policy, leave_out="harmful", **fixed)[1]) for seed in range(3)]
+    off = _low_left_out(_run(worth, 30, 0, learning=False, leave_out="harmful", **fixed)[1])
+    kept = _low_left_out(_run(worth, 30, 0, policy=policy, **fixed)[1])
     # Assert: learning leaves most of them out of the last 10 rounds (what is left is the
     # re-checking: an arm's harm counts fade with the discount and it is tried again);
     # neither the prior nor a planner that leaves out only the devices no arm fits does

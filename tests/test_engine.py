@@ -568,3 +568,29 @@ def test_a_device_made_unavailable_changes_no_other_selection(shipped_profiles):
         # ... and where a picked device goes offline, the other three stay picked
         without = engine.draw(r, 0.0, everyone[everyone != picked[0]]).device_ids
         assert set(picked[1:]) <= set(without.tolist()) and picked[0] not in without
+
+
+class _ClosesAt(FedLoRA):
+    """FedLoRA whose rounds ask to close at ``quota`` updates (``RoundPlans.quota``)."""
+
+    def __init__(self, quota: int) -> None:
+        super().__init__(FedLoRAParams(), SHAPE, PLAN)
+        self.quota = quota
+
+    def configure_round(self, ctx):
+        plans = super().configure_round(ctx)
+        plans.quota = self.quota
+        return plans
+
+
+@pytest.mark.parametrize("quota, end_s, ok", [(2, 7.0, 2), (1, 5.0, 1), (10, 9.0, 3)])
+def test_a_method_may_close_the_round_sooner_never_later(shipped_profiles, quota, end_s, ok):
+    # Totals 5, 7, 9, 11 s, the scenario waits for 3 updates: a method asking for fewer
+    # closes the round at its own count; one asking for more still gets 3
+    engine = make_engine(make_fleet(compute_s=(2, 4, 6, 8)), shipped_profiles, clients_per_round=3,
+                         over_selection=1.34, max_rounds=1)
+    engine.method = _ClosesAt(quota)
+    result = engine.run()
+    row = engine.history[0]
+    assert result.sim_time_s == end_s
+    assert (row["participants"], row["surplus"]) == (ok, 4 - ok)

@@ -124,11 +124,15 @@ class RoundPlans:
     client the same plan return one plan and an index of zeros. ``dispatch`` (where the
     round's context allows it: ``RoundContext.may_leave_out``) says which selected clients
     are asked to train; the others are left out of the round (``None``: every one).
+    ``quota`` (synchronous rounds): the updates the method asks the round to wait for,
+    fewer than the scenario's if it judges a shorter round to make faster progress
+    (``None``: the scenario's; the engine never waits for more than that).
     """
 
     plans: list[ClientPlan]
     index: np.ndarray
     dispatch: np.ndarray | None = None
+    quota: int | None = None
 
     def __post_init__(self) -> None:
         self.index = np.asarray(self.index, dtype=np.int64)
@@ -140,6 +144,8 @@ class RoundPlans:
                 raise ValueError(f"RoundPlans.dispatch has {self.dispatch.size} entries for {self.index.size} clients")
             if self.index.size and not self.dispatch.any():
                 raise ValueError("RoundPlans.dispatch leaves every client out; a round needs at least one")
+        if self.quota is not None and int(self.quota) < 1:
+            raise ValueError(f"RoundPlans.quota must be at least 1 update, got {self.quota}")
 
     @property
     def left_out(self) -> int:
@@ -151,9 +157,9 @@ class RoundPlans:
         if self.dispatch is None:
             return self
         if self.dispatch.all():
-            return RoundPlans(self.plans, self.index)
+            return RoundPlans(self.plans, self.index, quota=self.quota)
         used, index = np.unique(self.index[self.dispatch], return_inverse=True)
-        return RoundPlans([self.plans[k] for k in used], index.reshape(-1))
+        return RoundPlans([self.plans[k] for k in used], index.reshape(-1), quota=self.quota)
 
     @classmethod
     def same(cls, plan: ClientPlan, n_clients: int) -> RoundPlans:
@@ -171,7 +177,7 @@ class RoundPlans:
         index = np.empty(len(self), dtype=np.int64)
         for i in range(len(self)):
             index[i] = distinct.setdefault(change(i, self[i]), len(distinct))
-        return RoundPlans(list(distinct), index, self.dispatch)
+        return RoundPlans(list(distinct), index, self.dispatch, self.quota)
 
 
 def draw_layers(keep_prob: np.ndarray, rng: np.random.Generator) -> np.ndarray:

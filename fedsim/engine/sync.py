@@ -217,11 +217,13 @@ class SyncEngine:
         left_out = plans.left_out
         if left_out:
             ids, plans = ids[plans.dispatch], plans.dispatched()
+        # The method may close the round sooner (RoundPlans.quota), never later.
+        quota = spec.clients_per_round if plans.quota is None else min(int(plans.quota), spec.clients_per_round)
         return draw_fate(
             round_idx=r, model_version=self.progress.model_version, available=int(available.size), start_s=now_s,
             ids=ids, plans=plans, costs=[plan_cost(self.shape, p, self.coef) for p in plans.plans],
             fleet=self.fleet, slowdown_dists=self._slowdown_dists, rng=self.seeds.devices("devices", r, ids),
-            quota=spec.clients_per_round, deadline_s=spec.round_deadline_s, transfers=spec.transfers,
+            quota=quota, deadline_s=spec.round_deadline_s, transfers=spec.transfers,
             transfer_rng=self.seeds.devices("transfers", r, ids) if spec.transfers.failure_prob > 0 else None,
             online_s=self._online_for_s(now_s, ids),
             links=self.links, left_out=left_out,
@@ -257,10 +259,13 @@ class SyncEngine:
         spec, p, r = self.spec, self.progress, fate.round_idx
         gain_examples = self.method.update_gain_examples()
         aggregate_fn = self.method.aggregate_fn()
-        gains = None
+        gains = round_gain = None
         if gain_examples and results:
             gains = self.trainer.update_gains(r, results, gain_examples, measure=self.method.update_gain_measure(),
                                               aggregate_fn=aggregate_fn, weights=weights)
+            if self.method.round_gain_wanted():
+                round_gain = float(self.trainer.update_gains(r, results, gain_examples, measure="round",
+                                                             aggregate_fn=aggregate_fn, weights=weights)[0])
         if weights is None:
             self.trainer.aggregate(r, results, aggregate_fn)
         else:
@@ -275,7 +280,7 @@ class SyncEngine:
         self.method.round_finished(RoundReport(
             round_idx=r, start_s=fate.start_s, end_s=fate.end_s, device_ids=fate.device_ids, plans=fate.plans,
             outcome=fate.outcome_names, duration_s=fate.duration_s, results=results, evaluation=evaluation,
-            update_gains=gains,
+            update_gains=gains, round_gain=round_gain,
         ))
         row = round_row(fate, now_s, evaluation, results)
         p.history.append(row)

@@ -15,7 +15,9 @@ Round protocol, called by the engine in this order for round ``r``:
    alone is applied to the global model; ``"loo"`` (leave one out): how much the loss of
    the round's aggregate (``aggregate_fn`` with ``weights``, as step 3 will fold it) would
    rise without that update. An update can help alone and still harm the average it
-   joins: only ``loo`` sees that (negative gains);
+   joins: only ``loo`` sees that (negative gains). ``"round"``: one value, the drop in
+   loss when the round's whole aggregate is applied (DropPEFT's configurator learns from
+   it how a round's progress grows with its number of updates);
 3. ``aggregate(r, results, aggregate_fn, weights=None)`` folds the results into the
    global model; the asynchronous driver passes ``weights`` (one per result: its update
    is scaled by it, FedBuff's staleness discount), the synchronous one never does;
@@ -86,9 +88,9 @@ class EvalResult:
 AggregateFn = Callable[[dict[str, Any], Sequence[ClientResult]], dict[str, Any]]
 """Folds client deltas into the global trainable state; methods may supply their own."""
 
-GainMeasure = Literal["alone", "loo"]
+GainMeasure = Literal["alone", "loo", "round"]
 """What an update's gain measures (module docstring, step 2)."""
-GAIN_MEASURES: tuple[str, ...] = ("alone", "loo")
+GAIN_MEASURES: tuple[str, ...] = ("alone", "loo", "round")
 
 
 @runtime_checkable

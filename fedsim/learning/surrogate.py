@@ -34,8 +34,8 @@ alone, yet the round's aggregate was better without them. A round's progress nev
 below zero.
 
 ``update_gains`` gives what DropPEFT's configurator observes: ``alone``, the loss drop of
-the update alone, or ``loo``, how much the aggregate's loss would rise without it; both
-with log-normal measurement noise (``gain_noise`` on 128 examples, shrinking with the
+the update alone, ``loo``, how much the aggregate's loss would rise without it, or
+``round``, the loss drop of the whole aggregate; each with log-normal measurement noise (``gain_noise`` on 128 examples, shrinking with the
 square root of more), which keeps a gain's sign.
 """
 
@@ -120,6 +120,9 @@ class SurrogateTrainer:
             base = self._loss_at(self.progress)
             true = np.array([base - self._loss_at(self.progress + self._increment(r.extras["effective_examples"]))
                              for r in results])
+        elif measure == "round":
+            base = self._loss_at(self.progress)
+            true = np.array([base - self._loss_at(self.progress + self._increment(self._total(results, weights)))])
         elif measure == "loo":
             after = self._loss_at(self.progress + self._increment(self._total(results, weights)))
             true = np.array([self._loss_at(self.progress + self._increment(self._total(results, weights, leave_out=i))) - after
@@ -129,7 +132,8 @@ class SurrogateTrainer:
         sd = s.gain_noise * np.sqrt(128.0 / max(int(num_examples), 1))
         # Keyed by client: an update's noise does not depend on which others the round holds.
         key = int(np.random.default_rng([self.seed, 0x6A17, round_idx]).integers(0, 2**63 - 1))
-        z = ndtri(DeviceRandom(key, np.array([r.client_id for r in results], dtype=np.int64)).random(len(results)))
+        ids = np.array([r.client_id for r in results], dtype=np.int64) if measure != "round" else np.array([-1])
+        z = ndtri(DeviceRandom(key, ids).random(ids.size))
         return true * np.exp(sd * z - 0.5 * sd**2)
 
     def _total(self, results: Sequence[ClientResult], weights: np.ndarray | None, leave_out: int | None = None) -> float:

@@ -61,6 +61,7 @@ class RoundReport:
     results: list[ClientResult] = field(default_factory=list)
     evaluation: EvalResult | None = None
     update_gains: np.ndarray | None = None  # per result: its gain in validation loss (Method.update_gain_measure)
+    round_gain: float | None = None  # the whole aggregate's gain on the same examples (Method.round_gain_wanted)
 
 
 class Method:
@@ -103,6 +104,11 @@ class Method:
     def update_gain_measure(self) -> str:
         """What those gains measure: ``alone`` or ``loo`` (:mod:`fedsim.learning.base`, step 2)."""
         return "alone"
+
+    def round_gain_wanted(self) -> bool:
+        """Whether, where update gains are measured, the engine should measure the whole
+        aggregate's gain on the same examples too (``RoundReport.round_gain``)."""
+        return False
 
     def round_finished(self, report: RoundReport) -> None:
         """Called after aggregation and evaluation of every round."""

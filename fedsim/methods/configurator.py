@@ -91,7 +91,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.special import betaln
 
-__all__ = ["ProgressModel", "utility_scores", "paced_assignment", "round_pace", "arrival_times", "plan_value", "information_gain",
+__all__ = ["ProgressModel", "RoundReturns", "utility_scores", "paced_assignment", "planned_quota", "round_pace", "arrival_times",
+           "plan_value", "information_gain",
            "ids_assignment", "kg_assignment", "lindy_horizon", "PRIOR_BETA", "ARM_SD", "ARM_SDS"]
 
 FASTEST_TOLERANCE = 0.1  # paced_assignment: arms this close to a client's fastest count as fastest
@@ -563,6 +564,48 @@ class ProgressModel:
         return self.ordered(np.einsum("wg,gwa->wa", wts, self._to_worth(log_theta)) * self.harm_factor(), estimate=True)
 
 
+class RoundReturns:
+    """How a synchronous round's progress grows with the updates it aggregates, learnt
+    from the run: the elasticity ``eps`` of a round's progress ``P(k)`` in its number of
+    updates ``k`` near its quota, ``P(k) ~ k ** eps`` (1: every update adds as much as the
+    others; 0: the round's first updates already make its progress).
+
+    Observed each round from the gains the configurator already measures: with ``k``
+    updates, each one's leave-one-out gain is ``P(k) - P(k - 1)`` (for its own share),
+    so their sum over the round's gain ``P(k)`` (the loss drop of the whole aggregate on
+    the same examples) is ``k (P(k) - P(k - 1)) / P(k)``, the elasticity. Rounds are
+    pooled as a ratio of discounted sums (a round that gained more says more; weight
+    ``discount ** age``) over rounds whose aggregate lowered the loss, with ``prior`` as
+    one pseudo-round of the mean gain seen, and the estimate is kept in ``[0, 1]``. With
+    ``learning=False`` it stays at ``prior``.
+    """
+
+    def __init__(self, prior: float = 0.5, discount: float = 0.9, learning: bool = True) -> None:
+        if not 0.0 <= prior <= 1.0:
+            raise ValueError(f"prior elasticity must be in [0, 1], got {prior}")
+        self.prior, self.discount, self.learning = float(prior), float(discount), bool(learning)
+        self._loo = self._gain = self._rounds = 0.0
+
+    def observe(self, loo_gains: np.ndarray, round_gain: float) -> None:
+        """One round: its updates' leave-one-out gains and its aggregate's gain."""
+        g = np.asarray(loo_gains, dtype=float)
+        g = g[np.isfinite(g)]
+        if not self.learning or g.size < 2 or not np.isfinite(round_gain) or round_gain <= 0:
+            return
+        d = self.discount
+        self._loo = d * self._loo + float(g.sum())
+        self._gain = d * self._gain + float(round_gain)
+        self._rounds = d * self._rounds + 1.0
+
+    @property
+    def elasticity(self) -> float:
+        if self._rounds <= 0:
+            return self.prior
+        mean_gain = self._gain / self._rounds
+        eps = (self.prior * mean_gain + self._loo) / (mean_gain + self._gain)
+        return float(min(max(eps, 0.0), 1.0))
+
+
 def utility_scores(model: ProgressModel, rng: np.random.Generator, n_clients: int, explore: bool = True,
                    learning: bool = True) -> np.ndarray:
     """``(n_clients, A)`` utilities a round is planned with.
@@ -579,7 +622,8 @@ def utility_scores(model: ProgressModel, rng: np.random.Generator, n_clients: in
 
 
 def paced_assignment(utility: np.ndarray, times: np.ndarray, feasible: np.ndarray, quota: int,
-                     fallback: np.ndarray, max_candidates: int = 64, leave_out: str = "none") -> tuple[np.ndarray, float]:
+                     fallback: np.ndarray, max_candidates: int = 64, leave_out: str = "none",
+                     returns: float | None = None, min_quota: int = 1) -> tuple[np.ndarray, float]:
     """Arms for one synchronous round that maximise predicted progress per second.
 
     A round lasts until its ``quota``-th update arrives, so its time is the
@@ -601,6 +645,13 @@ def paced_assignment(utility: np.ndarray, times: np.ndarray, feasible: np.ndarra
     client has an arm that helps; ``"none"``: every client runs. The round then waits for
     at most as many updates as clients run. Where no client has a feasible arm, every
     one runs its ``fallback``.
+
+    ``returns`` (``None``: the round always waits for its quota): the round may close
+    at its ``k``-th update for any ``k`` from ``min_quota`` to ``quota``, its progress
+    taken as the mean utility of its ``k`` first updates times ``(k / quota) ** returns``
+    (the elasticity of a round's progress in its number of updates,
+    :class:`RoundReturns`); every ``(T, k)`` is weighed and the returned length is the
+    chosen round's (:func:`planned_quota` reads ``k`` back).
 
     Args:
         utility: ``(n, A)`` (or ``(A,)`` for every client) what an update with each arm
@@ -653,6 +704,10 @@ def paced_assignment(utility: np.ndarray, times: np.ndarray, feasible: np.ndarra
     ct = t[r, arms]
     order = np.argsort(ct, axis=1, kind="stable")[:, :q]
     first_u = np.take_along_axis(u[r, arms], order, axis=1)
+    if returns is not None:
+        i, length = _best_closing(first_u, np.take_along_axis(ct, order, axis=1), returns, min_quota)
+        out[rows] = arms[i]
+        return out, length
     last_t = np.take_along_axis(ct, order[:, -1:], axis=1)[:, 0]
     best_val, best = -np.inf, 0
     for i in range(cand.size):
@@ -661,6 +716,36 @@ def paced_assignment(utility: np.ndarray, times: np.ndarray, feasible: np.ndarra
             best_val, best = val, i
     out[rows] = arms[best]
     return out, float(last_t[best])
+
+
+def _best_closing(first_u: np.ndarray, first_t: np.ndarray, returns: float, min_quota: int) -> tuple[int, float]:
+    """Of rounds ``i`` (rows: their first updates' utilities and arrival times, in order
+    of arrival) each closed at its ``k``-th update, ``min_quota <= k <= q``, the one of
+    largest :func:`round_pace` with progress ``mean(first k) * (k / q) ** returns``
+    (ties: the shorter round, then the fewer updates). Returns ``(i, length)``."""
+    q = first_u.shape[1]
+    k0 = min(max(int(min_quota), 1), q)
+    ks = np.arange(1, q + 1, dtype=float)
+    progress = (np.cumsum(first_u, axis=1) / ks * (ks / q) ** float(returns))[:, k0 - 1:]
+    length = np.maximum(first_t[:, k0 - 1:], 1e-9)
+    val = np.where(progress > 0, progress / length, progress * length)
+    top = val.max()
+    ok = val >= top - 1e-9 * abs(top)
+    # Among the (near-)best, the shortest round, then the fewest updates.
+    cand = np.flatnonzero(ok.ravel())
+    pick = cand[np.lexsort((cand % val.shape[1], length.ravel()[cand]))[0]]
+    i, j = divmod(int(pick), val.shape[1])
+    return i, float(length[i, j])
+
+
+def planned_quota(times: np.ndarray, arms: np.ndarray, length_s: float, quota: int) -> int:
+    """Updates a round planned as ``arms`` waits for when planned to last ``length_s``
+    (:func:`paced_assignment`): the clients predicted to arrive by then, at most
+    ``quota``, at least one."""
+    if not np.isfinite(length_s):
+        return max(int(quota), 1)
+    t = arrival_times(times, arms)
+    return int(min(max(np.count_nonzero(t <= length_s * (1.0 + 1e-9)), 1), max(int(quota), 1)))
 
 
 def round_pace(utility: float, length_s: float) -> float:
@@ -681,18 +766,27 @@ def arrival_times(times: np.ndarray, arms: np.ndarray) -> np.ndarray:
     return np.where(arms >= 0, t, np.inf)
 
 
-def plan_value(worth: np.ndarray, times: np.ndarray, arms: np.ndarray, quota: int) -> float:
+def plan_value(worth: np.ndarray, times: np.ndarray, arms: np.ndarray, quota: int,
+               returns: float | None = None, min_quota: int = 1) -> float:
     """Predicted progress per second of a synchronous round planned as ``arms``: the mean
     ``worth`` of the ``quota`` clients predicted to arrive first over the time of the last
     of them (the value :func:`paced_assignment` maximises; :func:`round_pace` where that
-    mean is not positive). A client left out (arm ``-1``) does not arrive."""
+    mean is not positive). A client left out (arm ``-1``) does not arrive. With
+    ``returns``, the best of the round closed at each of its ``min_quota``-th to
+    ``quota``-th updates, as :func:`paced_assignment` weighs them."""
     t = arrival_times(times, arms)
     ok = np.isfinite(t)
     if not ok.any():
         return 0.0
     idx = np.flatnonzero(ok)
     first = idx[np.argsort(t[idx], kind="stable")[: max(min(int(quota), idx.size), 1)]]
-    return round_pace(float(np.asarray(worth, dtype=float)[arms[first]].mean()), float(t[first].max()))
+    w = np.asarray(worth, dtype=float)[arms[first]]
+    if returns is not None:
+        ks = np.arange(1, first.size + 1, dtype=float)
+        k0 = min(max(int(min_quota), 1), first.size)
+        progress = (np.cumsum(w) / ks * (ks / first.size) ** float(returns))[k0 - 1:]
+        return max(round_pace(float(x), float(y)) for x, y in zip(progress, t[first][k0 - 1:]))
+    return round_pace(float(w.mean()), float(t[first].max()))
 
 
 def information_gain(model: ProgressModel, arms: np.ndarray) -> float:
@@ -718,7 +812,7 @@ def information_gain(model: ProgressModel, arms: np.ndarray) -> float:
 
 def ids_assignment(model: ProgressModel, rng: np.random.Generator, times: np.ndarray, feasible: np.ndarray,
                    quota: int, fallback: np.ndarray, candidates: int = 8, worlds: int = 16,
-                   leave_out: str = "none") -> tuple[np.ndarray, float]:
+                   leave_out: str = "none", returns: float | None = None, min_quota: int = 1) -> tuple[np.ndarray, float]:
     """Arms for one round by information-directed sampling (Russo and Van Roy, 2018).
 
     Candidate plans: the posterior median's plan and ``candidates`` Thompson plans (one
@@ -727,24 +821,26 @@ def ids_assignment(model: ProgressModel, rng: np.random.Generator, times: np.nda
     information ``g`` its arriving updates bring (:func:`information_gain`); the plan of
     least ``Delta ** 2 / g`` is run. A plan that costs nothing in expectation (the
     posterior is sure) is run whatever it teaches; one that teaches nothing is not run
-    unless it costs nothing. ``leave_out``: as :func:`paced_assignment`'s.
+    unless it costs nothing. ``leave_out``, ``returns``, ``min_quota``: as
+    :func:`paced_assignment`'s.
     """
     times = np.asarray(times, dtype=float)
-    q = max(min(int(quota), times.shape[0]), 1)
+    how = dict(leave_out=leave_out, returns=returns, min_quota=min_quota)
+    close = dict(returns=returns, min_quota=min_quota)
     median = model.worth()
-    plans = [paced_assignment(median, times, feasible, quota, fallback, leave_out=leave_out)]
-    plans += [paced_assignment(model.sample(rng, times.shape[0]), times, feasible, quota, fallback, leave_out=leave_out)
+    plans = [paced_assignment(median, times, feasible, quota, fallback, **how)]
+    plans += [paced_assignment(model.sample(rng, times.shape[0]), times, feasible, quota, fallback, **how)
               for _ in range(candidates)]
     ws = model.sample(rng, worlds)
-    value = np.array([[plan_value(w, times, arms, quota) for arms, _ in plans] for w in ws])
-    best = np.array([plan_value(w, times, paced_assignment(w, times, feasible, quota, fallback, leave_out=leave_out)[0],
-                                quota) for w in ws])
+    value = np.array([[plan_value(w, times, arms, quota, **close) for arms, _ in plans] for w in ws])
+    best = np.array([plan_value(w, times, paced_assignment(w, times, feasible, quota, fallback, **how)[0],
+                                quota, **close) for w in ws])
     regret = np.maximum(best, value.max(axis=1))[:, None] - value
     delta = regret.mean(axis=0)
     gain = []
-    for arms, _ in plans:
+    for arms, length in plans:
         t = arrival_times(times, arms)
-        arrive = np.argsort(t, kind="stable")[:q]
+        arrive = np.argsort(t, kind="stable")[:planned_quota(times, arms, length, quota)]
         arrive = arrive[np.isfinite(t[arrive])]
         gain.append(information_gain(model, arms[arrive]) if arrive.size else 0.0)
     gain = np.maximum(np.array(gain), 1e-12)
@@ -763,7 +859,7 @@ def lindy_horizon(round_idx: int) -> int:
 def kg_assignment(model: ProgressModel, rng: np.random.Generator, times: np.ndarray, feasible: np.ndarray,
                   quota: int, fallback: np.ndarray, rounds_left: int, candidates: int = 4,
                   worlds: int = 32, z: float = 1.0, repeats: Sequence[int] = (1, 2, 4, 8),
-                  leave_out: str = "none") -> tuple[np.ndarray, float]:
+                  leave_out: str = "none", returns: float | None = None, min_quota: int = 1) -> tuple[np.ndarray, float]:
     """Arms for one round by the online knowledge gradient (Ryzhov, Powell and Frazier,
     2012) in its KG(*) form (Frazier and Powell, 2010).
 
@@ -788,27 +884,30 @@ def kg_assignment(model: ProgressModel, rng: np.random.Generator, times: np.ndar
     ``rounds_left = 0`` it runs the plan of largest value under the median; the longer the
     run still has to go, the more a plan that teaches is worth, so exploration is paid for
     only where the rounds left can repay it (information-directed sampling,
-    :func:`ids_assignment`, does not weigh that). ``leave_out``: as :func:`paced_assignment`'s.
+    :func:`ids_assignment`, does not weigh that). ``leave_out``, ``returns``, ``min_quota``:
+    as :func:`paced_assignment`'s.
     """
     times = np.asarray(times, dtype=float)
     n = times.shape[0]
     q = max(min(int(quota), n), 1)
+    how = dict(leave_out=leave_out, returns=returns, min_quota=min_quota)
+    close = dict(returns=returns, min_quota=min_quota)
     median = model.worth()
-    plans = [paced_assignment(median, times, feasible, quota, fallback, leave_out=leave_out)]
-    plans += [paced_assignment(model.sample(rng, n), times, feasible, quota, fallback, leave_out=leave_out)
+    plans = [paced_assignment(median, times, feasible, quota, fallback, **how)]
+    plans += [paced_assignment(model.sample(rng, n), times, feasible, quota, fallback, **how)
               for _ in range(candidates)]
     reps = [m for m in sorted(set(int(r) for r in repeats)) if 1 <= m <= rounds_left]
     gs, coefs = model.sample_coefficients(rng, worlds)
     true_worth = np.array([model._to_worth(model._arm_features(int(g)) @ c) for g, c in zip(gs, coefs)])
     true_worth = model.ordered(true_worth * model.harm_factor(rng, worlds))
     noise = rng.standard_normal((worlds, q * max(reps, default=1)))
-    now = np.array([plan_value(median, times, arms, quota) for arms, _ in plans])
+    now = np.array([plan_value(median, times, arms, quota, **close) for arms, _ in plans])
     adv = now - now[0]
     if reps:
         arrivals = []
-        for arms, _ in plans:
+        for arms, length in plans:
             t = arrival_times(times, arms)
-            first = np.argsort(t, kind="stable")[:q]
+            first = np.argsort(t, kind="stable")[:planned_quota(times, arms, length, quota)]
             arrivals.append(arms[first[np.isfinite(t[first])]])
         best = np.full(len(plans), -np.inf)
         for m in reps:
@@ -816,8 +915,8 @@ def kg_assignment(model: ProgressModel, rng: np.random.Generator, times: np.ndar
             for i, seen in enumerate(arrivals):
                 learnt = model.lookahead_worth(np.tile(seen, m), gs, coefs, noise)
                 after[i] = [plan_value(true_worth[w], times,
-                                       paced_assignment(learnt[w], times, feasible, quota, fallback,
-                                                        leave_out=leave_out)[0], quota)
+                                       paced_assignment(learnt[w], times, feasible, quota, fallback, **how)[0],
+                                       quota, **close)
                             for w in range(worlds)]
             d = after - after[0]  # paired over the worlds: what a plan teaches beyond the median's plan
             lcb = d.mean(axis=1) - z * d.std(axis=1, ddof=1) / np.sqrt(worlds)

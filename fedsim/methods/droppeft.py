@@ -31,8 +31,8 @@ from fedsim.core.configio import Spec
 from fedsim.core.costmodel import client_times, plan_cost
 from fedsim.methods.base import Method, MethodParams, RoundContext, RoundReport, register
 from fedsim.methods.compose import compressible
-from fedsim.methods.configurator import (ProgressModel, ids_assignment, kg_assignment, lindy_horizon, paced_assignment,
-                                         utility_scores)
+from fedsim.methods.configurator import (ProgressModel, RoundReturns, ids_assignment, kg_assignment, lindy_horizon,
+                                         paced_assignment, planned_quota, utility_scores)
 from fedsim.methods.stld_fixed import Profile, profile_ratios
 from fedsim.core.plan import ClientPlan, RoundPlans
 
@@ -109,6 +109,18 @@ class DropPEFTParams(MethodParams):
         "share, by the pooled prior, above one half unless every arm's is; signed or mean scale: a worth at "
         "or below zero); none = every selected client runs (the arm of least memory where none fits), and the "
         "round waits for its quota of updates, as before"))
+    choose_quota: bool = Field(True, description=(
+        "synchronous rounds: the planner may close a round at fewer updates than the scenario's quota (down to "
+        "min_quota_share of it) where the returns to more updates it measures (RoundReturns: the updates' "
+        "leave-one-out gains over the whole aggregate's gain) say a shorter round makes faster progress; "
+        "false = every round waits for the quota (ablation)"))
+    min_quota_share: float = Field(0.5, gt=0.0, le=1.0, description=(
+        "choose_quota: the fewest updates a round may close at, as a share of the quota (rounded up): the "
+        "returns are measured near the quota and are not extrapolated further"))
+    returns_prior: float = Field(0.5, ge=0.0, le=1.0, description=(
+        "choose_quota: prior elasticity of a round's progress in its number of updates (weight: one round); "
+        "0.5 = progress grows as the square root of the updates, as averaging k noisy updates cuts the noise "
+        "variance k-fold; learnt from the run unless learning is false"))
     policy: Literal["kg", "ids", "thompson"] = Field("kg", description=(
         "exploration: kg = online knowledge gradient (explores as far as the rounds left can repay it); "
         "ids = information-directed sampling over the median's and Thompson plans; "
@@ -221,7 +233,10 @@ class DropPEFT(Method):
                                    scale=params.worth_scale, monotone=params.monotone_worth,
                                    monotone_draws=params.monotone_draws,
                                    sign_harm=params.leave_out == "harmful")
+        # How a round's progress grows with its updates (choose_quota), learnt from the run.
+        self.returns = RoundReturns(params.returns_prior, params.discount, learning=params.learning)
         self._round_pace: float | None = None
+        self._round_quota: int | None = None
         self._round_arms: np.ndarray | None = None
         self._arm_of: dict[int, list[int]] = {}  # planned clients not yet reported: their arms, oldest first
 
@@ -247,16 +262,19 @@ class DropPEFT(Method):
         quota = ctx.quota if ctx.quota is not None else len(ids)
         # A run checkpointed before the parameter existed ran every selected client: it resumes so.
         out = getattr(p, "leave_out", "none") if ctx.may_leave_out else "none"
+        # The round may close before its quota where the driver closes rounds by quota (synchronous).
+        how: dict[str, Any] = {"leave_out": out}
+        if getattr(p, "choose_quota", False) and ctx.may_leave_out and ctx.quota is not None:
+            how |= {"returns": self.returns.elasticity, "min_quota": int(np.ceil(p.min_quota_share * quota - 1e-9))}
         if p.policy == "kg" and p.explore and p.learning:
             left = lindy_horizon(ctx.round_idx) if p.horizon == "auto" else max(p.horizon - ctx.round_idx - 1, 0)
-            arms, self._round_pace = kg_assignment(self.model, ctx.rng, total, feasible, quota, fallback, left,
-                                                   leave_out=out)
+            arms, self._round_pace = kg_assignment(self.model, ctx.rng, total, feasible, quota, fallback, left, **how)
         elif p.policy == "ids" and p.explore and p.learning:
-            arms, self._round_pace = ids_assignment(self.model, ctx.rng, total, feasible, quota, fallback,
-                                                    leave_out=out)
+            arms, self._round_pace = ids_assignment(self.model, ctx.rng, total, feasible, quota, fallback, **how)
         else:
             util = utility_scores(self.model, ctx.rng, len(ids), explore=p.explore, learning=p.learning)
-            arms, self._round_pace = paced_assignment(util, total, feasible, quota, fallback, leave_out=out)
+            arms, self._round_pace = paced_assignment(util, total, feasible, quota, fallback, **how)
+        self._round_quota = planned_quota(total, arms, self._round_pace, quota) if "returns" in how else None
         return arms, feasible
 
     @property
@@ -314,7 +332,8 @@ class DropPEFT(Method):
         used = np.unique(arms)
         remap = np.zeros(len(self.arms), dtype=np.int64)
         remap[used] = np.arange(used.size)
-        plans = RoundPlans([self.arms[a] for a in used], remap[arms], None if run.all() else run)
+        plans = RoundPlans([self.arms[a] for a in used], remap[arms], None if run.all() else run,
+                           getattr(self, "_round_quota", None))
         if not self.params.ptls:
             return plans
         return plans.regroup(lambda i, plan: self.personalise(plan, int(ctx.device_ids[i])))
@@ -326,6 +345,9 @@ class DropPEFT(Method):
 
     def update_gain_examples(self) -> int | None:
         return self.params.gain_examples if self._learns else None
+
+    def round_gain_wanted(self) -> bool:
+        return bool(getattr(self.params, "choose_quota", False)) and self._learns
 
     def update_gain_measure(self) -> str:
         # A run checkpointed before the parameter existed measured gains alone: it resumes so.
@@ -340,10 +362,17 @@ class DropPEFT(Method):
         reported = np.array([self._pop_arm(d) for d in report.device_ids.tolist()], dtype=np.int64)
         entry = {"round": report.round_idx, "pace_s": self._round_pace, "left_out": self.left_out,
                  "arms": np.bincount(reported, minlength=len(self.arms)).tolist()}
+        quota = getattr(self, "_round_quota", None)
+        if quota is not None:
+            entry["quota"] = quota
         if self._learns and report.update_gains is not None:
             # The results are the updates of the clients whose outcome is ok, in order.
             self.model.observe(reported[np.asarray(report.outcome) == "ok"], report.update_gains)
             entry["worth"] = self.model.worth().tolist()
+            if report.round_gain is not None and hasattr(self, "returns"):
+                self.returns.observe(report.update_gains, report.round_gain)
+        if quota is not None:
+            entry["returns"] = self.returns.elasticity
         self.history.append(entry)
 
     def _pop_arm(self, client_id: int) -> int:

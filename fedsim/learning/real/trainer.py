@@ -162,6 +162,7 @@ class TorchTrainer:
         ``alone``: the drop in loss when the update alone is applied to the global model.
         ``loo``: how much the loss of the round's aggregate (``aggregate_fn``, default
         per-layer FedAvg, with ``weights``) rises when the update is left out of it.
+        ``round``: one value, the drop in loss when the whole aggregate is applied.
         Measured on a fixed seeded subsample of ``num_examples`` of the evaluation split,
         the same examples for every update; the global model is left as it was. An update
         with no delta gets NaN.
@@ -188,6 +189,12 @@ class TorchTrainer:
                 self.fm.load_state({n: before[n] + torch.as_tensor(r.delta[n], dtype=before[n].dtype) for n in names})
                 gains[i] = base - loss()
                 self.fm.load_state(before)
+        elif measure == "round":
+            before, after = self._fold(_weighted(results, weights), aggregate_fn)
+            base = loss()
+            self.fm.load_state(after)
+            gains = np.array([base - loss()])
+            self.fm.load_state(before)
         else:
             results = _weighted(results, weights)
             before, after = self._fold(results, aggregate_fn)
