@@ -25,6 +25,8 @@ Rows, with the same fleet, data, selection and seeds in every row of an environm
   the prior's worths, and the prior's returns to more updates where it closes rounds early);
 * ``droppeft-fixed-quota``: every round waits for the scenario's quota (``choose_quota:
   false``, the default before); ``droppeft-no-learning-fixed-quota``: that with learning off;
+  ``droppeft-prior-returns``: the worths learnt, the returns to more updates kept at their
+  prior (``learn_returns: false``);
 * ``droppeft-flat``: no curve, every arm alike a priori, per-arm learning only;
 * ``droppeft-greedy``: learning without exploration (``explore: false``);
 * ``droppeft-ids`` and ``droppeft-thompson``: the other exploration policies offered,
@@ -90,6 +92,8 @@ DROPPEFT_ROWS = {
     "droppeft-alone": {"gain_measure": "alone"},
     # every round waits for the scenario's quota (the default before choose_quota)
     "droppeft-fixed-quota": {"choose_quota": False},
+    # the worths learnt, the returns to more updates kept at their prior
+    "droppeft-prior-returns": {"learn_returns": False},
     # the same with learning off: the prior alone, every round waiting for its quota
     "droppeft-no-learning-fixed-quota": {"learning": False, "choose_quota": False},
     # ablations of the model as it was before the order (monotone_worth: false), before
@@ -173,20 +177,20 @@ def comparable(resolved: dict) -> dict:
     gains are measured and acted on, one that floors harmful gains no harm prior."""
     if not (resolved.get("learning", True) and resolved.get("bandit", True)):
         quota_unread = () if resolved.get("choose_quota", True) else ("min_quota_share", "returns_prior")
-        return {k: v for k, v in resolved.items() if k not in LEARNING_ONLY + quota_unread}
+        return {k: v for k, v in resolved.items() if k not in LEARNING_ONLY + quota_unread + ("learn_returns",)}
     unread = set()
     if "signed_worth" in resolved and not resolved["signed_worth"]:
         unread.add("harm_prior")
     if "monotone_worth" in resolved and not resolved["monotone_worth"]:
         unread.add("monotone_draws")
     if not resolved.get("choose_quota", True):
-        unread.update(("min_quota_share", "returns_prior"))
+        unread.update(("min_quota_share", "returns_prior", "learn_returns"))
     return {k: v for k, v in resolved.items() if k not in unread}
 
 
 # Parameters added after runs were recorded: the value that does what the code did before.
 ADDED_PARAMS = {"harm_prior": "helps", "worth_scale": "log", "monotone_worth": False, "monotone_draws": True,
-                "leave_out": "none", "choose_quota": False}
+                "leave_out": "none", "choose_quota": False, "learn_returns": True}
 
 
 def recorded_method(old: dict, default: dict) -> dict:

@@ -226,11 +226,10 @@ def test_droppeft_runs_end_to_end_with_the_surrogate(tiny_scenario, tmp_path):
     assert result.rounds == 6 and len(rows["round"]) == 6 and np.isfinite(rows["accuracy"]).all()
 
 
-@pytest.mark.parametrize("measure", ["loo", "alone"])
-def test_the_engine_hands_the_trainer_the_methods_gain_measure(tiny_scenario, tmp_path, monkeypatch, measure):
+@pytest.fixture
+def gains_asked(monkeypatch) -> list[str]:
+    """The gain measures the engine asks the surrogate trainer for, in order."""
     from fedsim.learning.surrogate import SurrogateTrainer
-    from fedsim.study.scenario import load_scenario
-    from fedsim.study.simulate import simulate
 
     asked = []
     real = SurrogateTrainer.update_gains
@@ -240,10 +239,32 @@ def test_the_engine_hands_the_trainer_the_methods_gain_measure(tiny_scenario, tm
         return real(self, round_idx, results, num_examples, measure, aggregate_fn, weights)
 
     monkeypatch.setattr(SurrogateTrainer, "update_gains", spy)
+    return asked
+
+
+@pytest.mark.parametrize("measure", ["loo", "alone"])
+def test_the_engine_hands_the_trainer_the_methods_gain_measure(tiny_scenario, tmp_path, gains_asked, measure):
+    from fedsim.study.scenario import load_scenario
+    from fedsim.study.simulate import simulate
+
+    asked = gains_asked
     sc = load_scenario(tiny_scenario, overrides=["method.name=droppeft", "engine.max_rounds=3",
                                                  f"method.params.gain_measure={measure}"])[0].scenario
     simulate(sc, tmp_path / "out")
-    assert asked and set(asked) == {measure}
+    # and, where it closes rounds early (the default), the whole aggregate's gain
+    assert asked and set(asked) == {measure, "round"} and asked.count("round") == asked.count(measure)
+
+
+def test_no_aggregate_gain_is_measured_where_nothing_reads_it(tiny_scenario, tmp_path, gains_asked):
+    from fedsim.study.scenario import load_scenario
+    from fedsim.study.simulate import simulate
+
+    asked = gains_asked
+    for params in ("choose_quota=false", "learn_returns=false"):
+        sc = load_scenario(tiny_scenario, overrides=["method.name=droppeft", "engine.max_rounds=3",
+                                                     f"method.params.{params}"])[0].scenario
+        simulate(sc, tmp_path / params)
+    assert asked and "round" not in asked
 
 
 # -- PTLS in the real trainer (tiny-bert, tiny synthetic data) -----------------------------

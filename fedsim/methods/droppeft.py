@@ -121,6 +121,8 @@ class DropPEFTParams(MethodParams):
         "choose_quota: prior elasticity of a round's progress in its number of updates (weight: one round); "
         "0.5 = progress grows as the square root of the updates, as averaging k noisy updates cuts the noise "
         "variance k-fold; learnt from the run unless learning is false"))
+    learn_returns: bool = Field(True, description=(
+        "ablation: false keeps the returns to more updates at returns_prior (the worths are still learnt)"))
     policy: Literal["kg", "ids", "thompson"] = Field("kg", description=(
         "exploration: kg = online knowledge gradient (explores as far as the rounds left can repay it); "
         "ids = information-directed sampling over the median's and Thompson plans; "
@@ -234,7 +236,8 @@ class DropPEFT(Method):
                                    monotone_draws=params.monotone_draws,
                                    sign_harm=params.leave_out == "harmful")
         # How a round's progress grows with its updates (choose_quota), learnt from the run.
-        self.returns = RoundReturns(params.returns_prior, params.discount, learning=params.learning)
+        self.returns = RoundReturns(params.returns_prior, params.discount,
+                                    learning=params.learning and params.learn_returns)
         self._round_pace: float | None = None
         self._round_quota: int | None = None
         self._round_arms: np.ndarray | None = None
@@ -347,7 +350,7 @@ class DropPEFT(Method):
         return self.params.gain_examples if self._learns else None
 
     def round_gain_wanted(self) -> bool:
-        return bool(getattr(self.params, "choose_quota", False)) and self._learns
+        return bool(getattr(self.params, "choose_quota", False)) and self._learns and self.params.learn_returns
 
     def update_gain_measure(self) -> str:
         # A run checkpointed before the parameter existed measured gains alone: it resumes so.
