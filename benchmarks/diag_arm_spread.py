@@ -37,8 +37,10 @@ sys.path.insert(0, str(ROOT))
 def gains_logged(log: Path):
     """While inside, every DropPEFT run of this process appends to ``log`` the gains its
     updates report, one JSON line a round (``round``, ``arms``, ``gains``, ``accuracy``), as
-    the method sees them, and ``left_out``, the devices its plan left out of the round. A run
-    that does not learn measures no gains and logs nothing."""
+    the method sees them, ``left_out``, the devices its plan left out of the round, and where
+    it closes rounds early ``round_gain`` (the whole aggregate's gain), ``quota`` (the
+    updates the round waited for) and ``returns`` (the elasticity it was planned with). A
+    run that does not learn measures no gains and logs nothing."""
     from fedsim.methods.droppeft import DropPEFT
 
     finished = DropPEFT.round_finished
@@ -52,7 +54,9 @@ def gains_logged(log: Path):
             out.write(json.dumps({"round": report.round_idx, "arms": arms.tolist(),
                                   "gains": np.asarray(report.update_gains, dtype=float).tolist(),
                                   "accuracy": report.evaluation.accuracy if report.evaluation else None,
-                                  "left_out": self.left_out}) + "\n")
+                                  "left_out": self.left_out, "round_gain": report.round_gain,
+                                  "quota": getattr(self, "_round_quota", None),
+                                  "returns": self.returns.elasticity if hasattr(self, "returns") else None}) + "\n")
             out.flush()
         return finished(self, report)
 

@@ -29,6 +29,9 @@ def test_a_surrogate_run_logs_one_line_per_round(diag, tmp_path, capsys):
     rows = [json.loads(line) for line in log.read_text().splitlines()]
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert all(len(r["arms"]) == len(r["gains"]) > 0 for r in rows)
+    # the default closes rounds early: each line says how, and the aggregate's gain
+    assert all(r["round_gain"] > 0 and 1 <= r["quota"] <= 10 and 0 <= r["returns"] <= 1 for r in rows)
+    assert rows[0]["returns"] == 0.5  # the prior, before any round was seen
     assert "| 3 | learnt spreads |" in capsys.readouterr().out
 
 
