@@ -11,7 +11,10 @@ Each round (see docs/droppeft.md):
    every layer) into the round's plan (:mod:`fedsim.methods.configurator`);
 3. the paced planner gives every client the arm that maximises the round's predicted
    progress per second for given worths: the round ends at its ``quota``-th update, so
-   fast devices run heavier arms and slow ones drop more to keep the pace;
+   fast devices run heavier arms and slow ones drop more to keep the pace; with
+   ``choose_quota`` (the default) it may end the round sooner, at between
+   ``min_quota_share`` of the quota and all of it, by the returns to more updates it
+   learns from the run (:class:`~fedsim.methods.configurator.RoundReturns`);
 4. with PTLS, the ``personal_layers`` layers with the largest gradient norms stay personal
    on the client (the trainer keeps them; they are neither uploaded nor aggregated);
 5. before aggregation, each arrived update's gain (validation-loss drop when it alone is
