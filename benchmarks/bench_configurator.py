@@ -94,6 +94,10 @@ DROPPEFT_ROWS = {
     "droppeft-fixed-quota": {"choose_quota": False},
     # the worths learnt, the returns to more updates kept at their prior
     "droppeft-prior-returns": {"learn_returns": False},
+    # rounds planned at the cost model's times alone, no straggler or drop-out (the
+    # default before arrival_draws), with learning and with learning off
+    "droppeft-no-draws": {"arrival_draws": 0},
+    "droppeft-no-learning-no-draws": {"learning": False, "arrival_draws": 0},
     # the same with learning off: the prior alone, every round waiting for its quota
     "droppeft-no-learning-fixed-quota": {"learning": False, "choose_quota": False},
     # ablations of the model as it was before the order (monotone_worth: false), before
@@ -176,7 +180,7 @@ def comparable(resolved: dict) -> dict:
     of them does not run it again: a DropPEFT row that does not learn reads none of how
     gains are measured and acted on, one that floors harmful gains no harm prior."""
     if not (resolved.get("learning", True) and resolved.get("bandit", True)):
-        quota_unread = () if resolved.get("choose_quota", True) else ("min_quota_share", "returns_prior")
+        quota_unread = () if resolved.get("choose_quota", True) else ("min_quota_share", "returns_prior", "arrival_draws")
         return {k: v for k, v in resolved.items() if k not in LEARNING_ONLY + quota_unread + ("learn_returns",)}
     unread = set()
     if "signed_worth" in resolved and not resolved["signed_worth"]:
@@ -184,13 +188,13 @@ def comparable(resolved: dict) -> dict:
     if "monotone_worth" in resolved and not resolved["monotone_worth"]:
         unread.add("monotone_draws")
     if not resolved.get("choose_quota", True):
-        unread.update(("min_quota_share", "returns_prior", "learn_returns"))
+        unread.update(("min_quota_share", "returns_prior", "learn_returns", "arrival_draws"))
     return {k: v for k, v in resolved.items() if k not in unread}
 
 
 # Parameters added after runs were recorded: the value that does what the code did before.
 ADDED_PARAMS = {"harm_prior": "helps", "worth_scale": "log", "monotone_worth": False, "monotone_draws": True,
-                "leave_out": "none", "choose_quota": False, "learn_returns": True}
+                "leave_out": "none", "choose_quota": False, "learn_returns": True, "arrival_draws": 0}
 
 
 def recorded_method(old: dict, default: dict) -> dict:

@@ -594,3 +594,27 @@ def test_a_method_may_close_the_round_sooner_never_later(shipped_profiles, quota
     row = engine.history[0]
     assert result.sim_time_s == end_s
     assert (row["participants"], row["surplus"]) == (ok, 4 - ok)
+
+
+class _SeesSlowdowns(FedLoRA):
+    """FedLoRA that keeps the slowdown distributions its round context carries."""
+
+    def __init__(self) -> None:
+        super().__init__(FedLoRAParams(), SHAPE, PLAN)
+        self.seen = []
+
+    def configure_round(self, ctx):
+        self.seen.append(ctx.slowdown_dists)
+        return super().configure_round(ctx)
+
+
+def test_a_method_sees_the_slowdowns_the_engine_draws_from(shipped_profiles):
+    # The synchronous engine passes each device class's straggle_slowdown, indexed by
+    # the fleet's class codes, so a method can weigh its plans over the same fate.
+    engine = make_engine(make_fleet(compute_s=(2, 4, 6, 8)), shipped_profiles, clients_per_round=3,
+                         over_selection=1.34, max_rounds=2)
+    engine.method = _SeesSlowdowns()
+    engine.run()
+    assert len(engine.method.seen) == 2
+    names = engine.fleet.device_names
+    assert [d for d in engine.method.seen[0]] == [shipped_profiles.device(n).straggle_slowdown for n in names]

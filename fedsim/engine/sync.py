@@ -212,6 +212,7 @@ class SyncEngine:
             round_idx=r, now_s=now_s, device_ids=ids, fleet=self.fleet, shape=self.shape,
             base_plan=self.base_plan, coefficients=self.coef, deadline_s=spec.round_deadline_s,
             rng=self.seeds.generator("method", r), quota=spec.clients_per_round, may_leave_out=True,
+            slowdown_dists=self._slowdown_dists,
         )
         plans = self.method.configure_round(ctx)
         left_out = plans.left_out

@@ -9,6 +9,7 @@ itself with one call to :func:`register`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -45,6 +46,9 @@ class RoundContext:
     # The method may leave selected clients out of the round (RoundPlans.dispatch): the
     # synchronous engine allows it; a driver that dispatches one device at a time does not.
     may_leave_out: bool = False
+    # Per device class code, the compute-time factor of a straggling round (the profiles'
+    # straggle_slowdown), for a method that weighs stragglers in its plans (None: unknown).
+    slowdown_dists: Sequence | None = None
 
 
 @dataclass

@@ -81,17 +81,21 @@ to come is largest, so a run with few rounds left explores little.
 :func:`ids_assignment` (information-directed sampling) runs the one whose expected regret
 squared per unit of information is least, whatever the rounds left. :func:`paced_assignment` gives
 every client of a synchronous round the arm that maximises the round's predicted progress
-per second, the times coming from the cost model.
+per second, the times coming from the cost model; given :class:`ArrivalDraws` (the
+default in synchronous rounds), it weighs each plan over draws of when each client
+really arrives, with the fleet's straggling and drop-outs, not the cost model's times
+alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import betaln
 
-__all__ = ["ProgressModel", "RoundReturns", "utility_scores", "paced_assignment", "planned_quota", "round_pace", "arrival_times",
+__all__ = ["ProgressModel", "RoundReturns", "ArrivalDraws", "Assignment", "utility_scores", "paced_assignment", "planned_quota", "round_pace", "arrival_times",
            "plan_value", "information_gain",
            "ids_assignment", "kg_assignment", "lindy_horizon", "PRIOR_BETA", "ARM_SD", "ARM_SDS"]
 
@@ -621,9 +625,115 @@ def utility_scores(model: ProgressModel, rng: np.random.Generator, n_clients: in
     return np.broadcast_to(model.worth(), (n_clients, model.num_arms))
 
 
+@dataclass(frozen=True)
+class ArrivalDraws:
+    """``M`` joint draws of how a round's ``n`` clients fare, for the planner to weigh a
+    plan by when its updates really arrive rather than by the cost model's times alone.
+
+    A client's time with an arm is the cost model's ``times`` (download, compute, upload)
+    with its compute stretched by ``stretch`` (1 unless it straggles in that draw). It
+    drops out, in a draw where ``drop_at`` is below 1, after that share of its time, and
+    never arrives; so does one whose arm does not fit its memory (``fits``), and one that
+    would arrive after ``deadline_s``. Draws are shared by every plan the planner
+    compares in a round (common random numbers), so plans differ by their arms, not by
+    their luck.
+
+    Attributes:
+        stretch: ``(M, n)`` factor on each client's compute time, >= 1.
+        drop_at: ``(M, n)`` share of its time after which the client drops out; ``inf``
+            where it does not.
+        compute: ``(n, A)`` compute seconds of every arm (the part ``stretch`` scales).
+        fits: ``(n, A)`` whether the arm fits the client's memory.
+        deadline_s: when the server closes the round whatever has arrived (``None``: never).
+    """
+
+    stretch: np.ndarray
+    drop_at: np.ndarray
+    compute: np.ndarray
+    fits: np.ndarray
+    deadline_s: float | None = None
+
+    def rows(self, rows: np.ndarray) -> ArrivalDraws:
+        """The draws of clients ``rows`` only."""
+        return ArrivalDraws(self.stretch[:, rows], self.drop_at[:, rows], self.compute[rows], self.fits[rows],
+                            self.deadline_s)
+
+    def closing(self, times: np.ndarray, arms: np.ndarray, utility: np.ndarray, quota: int,
+                returns: float | None, min_quota: int) -> tuple[np.ndarray, np.ndarray]:
+        """Expected progress and length of rounds planned as ``arms`` closed at each count.
+
+        Args:
+            times: ``(n, A)`` the cost model's client times.
+            arms: ``(C, n)`` candidate plans (``-1``: the client is left out).
+            utility: ``(C, n)`` what each client's update adds with its arm.
+            quota: the most updates a round waits for.
+            returns: the elasticity of progress in the number of updates
+                (:class:`RoundReturns`); ``None``: the round waits for its quota, and
+                its progress is the mean utility of what arrived.
+            min_quota: the fewest updates a round may close at (with ``returns``).
+
+        Returns:
+            ``(progress, length)``, each ``(C, K)``: for the round closed at its ``k``-th
+            update, ``k`` from ``min_quota`` (``quota`` without ``returns``) to ``quota``,
+            the mean over the draws of its progress (the mean utility of its first ``k``
+            updates times ``(k / quota) ** returns``; of what arrived where fewer did,
+            the round then closing when the last client is done or at the deadline) and
+            of its length.
+        """
+        arms = np.asarray(arms, dtype=np.int64)
+        n = arms.shape[1]
+        run = arms >= 0
+        q = min(max(int(quota), 1), max(int(run.sum(axis=1).max()), 1))
+        a = np.maximum(arms, 0)
+        r = np.arange(n)[None]
+        total, comp = np.asarray(times, dtype=float)[r, a], self.compute[r, a]  # (C, n)
+        t = total[:, None] + comp[:, None] * (self.stretch[None] - 1.0)  # (C, M, n)
+        drops = self.drop_at[None] < 1.0
+        gone = (~run | ~self.fits[r, a])[:, None]
+        ok = ~drops & ~gone
+        if self.deadline_s is not None:
+            ok &= t <= self.deadline_s
+        # When each client is done, arrived or not (one gone at once is done at 0).
+        done = np.where(gone, 0.0, np.where(drops, np.minimum(self.drop_at[None], 1.0) * t, t))
+        last = done.max(axis=2)
+        if self.deadline_s is not None:
+            last = np.minimum(last, self.deadline_s)
+        arrive = np.where(ok, t, np.inf)
+        order = np.argsort(arrive, axis=2, kind="stable")[:, :, :q]
+        first_t = np.take_along_axis(arrive, order, axis=2)  # (C, M, q)
+        u = np.broadcast_to(np.asarray(utility, dtype=float)[:, None], arrive.shape)
+        first_u = np.where(np.isfinite(first_t), np.take_along_axis(u, order, axis=2), 0.0)
+        arrived = np.isfinite(arrive).sum(axis=2)  # (C, M)
+        cum = np.cumsum(first_u, axis=2)
+        k0 = min(max(int(min_quota), 1), q) if returns is not None else q
+        ks = np.arange(k0, q + 1)
+        got = np.minimum(ks[None, None], arrived[..., None])  # (C, M, K) updates the round holds
+        held = np.take_along_axis(cum, np.maximum(got - 1, 0), axis=2)
+        scale = (got / q) ** float(returns) if returns is not None else 1.0
+        progress = np.where(got > 0, held / np.maximum(got, 1) * scale, 0.0)
+        on_time = arrived[..., None] >= ks[None, None]
+        length = np.where(on_time, first_t[:, :, ks - 1], last[..., None])
+        return progress.mean(axis=1), np.maximum(length.mean(axis=1), 1e-9)
+
+
+class Assignment(tuple):
+    """A planned round, ``(arms, length_s)`` as the planners return it, and
+    ``closes_at``: the updates it waits for where the planner chose them from
+    :class:`ArrivalDraws` (``None``: the round waits for the clients predicted to arrive
+    by ``length_s``, :func:`planned_quota`)."""
+
+    closes_at: int | None
+
+    def __new__(cls, arms: np.ndarray, length_s: float, closes_at: int | None = None) -> Assignment:
+        self = super().__new__(cls, (arms, length_s))
+        self.closes_at = closes_at
+        return self
+
+
 def paced_assignment(utility: np.ndarray, times: np.ndarray, feasible: np.ndarray, quota: int,
                      fallback: np.ndarray, max_candidates: int = 64, leave_out: str = "none",
-                     returns: float | None = None, min_quota: int = 1) -> tuple[np.ndarray, float]:
+                     returns: float | None = None, min_quota: int = 1,
+                     draws: ArrivalDraws | None = None) -> Assignment:
     """Arms for one synchronous round that maximise predicted progress per second.
 
     A round lasts until its ``quota``-th update arrives, so its time is the
@@ -653,6 +763,11 @@ def paced_assignment(utility: np.ndarray, times: np.ndarray, feasible: np.ndarra
     :class:`RoundReturns`); every ``(T, k)`` is weighed and the returned length is the
     chosen round's (:func:`planned_quota` reads ``k`` back).
 
+    ``draws`` (:class:`ArrivalDraws`): each ``(T, k)`` is weighed by its expected
+    progress over its expected length across the draws of when the clients really
+    arrive (stragglers, drop-outs, the deadline), not at the cost model's times; the
+    returned length is the expected one and ``closes_at`` the chosen ``k``.
+
     Args:
         utility: ``(n, A)`` (or ``(A,)`` for every client) what an update with each arm
             adds to the round's progress.
@@ -671,7 +786,7 @@ def paced_assignment(utility: np.ndarray, times: np.ndarray, feasible: np.ndarra
     out = np.asarray(fallback, dtype=np.int64).copy()
     rows = np.flatnonzero(feasible.any(axis=1))
     if rows.size == 0:
-        return out, float("nan")
+        return Assignment(out, float("nan"))
     u_all = np.broadcast_to(np.asarray(utility, dtype=float), times.shape)
     if leave_out != "none":
         out[:] = -1
@@ -704,10 +819,16 @@ def paced_assignment(utility: np.ndarray, times: np.ndarray, feasible: np.ndarra
     ct = t[r, arms]
     order = np.argsort(ct, axis=1, kind="stable")[:, :q]
     first_u = np.take_along_axis(u[r, arms], order, axis=1)
+    if draws is not None:
+        progress, length = draws.rows(rows).closing(t, arms, u[r, arms], q, returns, min_quota)
+        i, j = _pick_closing(progress, length)
+        out[rows] = arms[i]
+        k0 = min(max(int(min_quota), 1), q) if returns is not None else q
+        return Assignment(out, float(length[i, j]), k0 + j)
     if returns is not None:
         i, length = _best_closing(first_u, np.take_along_axis(ct, order, axis=1), returns, min_quota)
         out[rows] = arms[i]
-        return out, length
+        return Assignment(out, length)
     last_t = np.take_along_axis(ct, order[:, -1:], axis=1)[:, 0]
     best_val, best = -np.inf, 0
     for i in range(cand.size):
@@ -715,7 +836,7 @@ def paced_assignment(utility: np.ndarray, times: np.ndarray, feasible: np.ndarra
         if i == 0 or val > best_val + 1e-9 * abs(best_val):
             best_val, best = val, i
     out[rows] = arms[best]
-    return out, float(last_t[best])
+    return Assignment(out, float(last_t[best]))
 
 
 def _best_closing(first_u: np.ndarray, first_t: np.ndarray, returns: float, min_quota: int) -> tuple[int, float]:
@@ -728,20 +849,35 @@ def _best_closing(first_u: np.ndarray, first_t: np.ndarray, returns: float, min_
     ks = np.arange(1, q + 1, dtype=float)
     progress = (np.cumsum(first_u, axis=1) / ks * (ks / q) ** float(returns))[:, k0 - 1:]
     length = np.maximum(first_t[:, k0 - 1:], 1e-9)
-    val = np.where(progress > 0, progress / length, progress * length)
-    top = val.max()
-    ok = val >= top - 1e-9 * abs(top)
-    # Among the (near-)best, the shortest round, then the fewest updates.
-    cand = np.flatnonzero(ok.ravel())
-    pick = cand[np.lexsort((cand % val.shape[1], length.ravel()[cand]))[0]]
-    i, j = divmod(int(pick), val.shape[1])
+    i, j = _pick_closing(progress, length)
     return i, float(length[i, j])
 
 
-def planned_quota(times: np.ndarray, arms: np.ndarray, length_s: float, quota: int) -> int:
+def _closing_values(progress: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """:func:`round_pace` of every (round, closing count), elementwise."""
+    return np.where(progress > 0, progress / length, progress * length)
+
+
+def _pick_closing(progress: np.ndarray, length: np.ndarray) -> tuple[int, int]:
+    """``(i, j)``: the round and closing count of largest :func:`round_pace` (ties: the
+    shorter round, then the fewer updates)."""
+    val = _closing_values(progress, length)
+    top = val.max()
+    ok = val >= top - 1e-9 * abs(top)
+    cand = np.flatnonzero(ok.ravel())
+    pick = cand[np.lexsort((cand % val.shape[1], length.ravel()[cand]))[0]]
+    i, j = divmod(int(pick), val.shape[1])
+    return i, j
+
+
+def planned_quota(times: np.ndarray, arms: np.ndarray, length_s: float, quota: int,
+                  closes_at: int | None = None) -> int:
     """Updates a round planned as ``arms`` waits for when planned to last ``length_s``
-    (:func:`paced_assignment`): the clients predicted to arrive by then, at most
-    ``quota``, at least one."""
+    (:func:`paced_assignment`): ``closes_at`` where the planner chose it
+    (:attr:`Assignment.closes_at`), else the clients predicted to arrive by then; at
+    most ``quota``, at least one."""
+    if closes_at is not None:
+        return int(min(max(int(closes_at), 1), max(int(quota), 1)))
     if not np.isfinite(length_s):
         return max(int(quota), 1)
     t = arrival_times(times, arms)
@@ -767,13 +903,21 @@ def arrival_times(times: np.ndarray, arms: np.ndarray) -> np.ndarray:
 
 
 def plan_value(worth: np.ndarray, times: np.ndarray, arms: np.ndarray, quota: int,
-               returns: float | None = None, min_quota: int = 1) -> float:
+               returns: float | None = None, min_quota: int = 1, draws: ArrivalDraws | None = None) -> float:
     """Predicted progress per second of a synchronous round planned as ``arms``: the mean
     ``worth`` of the ``quota`` clients predicted to arrive first over the time of the last
     of them (the value :func:`paced_assignment` maximises; :func:`round_pace` where that
     mean is not positive). A client left out (arm ``-1``) does not arrive. With
     ``returns``, the best of the round closed at each of its ``min_quota``-th to
-    ``quota``-th updates, as :func:`paced_assignment` weighs them."""
+    ``quota``-th updates, as :func:`paced_assignment` weighs them; with ``draws``, over
+    the draws of when the clients really arrive, as it weighs them then."""
+    if draws is not None:
+        arms = np.asarray(arms, dtype=np.int64)
+        if not (arms >= 0).any():
+            return 0.0
+        w = np.asarray(worth, dtype=float)[np.maximum(arms, 0)]
+        progress, length = draws.closing(times, arms[None], w[None], quota, returns, min_quota)
+        return float(_closing_values(progress, length).max())
     t = arrival_times(times, arms)
     ok = np.isfinite(t)
     if not ok.any():
@@ -785,7 +929,7 @@ def plan_value(worth: np.ndarray, times: np.ndarray, arms: np.ndarray, quota: in
         ks = np.arange(1, first.size + 1, dtype=float)
         k0 = min(max(int(min_quota), 1), first.size)
         progress = (np.cumsum(w) / ks * (ks / first.size) ** float(returns))[k0 - 1:]
-        return max(round_pace(float(x), float(y)) for x, y in zip(progress, t[first][k0 - 1:]))
+        return float(_closing_values(progress, np.maximum(t[first][k0 - 1:], 1e-9)).max())
     return round_pace(float(w.mean()), float(t[first].max()))
 
 
@@ -812,7 +956,8 @@ def information_gain(model: ProgressModel, arms: np.ndarray) -> float:
 
 def ids_assignment(model: ProgressModel, rng: np.random.Generator, times: np.ndarray, feasible: np.ndarray,
                    quota: int, fallback: np.ndarray, candidates: int = 8, worlds: int = 16,
-                   leave_out: str = "none", returns: float | None = None, min_quota: int = 1) -> tuple[np.ndarray, float]:
+                   leave_out: str = "none", returns: float | None = None, min_quota: int = 1,
+                   draws: ArrivalDraws | None = None) -> Assignment:
     """Arms for one round by information-directed sampling (Russo and Van Roy, 2018).
 
     Candidate plans: the posterior median's plan and ``candidates`` Thompson plans (one
@@ -821,12 +966,12 @@ def ids_assignment(model: ProgressModel, rng: np.random.Generator, times: np.nda
     information ``g`` its arriving updates bring (:func:`information_gain`); the plan of
     least ``Delta ** 2 / g`` is run. A plan that costs nothing in expectation (the
     posterior is sure) is run whatever it teaches; one that teaches nothing is not run
-    unless it costs nothing. ``leave_out``, ``returns``, ``min_quota``: as
+    unless it costs nothing. ``leave_out``, ``returns``, ``min_quota``, ``draws``: as
     :func:`paced_assignment`'s.
     """
     times = np.asarray(times, dtype=float)
-    how = dict(leave_out=leave_out, returns=returns, min_quota=min_quota)
-    close = dict(returns=returns, min_quota=min_quota)
+    how = dict(leave_out=leave_out, returns=returns, min_quota=min_quota, draws=draws)
+    close = dict(returns=returns, min_quota=min_quota, draws=draws)
     median = model.worth()
     plans = [paced_assignment(median, times, feasible, quota, fallback, **how)]
     plans += [paced_assignment(model.sample(rng, times.shape[0]), times, feasible, quota, fallback, **how)
@@ -838,9 +983,10 @@ def ids_assignment(model: ProgressModel, rng: np.random.Generator, times: np.nda
     regret = np.maximum(best, value.max(axis=1))[:, None] - value
     delta = regret.mean(axis=0)
     gain = []
-    for arms, length in plans:
+    for plan in plans:
+        arms, length = plan
         t = arrival_times(times, arms)
-        arrive = np.argsort(t, kind="stable")[:planned_quota(times, arms, length, quota)]
+        arrive = np.argsort(t, kind="stable")[:planned_quota(times, arms, length, quota, plan.closes_at)]
         arrive = arrive[np.isfinite(t[arrive])]
         gain.append(information_gain(model, arms[arrive]) if arrive.size else 0.0)
     gain = np.maximum(np.array(gain), 1e-12)
@@ -859,7 +1005,8 @@ def lindy_horizon(round_idx: int) -> int:
 def kg_assignment(model: ProgressModel, rng: np.random.Generator, times: np.ndarray, feasible: np.ndarray,
                   quota: int, fallback: np.ndarray, rounds_left: int, candidates: int = 4,
                   worlds: int = 32, z: float = 1.0, repeats: Sequence[int] = (1, 2, 4, 8),
-                  leave_out: str = "none", returns: float | None = None, min_quota: int = 1) -> tuple[np.ndarray, float]:
+                  leave_out: str = "none", returns: float | None = None, min_quota: int = 1,
+                  draws: ArrivalDraws | None = None) -> Assignment:
     """Arms for one round by the online knowledge gradient (Ryzhov, Powell and Frazier,
     2012) in its KG(*) form (Frazier and Powell, 2010).
 
@@ -884,14 +1031,14 @@ def kg_assignment(model: ProgressModel, rng: np.random.Generator, times: np.ndar
     ``rounds_left = 0`` it runs the plan of largest value under the median; the longer the
     run still has to go, the more a plan that teaches is worth, so exploration is paid for
     only where the rounds left can repay it (information-directed sampling,
-    :func:`ids_assignment`, does not weigh that). ``leave_out``, ``returns``, ``min_quota``:
-    as :func:`paced_assignment`'s.
+    :func:`ids_assignment`, does not weigh that). ``leave_out``, ``returns``, ``min_quota``,
+    ``draws``: as :func:`paced_assignment`'s.
     """
     times = np.asarray(times, dtype=float)
     n = times.shape[0]
     q = max(min(int(quota), n), 1)
-    how = dict(leave_out=leave_out, returns=returns, min_quota=min_quota)
-    close = dict(returns=returns, min_quota=min_quota)
+    how = dict(leave_out=leave_out, returns=returns, min_quota=min_quota, draws=draws)
+    close = dict(returns=returns, min_quota=min_quota, draws=draws)
     median = model.worth()
     plans = [paced_assignment(median, times, feasible, quota, fallback, **how)]
     plans += [paced_assignment(model.sample(rng, n), times, feasible, quota, fallback, **how)
@@ -905,9 +1052,10 @@ def kg_assignment(model: ProgressModel, rng: np.random.Generator, times: np.ndar
     adv = now - now[0]
     if reps:
         arrivals = []
-        for arms, length in plans:
+        for plan in plans:
+            arms, length = plan
             t = arrival_times(times, arms)
-            first = np.argsort(t, kind="stable")[:planned_quota(times, arms, length, quota)]
+            first = np.argsort(t, kind="stable")[:planned_quota(times, arms, length, quota, plan.closes_at)]
             arrivals.append(arms[first[np.isfinite(t[first])]])
         best = np.full(len(plans), -np.inf)
         for m in reps:

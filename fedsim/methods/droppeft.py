@@ -34,7 +34,7 @@ from fedsim.core.configio import Spec
 from fedsim.core.costmodel import client_times, plan_cost
 from fedsim.methods.base import Method, MethodParams, RoundContext, RoundReport, register
 from fedsim.methods.compose import compressible
-from fedsim.methods.configurator import (ProgressModel, RoundReturns, ids_assignment, kg_assignment, lindy_horizon,
+from fedsim.methods.configurator import (ArrivalDraws, ProgressModel, RoundReturns, ids_assignment, kg_assignment, lindy_horizon,
                                          paced_assignment, planned_quota, utility_scores)
 from fedsim.methods.stld_fixed import Profile, profile_ratios
 from fedsim.core.plan import ClientPlan, RoundPlans
@@ -124,6 +124,11 @@ class DropPEFTParams(MethodParams):
         "choose_quota: prior elasticity of a round's progress in its number of updates (weight: one round); "
         "0.5 = progress grows as the square root of the updates, as averaging k noisy updates cuts the noise "
         "variance k-fold; learnt from the run unless learning is false"))
+    arrival_draws: int = Field(32, ge=0, le=1024, description=(
+        "synchronous rounds with choose_quota: joint draws of the selected clients' straggling and drop-outs "
+        "(from the fleet's profiles, as the engine draws them) over which the planner weighs each plan's "
+        "progress and length, so that a round closing at its k-th update is priced at when the k-th update "
+        "really comes; 0 = the cost model's times alone, no straggler or drop-out (ablation, the design before)"))
     learn_returns: bool = Field(True, description=(
         "ablation: false keeps the returns to more updates at returns_prior (the worths are still learnt)"))
     policy: Literal["kg", "ids", "thompson"] = Field("kg", description=(
@@ -200,6 +205,32 @@ def feasible_arms(fleet, ids: np.ndarray, shape, arms: list[ClientPlan], coeffic
     return ok, np.array(mem), total
 
 
+def arrival_draws(fleet, ids: np.ndarray, shape, arms: list[ClientPlan], coefficients, slowdown_dists,
+                  deadline_s: float | None, rng: np.random.Generator, draws: int) -> ArrivalDraws:
+    """``draws`` joint draws of the clients ``ids``' straggling and drop-outs, as the
+    engine draws a round's fate (:func:`fedsim.engine.fate.draw_slowdown`,
+    :func:`~fedsim.engine.fate.draw_failures`): a client straggles with its
+    ``straggle_prob``, its compute then stretched by a draw of its class's
+    ``straggle_slowdown`` (``slowdown_dists``, by device class code), and drops out with
+    its ``dropout_prob`` after a uniform share of its time."""
+    n = len(ids)
+    costs = [plan_cost(shape, a, coefficients) for a in arms]
+    compute = np.empty((n, len(arms)))
+    for j in range(len(arms)):
+        compute[:, j] = client_times(fleet, ids, [costs[j]], np.zeros(n, dtype=np.int64)).compute_s
+    fits = np.array([c.peak_mem_bytes for c in costs])[None, :] <= fleet.mem_cap_bytes[ids][:, None]
+    stretch = np.ones((draws, n))
+    straggling = rng.random((draws, n)) < fleet.straggle_prob[ids][None]
+    u = rng.random((draws, n))
+    classes = np.broadcast_to(fleet.device_class[ids][None], (draws, n))
+    for code in np.unique(classes[straggling]):
+        sel = straggling & (classes == code)
+        stretch[sel] = slowdown_dists[code].quantile(u[sel])
+    dropping = rng.random((draws, n)) < fleet.dropout_prob[ids][None]
+    drop_at = np.where(dropping, rng.random((draws, n)), np.inf)
+    return ArrivalDraws(stretch, drop_at, compute, fits, deadline_s)
+
+
 def select_personal_layers(norms: np.ndarray, k: int | str, mass: float = 0.5) -> tuple[int, ...]:
     """PTLS: the layers with the largest gradient norms (sorted indices).
 
@@ -272,15 +303,22 @@ class DropPEFT(Method):
         how: dict[str, Any] = {"leave_out": out}
         if getattr(p, "choose_quota", False) and ctx.may_leave_out and ctx.quota is not None:
             how |= {"returns": self.returns.elasticity, "min_quota": int(np.ceil(p.min_quota_share * quota - 1e-9))}
+            # A run checkpointed before the parameter existed planned at the cost model's times: it resumes so.
+            n_draws = getattr(p, "arrival_draws", 0)
+            if n_draws > 0 and ctx.slowdown_dists is not None:
+                how["draws"] = arrival_draws(ctx.fleet, ids, self.shape, self.arms, ctx.coefficients, ctx.slowdown_dists,
+                                             ctx.deadline_s, ctx.rng, n_draws)
         if p.policy == "kg" and p.explore and p.learning:
             left = lindy_horizon(ctx.round_idx) if p.horizon == "auto" else max(p.horizon - ctx.round_idx - 1, 0)
-            arms, self._round_pace = kg_assignment(self.model, ctx.rng, total, feasible, quota, fallback, left, **how)
+            plan = kg_assignment(self.model, ctx.rng, total, feasible, quota, fallback, left, **how)
         elif p.policy == "ids" and p.explore and p.learning:
-            arms, self._round_pace = ids_assignment(self.model, ctx.rng, total, feasible, quota, fallback, **how)
+            plan = ids_assignment(self.model, ctx.rng, total, feasible, quota, fallback, **how)
         else:
             util = utility_scores(self.model, ctx.rng, len(ids), explore=p.explore, learning=p.learning)
-            arms, self._round_pace = paced_assignment(util, total, feasible, quota, fallback, **how)
-        self._round_quota = planned_quota(total, arms, self._round_pace, quota) if "returns" in how else None
+            plan = paced_assignment(util, total, feasible, quota, fallback, **how)
+        arms, self._round_pace = plan
+        self._round_quota = (planned_quota(total, arms, self._round_pace, quota, plan.closes_at)
+                             if "returns" in how else None)
         return arms, feasible
 
     @property
