@@ -47,8 +47,9 @@ def test_a_row_that_floors_harm_ignores_the_harm_prior_and_old_signed_runs_are_r
     assert bench.comparable(signed) != bench.comparable(pooled)
     # A signed run recorded before harm_prior existed ran with "helps": the row that asks for it reuses it
     older = {k: v for k, v in signed.items() if k not in bench.ADDED_PARAMS}
-    assert {**bench.ADDED_PARAMS, **older} == signed
-    assert {**bench.ADDED_PARAMS, **{k: v for k, v in pooled.items() if k not in bench.ADDED_PARAMS}} != pooled
+    assert bench.comparable({**bench.ADDED_PARAMS, **older}) == bench.comparable(signed)
+    assert (bench.comparable({**bench.ADDED_PARAMS, **{k: v for k, v in pooled.items() if k not in bench.ADDED_PARAMS}})
+            != bench.comparable(pooled))
 
 
 def test_an_unordered_row_ignores_how_the_order_would_treat_draws_and_old_ordered_runs_are_reused(bench):
@@ -150,3 +151,18 @@ def test_a_run_made_with_positional_draws_is_rerun_and_named_in_the_table(bench,
     capsys.readouterr()
     assert bench.main([*args, "--table-only"]) == 0
     assert "drew positionally" not in capsys.readouterr().out
+
+
+def test_rows_before_arrival_draws_reuse_their_runs(bench):
+    """A run recorded before arrival_draws existed planned at the cost model's times: the
+    no-draws rows reuse it, the default does not, and a row that waits for its quota
+    (which never reads the draws) reuses it whatever the parameter says."""
+    for row, old_row in (("droppeft-no-draws", "droppeft"), ("droppeft-no-learning-no-draws", "droppeft-no-learning")):
+        now = bench.resolved_method(bench.method_rows()[row])
+        older = {k: v for k, v in now.items() if k != "arrival_draws"}
+        assert bench.comparable({**bench.ADDED_PARAMS, **older}) == bench.comparable(now)
+        default = bench.resolved_method(bench.method_rows()[old_row])
+        assert bench.comparable({**bench.ADDED_PARAMS, **older}) != bench.comparable(default)
+    fixed = bench.resolved_method(bench.method_rows()["droppeft-fixed-quota"])
+    assert fixed["arrival_draws"] == 32
+    assert bench.comparable({**fixed, "arrival_draws": 0}) == bench.comparable(fixed)
