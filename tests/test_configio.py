@@ -364,3 +364,28 @@ def test_long_run_of_open_brackets_is_refused_quickly(tmp_path):
 def test_endless_file_is_read_only_up_to_the_bound():
     with pytest.raises(ConfigError, match="larger than 16 MiB"):
         read_yaml("/dev/zero")
+
+
+def test_a_config_error_crosses_process_boundaries():
+    """A worker of a process pool (the benchmarks' --jobs, sweeps, Ray) that raises a
+    ConfigError hands it to its parent pickled: it must come back whole, message and
+    problems, with a missing value still missing, not break the pool."""
+    import pickle
+    from concurrent.futures import ProcessPoolExecutor
+
+    err = ConfigError("/x/s.yaml", [("fleet.size", 3, 0, "expected >= 1"), ("model", None, ConfigError.MISSING, "required")])
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is ConfigError and str(back) == str(err)
+    assert back.problems[1][2] is ConfigError.MISSING and back.file == err.file
+    with ProcessPoolExecutor(1) as pool:
+        with pytest.raises(ConfigError) as info:
+            pool.submit(_raise_config_error).result()
+    assert "fleet.size" in str(info.value)
+    from fedsim.fleet.traces import TraceError
+
+    trace = TraceError("/x/t.json", "expected a number", client="c1", field="up_kbps")
+    assert str(pickle.loads(pickle.dumps(trace))) == str(trace)
+
+
+def _raise_config_error():
+    raise ConfigError("/x/s.yaml", [("fleet.size", 3, 0, "expected >= 1")])

@@ -36,6 +36,11 @@ class ConfigError(FedsimError):
         self.problems = problems
         super().__init__(self._render())
 
+    def __reduce__(self):
+        # Rebuilt from its parts, so that it crosses process boundaries (a worker of
+        # a process pool or of Ray raises it; the parent re-raises or reports it).
+        return (type(self), (self.file, self.problems))
+
     def _render(self) -> str:
         where = _printable(self.file or "<configuration>")
         parts = []
@@ -50,6 +55,9 @@ class ConfigError(FedsimError):
 class _Missing:
     def __repr__(self) -> str:
         return "<missing>"
+
+    def __reduce__(self) -> str:
+        return "_MISSING"  # unpickles as this module's one instance
 
 
 _MISSING = _Missing()

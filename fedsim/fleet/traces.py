@@ -55,10 +55,14 @@ class TraceError(FedsimError):
     """A trace file that cannot be used; the message names file, client and field."""
 
     def __init__(self, path: str | Path, what: str, client: Any = None, field: str | None = None) -> None:
+        self._parts = (path, what, client, field)
         where = f"client {client!r}" if client is not None else ""
         if field:
             where = f"{where}, field '{field}'" if where else f"field '{field}'"
         super().__init__(f"Invalid trace {path}: {where + ': ' if where else ''}{what}.")
+
+    def __reduce__(self):
+        return (type(self), self._parts)  # crosses process boundaries whole (ConfigError's)
 
 
 class TraceSpec(Spec):
