@@ -194,7 +194,7 @@ model: {name_or_path: minilm-l6}
 data: {max_length: 64}
 local: {batch_size: 8, local_steps: 2}
 trainer: {kind: surrogate, surrogate: {noise_std: 0.01}}
-engine: {clients_per_round: 6, over_selection: 1.5, round_deadline_s: 120, max_rounds: 300}
+engine: {clients_per_round: 6, over_selection: 1.5, round_deadline_s: 120, max_rounds: 60}
 sweep:
   method: [{name: caesar}, {name: droppeft}]
 """

@@ -701,10 +701,9 @@ class ArrivalDraws:
         arrive = np.where(ok, t, np.inf)
         order = np.argsort(arrive, axis=2, kind="stable")[:, :, :q]
         first_t = np.take_along_axis(arrive, order, axis=2)  # (C, M, q)
-        u = np.broadcast_to(np.asarray(utility, dtype=float)[:, None], arrive.shape)
-        first_u = np.where(np.isfinite(first_t), np.take_along_axis(u, order, axis=2), 0.0)
-        arrived = np.isfinite(arrive).sum(axis=2)  # (C, M)
-        cum = np.cumsum(first_u, axis=2)
+        # Utilities in order of arrival; those past the arrivals are never read (held).
+        cum = np.cumsum(np.take_along_axis(np.asarray(utility, dtype=float)[:, None], order, axis=2), axis=2)
+        arrived = ok.sum(axis=2)  # (C, M)
         k0 = min(max(int(min_quota), 1), q) if returns is not None else q
         ks = np.arange(k0, q + 1)
         got = np.minimum(ks[None, None], arrived[..., None])  # (C, M, K) updates the round holds
@@ -820,9 +819,12 @@ def paced_assignment(utility: np.ndarray, times: np.ndarray, feasible: np.ndarra
     order = np.argsort(ct, axis=1, kind="stable")[:, :q]
     first_u = np.take_along_axis(u[r, arms], order, axis=1)
     if draws is not None:
-        progress, length = draws.rows(rows).closing(t, arms, u[r, arms], q, returns, min_quota)
+        # Candidate lengths often give the same arms: weigh each plan once (in order of
+        # first appearance, so that ties go as they would without this).
+        plans = arms[np.sort(np.unique(arms, axis=0, return_index=True)[1])]
+        progress, length = draws.rows(rows).closing(t, plans, u[r, plans], q, returns, min_quota)
         i, j = _pick_closing(progress, length)
-        out[rows] = arms[i]
+        out[rows] = plans[i]
         k0 = min(max(int(min_quota), 1), q) if returns is not None else q
         return Assignment(out, float(length[i, j]), k0 + j)
     if returns is not None:
