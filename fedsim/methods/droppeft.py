@@ -14,7 +14,10 @@ Each round (see docs/droppeft.md):
    fast devices run heavier arms and slow ones drop more to keep the pace; with
    ``choose_quota`` (the default) it may end the round sooner, at between
    ``min_quota_share`` of the quota and all of it, by the returns to more updates it
-   learns from the run (:class:`~fedsim.methods.configurator.RoundReturns`);
+   learns from the run (:class:`~fedsim.methods.configurator.RoundReturns`), each plan
+   weighed over ``arrival_draws`` draws of the clients' straggling and drop-outs (from
+   the fleet's profiles, as the engine draws them), so that a round closed at its
+   ``k``-th update is priced at when that update really comes;
 4. with PTLS, the ``personal_layers`` layers with the largest gradient norms stay personal
    on the client (the trainer keeps them; they are neither uploaded nor aggregated);
 5. before aggregation, each arrived update's gain (validation-loss drop when it alone is
