@@ -35,6 +35,7 @@ from pydantic import Field, model_validator
 from fedsim.core.configio import Spec
 
 from fedsim.core.costmodel import client_times, plan_cost
+from fedsim.engine.fate import draw_slowdown
 from fedsim.methods.base import Method, MethodParams, RoundContext, RoundReport, register
 from fedsim.methods.compose import compressible
 from fedsim.methods.configurator import (ArrivalDraws, ProgressModel, RoundReturns, ids_assignment, kg_assignment, lindy_horizon,
@@ -222,13 +223,7 @@ def arrival_draws(fleet, ids: np.ndarray, shape, arms: list[ClientPlan], coeffic
     for j in range(len(arms)):
         compute[:, j] = client_times(fleet, ids, [costs[j]], np.zeros(n, dtype=np.int64)).compute_s
     fits = np.array([c.peak_mem_bytes for c in costs])[None, :] <= fleet.mem_cap_bytes[ids][:, None]
-    stretch = np.ones((draws, n))
-    straggling = rng.random((draws, n)) < fleet.straggle_prob[ids][None]
-    u = rng.random((draws, n))
-    classes = np.broadcast_to(fleet.device_class[ids][None], (draws, n))
-    for code in np.unique(classes[straggling]):
-        sel = straggling & (classes == code)
-        stretch[sel] = slowdown_dists[code].quantile(u[sel])
+    stretch = draw_slowdown(rng, fleet, np.tile(ids, draws), slowdown_dists).reshape(draws, n)
     dropping = rng.random((draws, n)) < fleet.dropout_prob[ids][None]
     drop_at = np.where(dropping, rng.random((draws, n)), np.inf)
     return ArrivalDraws(stretch, drop_at, compute, fits, deadline_s)
