@@ -180,3 +180,127 @@ def test_kg_weighs_its_worlds_over_the_draws():
     plan = kg_assignment(model, np.random.default_rng(1), times, feasible, n, np.zeros(n, dtype=np.int64), 3,
                          returns=1.0, min_quota=5, draws=d)
     assert plan.closes_at is not None and 5 <= plan.closes_at <= n
+
+
+# -- one planner a round: what does not depend on the worths is computed once ----------------
+
+def _closing_reference(d: ArrivalDraws, times, arms, utility, quota, returns, min_quota):
+    """ArrivalDraws.closing spelt out a plan, a draw and a client at a time."""
+    C, n = arms.shape
+    M = d.stretch.shape[0]
+    q = min(max(quota, 1), max(int((arms >= 0).sum(axis=1).max()), 1))
+    ks = range(min(max(min_quota, 1), q) if returns is not None else q, q + 1)
+    progress, length = np.zeros((C, len(ks))), np.zeros((C, len(ks)))
+    for c in range(C):
+        for m in range(M):
+            arrived, done = [], [0.0]
+            for i in range(n):
+                a = arms[c, i]
+                if a < 0 or not d.fits[i, a]:
+                    continue  # gone at once: done at 0
+                t = times[i, a] + d.compute[i, a] * (d.stretch[m, i] - 1.0)
+                if d.drop_at[m, i] < 1.0:
+                    done.append(d.drop_at[m, i] * t)  # drops out on the way
+                    continue
+                done.append(t)
+                if d.deadline_s is None or t <= d.deadline_s:
+                    arrived.append((t, i))
+            arrived.sort()
+            last = max(done) if d.deadline_s is None else min(max(done), d.deadline_s)
+            for j, k in enumerate(ks):
+                got = min(k, len(arrived))
+                if got:
+                    scale = (got / q) ** returns if returns is not None else 1.0
+                    progress[c, j] += np.mean([utility[c, i] for _, i in arrived[:got]]) * scale / M
+                length[c, j] += (arrived[k - 1][0] if len(arrived) >= k else last) / M
+    return progress, np.maximum(length, 1e-9)
+
+
+def _random_draws(rng, n: int, A: int, M: int = 8) -> ArrivalDraws:
+    stretch = np.where(rng.random((M, n)) < 0.3, rng.uniform(1.5, 6.0, (M, n)), 1.0)
+    drop_at = np.where(rng.random((M, n)) < 0.15, rng.random((M, n)), np.inf)
+    deadline = float(rng.uniform(8.0, 40.0)) if rng.random() < 0.5 else None
+    return ArrivalDraws(stretch, drop_at, rng.uniform(0.5, 10.0, (n, A)), rng.random((n, A)) < 0.9, deadline)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 12), C=st.integers(1, 6), quota=st.integers(1, 12),
+       returns=st.sampled_from([None, 0.0, 0.5, 1.0]))
+def test_schedules_weigh_plans_as_the_batch_did(seed, n, C, quota, returns):
+    """Progress and length from a round's schedule (computed once, kept per plan, stacked)
+    are what a plan, a draw and a client at a time give: plans with clients left out,
+    drop-outs, stragglers, arms that do not fit, a deadline or none. Stacked one-plan
+    schedules give the batch's numbers to the bit."""
+    rng = np.random.default_rng(seed)
+    A = 4
+    d = _random_draws(rng, n, A)
+    times = rng.uniform(1.0, 20.0, (n, A))
+    arms = rng.integers(-1, A, (C, n))
+    utility = rng.uniform(-0.2, 1.0, (C, n))
+    min_quota = int(rng.integers(1, quota + 1))
+    want = _closing_reference(d, times, arms, utility, quota, returns, min_quota)
+    got = d.closing(times, arms, utility, quota, returns, min_quota)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+    # One plan at a time, stacked, as the planner keeps them.
+    sched = d.schedule(times, arms, quota, returns, min_quota)
+    rows = type(sched).stack([sched.row(i) for i in range(C)])
+    np.testing.assert_array_equal(rows.progress(utility), got[0])
+    np.testing.assert_array_equal(rows.length, got[1])
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 12), quota=st.integers(1, 12),
+       returns=st.sampled_from([None, 0.5, 1.0]), leave_out=st.sampled_from(["none", "infeasible", "harmful"]),
+       drawn=st.booleans())
+def test_a_planner_asked_many_times_answers_as_a_fresh_one(seed, n, quota, returns, leave_out, drawn):
+    """One RoundPlanner asked for plans and values under many worths, in any order (what
+    it keeps from earlier calls in play), gives what a new planner gives for each call:
+    the same arms, length, closing count and value. Worths at or below zero make the
+    harmful clients, and so the planned rows, change between calls."""
+    from fedsim.methods.configurator import RoundPlanner
+
+    rng = np.random.default_rng(seed)
+    A = 5
+    times = rng.uniform(1.0, 20.0, (n, A))
+    feasible = rng.random((n, A)) < 0.8
+    fallback = rng.integers(0, A, n)
+    draws = _random_draws(rng, n, A) if drawn else None
+    args = (times, feasible, quota, fallback)
+    how = dict(leave_out=leave_out, returns=returns, min_quota=max(quota // 2, 1), draws=draws)
+    kept = RoundPlanner(*args, **how)
+    for _ in range(6):
+        worth = rng.uniform(-0.3, 1.0, A) if rng.random() < 0.3 else rng.uniform(0.05, 1.0, A)
+        got, want = kept.assign(worth), RoundPlanner(*args, **how).assign(worth)
+        np.testing.assert_array_equal(got[0], want[0])
+        assert (got[1], got.closes_at) == (want[1], want.closes_at) or (np.isnan(got[1]) and np.isnan(want[1]))
+        other = rng.integers(-1, A, n)
+        for plan in (got[0], other):
+            assert kept.value(worth, plan) == RoundPlanner(*args, **how).value(worth, plan)
+
+
+def test_a_planner_keeps_within_its_budget(monkeypatch):
+    """What a planner keeps for later calls stays under KEEP_BYTES (past it, it lets go of
+    what it kept), and letting go changes no answer."""
+    from fedsim.methods import configurator
+    from fedsim.methods.configurator import RoundPlanner
+
+    monkeypatch.setattr(configurator, "KEEP_BYTES", 100_000)
+    rng = np.random.default_rng(7)
+    n, A = 12, 5
+    times = rng.uniform(1.0, 20.0, (n, A))
+    feasible = rng.random((n, A)) < 0.9
+    args = (times, feasible, 10, np.zeros(n, np.int64))
+    how = dict(returns=0.5, min_quota=5, draws=_random_draws(rng, n, A, M=32))
+    kept = RoundPlanner(*args, **how)
+    held = []
+    for _ in range(30):
+        worth = rng.uniform(0.05, 1.0, A)
+        got, want = kept.assign(worth), RoundPlanner(*args, **how).assign(worth)
+        held.append(kept._kept_bytes)
+        np.testing.assert_array_equal(got[0], want[0])
+        assert (got[1], got.closes_at) == (want[1], want.closes_at)
+        assert kept.value(worth, got[0]) == RoundPlanner(*args, **how).value(worth, got[0])
+        held.append(kept._kept_bytes)
+    assert 0 < max(held) <= 100_000
+    assert any(b < a for a, b in zip(held, held[1:]))  # it let go on the way, and answers stayed the same

@@ -90,16 +90,18 @@ alone.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 from scipy.special import betaln
 
-__all__ = ["ProgressModel", "RoundReturns", "ArrivalDraws", "Assignment", "utility_scores", "paced_assignment", "planned_quota", "round_pace", "arrival_times",
+__all__ = ["ProgressModel", "RoundReturns", "ArrivalDraws", "Assignment", "RoundPlanner", "utility_scores", "paced_assignment", "planned_quota", "round_pace", "arrival_times",
            "plan_value", "information_gain",
            "ids_assignment", "kg_assignment", "lindy_horizon", "PRIOR_BETA", "ARM_SD", "ARM_SDS"]
 
 FASTEST_TOLERANCE = 0.1  # paced_assignment: arms this close to a client's fastest count as fastest
+KEEP_BYTES = 64 << 20  # RoundPlanner: the most bytes of schedules it keeps for a round's later calls
 PRIOR_BETA = 1.0  # prior mean of beta: an update is worth the share of layers it runs
 HELP_PRIOR = 1.0  # harm share prior Beta(0, HELP_PRIOR)
 HARM_KAPPAS = (1.0, 3.0, 10.0, 30.0, 100.0, 1000.0)  # pooled harm prior: its strengths (pseudo-updates) to choose from
@@ -659,7 +661,7 @@ class ArrivalDraws:
                             self.deadline_s)
 
     def closing(self, times: np.ndarray, arms: np.ndarray, utility: np.ndarray, quota: int,
-                returns: float | None, min_quota: int) -> tuple[np.ndarray, np.ndarray]:
+                returns: float | None, min_quota: int, schedule: Schedule | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Expected progress and length of rounds planned as ``arms`` closed at each count.
 
         Args:
@@ -671,6 +673,7 @@ class ArrivalDraws:
                 (:class:`RoundReturns`); ``None``: the round waits for its quota, and
                 its progress is the mean utility of what arrived.
             min_quota: the fewest updates a round may close at (with ``returns``).
+            schedule: :meth:`schedule` of these rounds (computed here if not given).
 
         Returns:
             ``(progress, length)``, each ``(C, K)``: for the round closed at its ``k``-th
@@ -680,6 +683,15 @@ class ArrivalDraws:
             the round then closing when the last client is done or at the deadline) and
             of its length.
         """
+        if schedule is None:
+            schedule = self.schedule(times, arms, quota, returns, min_quota)
+        return schedule.progress(utility), schedule.length
+
+    def schedule(self, times: np.ndarray, arms: np.ndarray, quota: int, returns: float | None,
+                 min_quota: int) -> Schedule:
+        """What :meth:`closing` weighs rounds planned as ``arms`` ``(C, n)`` by, other than
+        their utilities: in every draw, which clients arrive in what order and when, and
+        so how many updates the round closed at each count holds and how long it lasts."""
         arms = np.asarray(arms, dtype=np.int64)
         n = arms.shape[1]
         run = arms >= 0
@@ -701,18 +713,73 @@ class ArrivalDraws:
         arrive = np.where(ok, t, np.inf)
         order = np.argsort(arrive, axis=2, kind="stable")[:, :, :q]
         first_t = np.take_along_axis(arrive, order, axis=2)  # (C, M, q)
-        # Utilities in order of arrival; those past the arrivals are never read (held).
-        cum = np.cumsum(np.take_along_axis(np.asarray(utility, dtype=float)[:, None], order, axis=2), axis=2)
         arrived = ok.sum(axis=2)  # (C, M)
         k0 = min(max(int(min_quota), 1), q) if returns is not None else q
         ks = np.arange(k0, q + 1)
         got = np.minimum(ks[None, None], arrived[..., None])  # (C, M, K) updates the round holds
-        held = np.take_along_axis(cum, np.maximum(got - 1, 0), axis=2)
-        scale = (got / q) ** float(returns) if returns is not None else 1.0
-        progress = np.where(got > 0, held / np.maximum(got, 1) * scale, 0.0)
+        scale = (got / q) ** float(returns) if returns is not None else np.ones(got.shape)
         on_time = arrived[..., None] >= ks[None, None]
         length = np.where(on_time, first_t[:, :, ks - 1], last[..., None])
-        return progress.mean(axis=1), np.maximum(length.mean(axis=1), 1e-9)
+        return Schedule(order, got, scale, np.maximum(length.mean(axis=1), 1e-9), n)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Rounds' arrivals over the draws, whatever their updates are worth
+    (:meth:`ArrivalDraws.schedule`).
+
+    Attributes:
+        order: ``(C, M, q)`` the clients of the first ``q`` arrivals, in order (past
+            the arrivals, clients whose utilities are never read).
+        got: ``(C, M, K)`` updates the round closed at each count holds.
+        scale: ``(C, M, K)`` ``(got / q) ** returns`` (1 without returns).
+        length: ``(C, K)`` the round's mean length.
+        n: clients a round plans for.
+    """
+
+    order: np.ndarray
+    got: np.ndarray
+    scale: np.ndarray
+    length: np.ndarray
+    n: int
+    # Flat indices, so that progress() gathers with np.take: the utility of each arrival
+    # and the running sum each closing holds; which closings hold any update, and their
+    # counts (at least 1).
+    _take_u: np.ndarray = field(init=False, repr=False, compare=False)
+    _take_held: np.ndarray = field(init=False, repr=False, compare=False)
+    _some: np.ndarray = field(init=False, repr=False, compare=False)
+    _count: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        C, M, q = self.order.shape
+        put = partial(object.__setattr__, self)  # frozen
+        put("_take_u", self.order + self.n * np.arange(C)[:, None, None])
+        put("_take_held", np.maximum(self.got - 1, 0) + q * np.arange(C * M).reshape(C, M, 1))
+        put("_some", self.got > 0)
+        put("_count", np.maximum(self.got, 1))
+
+    def progress(self, utility: np.ndarray) -> np.ndarray:
+        """``(C, K)`` mean progress over the draws with ``utility`` ``(C, n)``."""
+        # Utilities in order of arrival; those past the arrivals are never read (held).
+        cum = np.cumsum(np.take(np.asarray(utility, dtype=float), self._take_u), axis=2)
+        held = np.take(cum, self._take_held)
+        return np.where(self._some, held / self._count * self.scale, 0.0).mean(axis=1)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of its arrays."""
+        return sum(x.nbytes for x in (self.order, self.got, self.scale, self.length, self._take_u, self._take_held,
+                                      self._some, self._count))
+
+    def row(self, i: int) -> Schedule:
+        """The schedule of round ``i`` alone."""
+        return Schedule(self.order[i:i + 1], self.got[i:i + 1], self.scale[i:i + 1], self.length[i:i + 1], self.n)
+
+    @staticmethod
+    def stack(parts: Sequence[Schedule]) -> Schedule:
+        """The schedules of one-round ``parts`` as one of their rounds."""
+        return Schedule(*(np.concatenate(x) for x in zip(*((p.order, p.got, p.scale, p.length) for p in parts))),
+                        parts[0].n)
 
 
 class Assignment(tuple):
@@ -778,67 +845,174 @@ def paced_assignment(utility: np.ndarray, times: np.ndarray, feasible: np.ndarra
     Returns:
         ``(arms, T)``: an arm per client (``-1``: left out) and the round's predicted length.
     """
-    if leave_out not in ("none", "infeasible", "harmful"):
-        raise ValueError(f"leave_out must be 'none', 'infeasible' or 'harmful', got {leave_out!r}")
-    times = np.asarray(times, dtype=float)
-    feasible = np.asarray(feasible, dtype=bool)
-    out = np.asarray(fallback, dtype=np.int64).copy()
-    rows = np.flatnonzero(feasible.any(axis=1))
-    if rows.size == 0:
-        return Assignment(out, float("nan"))
-    u_all = np.broadcast_to(np.asarray(utility, dtype=float), times.shape)
-    if leave_out != "none":
-        out[:] = -1
-    if leave_out == "harmful":
-        helpful = np.flatnonzero((feasible & (u_all > 0)).any(axis=1))
-        if helpful.size:
-            rows = helpful
-    u = u_all[rows]
-    u = np.where(u > 0, np.maximum(u, 1e-3 * max(float(np.abs(u).max()), 1e-12)), u)
-    t, f = times[rows], feasible[rows]
-    cand = np.unique(t[f])
-    if cand.size > max_candidates:
-        cand = np.unique(np.quantile(t[f], np.linspace(0.0, 1.0, max_candidates)))
-    # A client no arm of which fits T runs its best arm among the (near-)fastest: arms of
-    # the same mean drop cost about the same, and the exact fastest would pick among them
-    # by a few bytes of upload instead of by utility.
-    t_min = np.min(np.where(f, t, np.inf), axis=1, keepdims=True)
-    near = f & (t <= t_min * (1.0 + FASTEST_TOLERANCE))
-    fastest = np.argmax(np.where(near, u, -np.inf), axis=1)
-    q = min(max(int(quota), 1), rows.size)
-    # Every candidate T at once: (C, n, A).
-    fits = f[None] & (t[None] <= cand[:, None, None])
-    arms = np.where(fits.any(axis=2), np.argmax(np.where(fits, u[None], -np.inf), axis=2), fastest[None])  # (C, n)
-    r = np.arange(rows.size)[None]
-    # A client whose arms within T would harm the round (worth <= 0) runs its best arm
-    # instead, where one helps: it arrives later, after the quota if the others make it.
-    best_u = np.where(f, u, -np.inf)
-    helps = best_u.max(axis=1) > 0
-    arms = np.where((u[r, arms] <= 0) & helps[None], np.argmax(best_u, axis=1)[None], arms)
-    ct = t[r, arms]
-    order = np.argsort(ct, axis=1, kind="stable")[:, :q]
-    first_u = np.take_along_axis(u[r, arms], order, axis=1)
-    if draws is not None:
-        # Candidate lengths often give the same arms: weigh each plan once (in order of
-        # first appearance, so that ties go as they would without this).
-        plans = arms[np.sort(np.unique(arms, axis=0, return_index=True)[1])]
-        progress, length = draws.rows(rows).closing(t, plans, u[r, plans], q, returns, min_quota)
-        i, j = _pick_closing(progress, length)
-        out[rows] = plans[i]
-        k0 = min(max(int(min_quota), 1), q) if returns is not None else q
-        return Assignment(out, float(length[i, j]), k0 + j)
-    if returns is not None:
-        i, length = _best_closing(first_u, np.take_along_axis(ct, order, axis=1), returns, min_quota)
-        out[rows] = arms[i]
-        return Assignment(out, length)
-    last_t = np.take_along_axis(ct, order[:, -1:], axis=1)[:, 0]
-    best_val, best = -np.inf, 0
-    for i in range(cand.size):
-        val = round_pace(float(first_u[i].mean()), float(last_t[i]))
-        if i == 0 or val > best_val + 1e-9 * abs(best_val):
-            best_val, best = val, i
-    out[rows] = arms[best]
-    return Assignment(out, float(last_t[best]))
+    return RoundPlanner(times, feasible, quota, fallback, max_candidates, leave_out, returns, min_quota,
+                        draws).assign(utility)
+
+
+class RoundPlanner:
+    """:func:`paced_assignment` and :func:`plan_value` for one round, asked many times.
+
+    The policies plan one round under many worths (the posterior median, Thompson
+    draws, the worlds of the knowledge gradient's look-ahead). What does not depend on
+    the worths is computed once here: the candidate lengths and which arms fit them,
+    and, with ``draws``, when each plan's updates arrive in every draw (kept per plan,
+    as the same plans come back under different worths). The results are those of the
+    functions, to the bit.
+    """
+
+    def __init__(self, times: np.ndarray, feasible: np.ndarray, quota: int, fallback: np.ndarray,
+                 max_candidates: int = 64, leave_out: str = "none", returns: float | None = None,
+                 min_quota: int = 1, draws: ArrivalDraws | None = None) -> None:
+        if leave_out not in ("none", "infeasible", "harmful"):
+            raise ValueError(f"leave_out must be 'none', 'infeasible' or 'harmful', got {leave_out!r}")
+        self.times = np.asarray(times, dtype=float)
+        self.feasible = np.broadcast_to(np.asarray(feasible, dtype=bool), self.times.shape)
+        self.quota, self.fallback = int(quota), np.asarray(fallback, dtype=np.int64)
+        self.max_candidates, self.leave_out = int(max_candidates), leave_out
+        self.returns, self.min_quota, self.draws = returns, int(min_quota), draws
+        self._rows = np.flatnonzero(self.feasible.any(axis=1))
+        self._lengths: dict[bytes, tuple] = {}  # rows -> what the candidate lengths need
+        self._schedules: dict[tuple, Schedule] = {}  # (rows, plan(s), q) -> ArrivalDraws.schedule
+        self._kept_bytes = 0
+
+    def assign(self, utility: np.ndarray) -> Assignment:
+        """:func:`paced_assignment` of ``utility`` (``(n, A)`` or ``(A,)``)."""
+        times, feasible = self.times, self.feasible
+        out = self.fallback.copy()
+        rows = self._rows
+        if rows.size == 0:
+            return Assignment(out, float("nan"))
+        u_all = np.broadcast_to(np.asarray(utility, dtype=float), times.shape)
+        if self.leave_out != "none":
+            out[:] = -1
+        if self.leave_out == "harmful":
+            helpful = np.flatnonzero((feasible & (u_all > 0)).any(axis=1))
+            if helpful.size:
+                rows = helpful
+        t, f, fits, fit_any, near, r, drawn = self._candidates(rows)
+        u = u_all[rows]
+        u = np.where(u > 0, np.maximum(u, 1e-3 * max(float(np.abs(u).max()), 1e-12)), u)
+        # A client no arm of which fits T runs its best arm among the (near-)fastest: arms of
+        # the same mean drop cost about the same, and the exact fastest would pick among them
+        # by a few bytes of upload instead of by utility.
+        fastest = np.argmax(np.where(near, u, -np.inf), axis=1)
+        q = min(max(self.quota, 1), rows.size)
+        # Every candidate T at once: (C, n, A).
+        arms = np.where(fit_any, np.argmax(np.where(fits, u[None], -np.inf), axis=2), fastest[None])  # (C, n)
+        # A client whose arms within T would harm the round (worth <= 0) runs its best arm
+        # instead, where one helps: it arrives later, after the quota if the others make it.
+        best_u = np.where(f, u, -np.inf)
+        helps = best_u.max(axis=1) > 0
+        arms = np.where((u[r, arms] <= 0) & helps[None], np.argmax(best_u, axis=1)[None], arms)
+        if drawn is not None:
+            # Candidate lengths often give the same arms: weigh each plan once (in order of
+            # first appearance, so that ties go as they would without this).
+            plans = _distinct_rows(arms)
+            progress, length = drawn.closing(t, plans, u[r, plans], q, self.returns, self.min_quota,
+                                             self._schedule_of(drawn, rows, t, plans, q))
+            i, j = _pick_closing(progress, length)
+            out[rows] = plans[i]
+            k0 = min(max(self.min_quota, 1), q) if self.returns is not None else q
+            return Assignment(out, float(length[i, j]), k0 + j)
+        ct = t[r, arms]
+        order = np.argsort(ct, axis=1, kind="stable")[:, :q]
+        first_u = np.take_along_axis(u[r, arms], order, axis=1)
+        if self.returns is not None:
+            i, length = _best_closing(first_u, np.take_along_axis(ct, order, axis=1), self.returns, self.min_quota)
+            out[rows] = arms[i]
+            return Assignment(out, length)
+        last_t = np.take_along_axis(ct, order[:, -1:], axis=1)[:, 0]
+        best_val, best = -np.inf, 0
+        for i in range(last_t.size):
+            val = round_pace(float(first_u[i].mean()), float(last_t[i]))
+            if i == 0 or val > best_val + 1e-9 * abs(best_val):
+                best_val, best = val, i
+        out[rows] = arms[best]
+        return Assignment(out, float(last_t[best]))
+
+    def value(self, worth: np.ndarray, arms: np.ndarray) -> float:
+        """:func:`plan_value` of the plan ``arms`` under ``worth`` (``(A,)``)."""
+        times, quota, returns, min_quota = self.times, self.quota, self.returns, self.min_quota
+        arms = np.asarray(arms, dtype=np.int64)
+        if self.draws is not None:
+            if not (arms >= 0).any():
+                return 0.0
+            w = np.asarray(worth, dtype=float)[np.maximum(arms, 0)]
+            plans = arms[None]
+            progress, length = self.draws.closing(times, plans, w[None], quota, returns, min_quota,
+                                                  self._schedule_of(self.draws, None, times, plans, quota))
+            return float(_closing_values(progress, length).max())
+        t = arrival_times(times, arms)
+        ok = np.isfinite(t)
+        if not ok.any():
+            return 0.0
+        idx = np.flatnonzero(ok)
+        first = idx[np.argsort(t[idx], kind="stable")[: max(min(int(quota), idx.size), 1)]]
+        w = np.asarray(worth, dtype=float)[arms[first]]
+        if returns is not None:
+            ks = np.arange(1, first.size + 1, dtype=float)
+            k0 = min(max(int(min_quota), 1), first.size)
+            progress = (np.cumsum(w) / ks * (ks / first.size) ** float(returns))[k0 - 1:]
+            return float(_closing_values(progress, np.maximum(t[first][k0 - 1:], 1e-9)).max())
+        return round_pace(float(w.mean()), float(t[first].max()))
+
+    def _candidates(self, rows: np.ndarray) -> tuple:
+        """For the clients ``rows``: their times and feasible arms, which arms fit each
+        candidate length (and whether any does), their near-fastest arms, the row index
+        and their draws."""
+        key = rows.tobytes()
+        got = self._lengths.get(key)
+        if got is None:
+            t, f = self.times[rows], self.feasible[rows]
+            cand = np.unique(t[f])
+            if cand.size > self.max_candidates:
+                cand = np.unique(np.quantile(t[f], np.linspace(0.0, 1.0, self.max_candidates)))
+            t_min = np.min(np.where(f, t, np.inf), axis=1, keepdims=True)
+            near = f & (t <= t_min * (1.0 + FASTEST_TOLERANCE))
+            fits = f[None] & (t[None] <= cand[:, None, None])
+            drawn = None if self.draws is None else self.draws.rows(rows)
+            got = self._lengths[key] = (t, f, fits, fits.any(axis=2), near, np.arange(rows.size)[None], drawn)
+        return got
+
+    def _schedule_of(self, drawn: ArrivalDraws, rows: np.ndarray | None, t: np.ndarray, plans: np.ndarray,
+                     q: int) -> Schedule:
+        """:meth:`ArrivalDraws.schedule` of ``plans`` (each plan's computed once a round)."""
+        key = None if rows is None else rows.tobytes()
+        whole = (key, plans.shape, plans.tobytes(), q)
+        got = self._schedules.get(whole)
+        if got is None:
+            keys = [(key, plan.tobytes(), q) for plan in plans]
+            new = [i for i, k in enumerate(keys) if k not in self._schedules]
+            fresh = drawn.schedule(t, plans[new], q, self.returns, self.min_quota) if new else None
+            mine = {i: fresh.row(j) for j, i in enumerate(new)}  # the plans not weighed yet this round
+            got = Schedule.stack([mine[i] if i in mine else self._schedules[k] for i, k in enumerate(keys)])
+            for i, one in mine.items():
+                self._keep(keys[i], one)
+            self._keep(whole, got)
+        return got
+
+    def _keep(self, key: tuple, schedule: Schedule) -> None:
+        """Keep ``schedule`` for the round's later calls, within ``KEEP_BYTES`` in all: past
+        it, what was kept is let go, and one larger than that is not kept (a round of
+        many clients weighs large plans)."""
+        size = schedule.nbytes
+        if size > KEEP_BYTES:
+            return
+        if self._kept_bytes + size > KEEP_BYTES:
+            self._schedules.clear()
+            self._kept_bytes = 0
+        self._schedules[key] = schedule
+        self._kept_bytes += size
+
+
+def _distinct_rows(a: np.ndarray) -> np.ndarray:
+    """The distinct rows of ``a``, in order of first appearance."""
+    if len(a) > 1:  # neighbours repeat most: drop those first (first appearances stay)
+        a = a[np.r_[True, (a[1:] != a[:-1]).any(axis=1)]]
+    seen: dict[bytes, int] = {}
+    for i, row in enumerate(a):
+        seen.setdefault(row.tobytes(), i)
+    return a[list(seen.values())]
 
 
 def _best_closing(first_u: np.ndarray, first_t: np.ndarray, returns: float, min_quota: int) -> tuple[int, float]:
@@ -913,26 +1087,8 @@ def plan_value(worth: np.ndarray, times: np.ndarray, arms: np.ndarray, quota: in
     ``returns``, the best of the round closed at each of its ``min_quota``-th to
     ``quota``-th updates, as :func:`paced_assignment` weighs them; with ``draws``, over
     the draws of when the clients really arrive, as it weighs them then."""
-    if draws is not None:
-        arms = np.asarray(arms, dtype=np.int64)
-        if not (arms >= 0).any():
-            return 0.0
-        w = np.asarray(worth, dtype=float)[np.maximum(arms, 0)]
-        progress, length = draws.closing(times, arms[None], w[None], quota, returns, min_quota)
-        return float(_closing_values(progress, length).max())
-    t = arrival_times(times, arms)
-    ok = np.isfinite(t)
-    if not ok.any():
-        return 0.0
-    idx = np.flatnonzero(ok)
-    first = idx[np.argsort(t[idx], kind="stable")[: max(min(int(quota), idx.size), 1)]]
-    w = np.asarray(worth, dtype=float)[arms[first]]
-    if returns is not None:
-        ks = np.arange(1, first.size + 1, dtype=float)
-        k0 = min(max(int(min_quota), 1), first.size)
-        progress = (np.cumsum(w) / ks * (ks / first.size) ** float(returns))[k0 - 1:]
-        return float(_closing_values(progress, np.maximum(t[first][k0 - 1:], 1e-9)).max())
-    return round_pace(float(w.mean()), float(t[first].max()))
+    return RoundPlanner(times, True, quota, np.zeros(np.shape(arms), np.int64), returns=returns, min_quota=min_quota,
+                        draws=draws).value(worth, arms)
 
 
 def information_gain(model: ProgressModel, arms: np.ndarray) -> float:
@@ -972,16 +1128,14 @@ def ids_assignment(model: ProgressModel, rng: np.random.Generator, times: np.nda
     :func:`paced_assignment`'s.
     """
     times = np.asarray(times, dtype=float)
-    how = dict(leave_out=leave_out, returns=returns, min_quota=min_quota, draws=draws)
-    close = dict(returns=returns, min_quota=min_quota, draws=draws)
+    planner = RoundPlanner(times, feasible, quota, fallback, leave_out=leave_out, returns=returns, min_quota=min_quota,
+                           draws=draws)
     median = model.worth()
-    plans = [paced_assignment(median, times, feasible, quota, fallback, **how)]
-    plans += [paced_assignment(model.sample(rng, times.shape[0]), times, feasible, quota, fallback, **how)
-              for _ in range(candidates)]
+    plans = [planner.assign(median)]
+    plans += [planner.assign(model.sample(rng, times.shape[0])) for _ in range(candidates)]
     ws = model.sample(rng, worlds)
-    value = np.array([[plan_value(w, times, arms, quota, **close) for arms, _ in plans] for w in ws])
-    best = np.array([plan_value(w, times, paced_assignment(w, times, feasible, quota, fallback, **how)[0],
-                                quota, **close) for w in ws])
+    value = np.array([[planner.value(w, arms) for arms, _ in plans] for w in ws])
+    best = np.array([planner.value(w, planner.assign(w)[0]) for w in ws])
     regret = np.maximum(best, value.max(axis=1))[:, None] - value
     delta = regret.mean(axis=0)
     gain = []
@@ -1039,18 +1193,17 @@ def kg_assignment(model: ProgressModel, rng: np.random.Generator, times: np.ndar
     times = np.asarray(times, dtype=float)
     n = times.shape[0]
     q = max(min(int(quota), n), 1)
-    how = dict(leave_out=leave_out, returns=returns, min_quota=min_quota, draws=draws)
-    close = dict(returns=returns, min_quota=min_quota, draws=draws)
+    planner = RoundPlanner(times, feasible, quota, fallback, leave_out=leave_out, returns=returns, min_quota=min_quota,
+                           draws=draws)
     median = model.worth()
-    plans = [paced_assignment(median, times, feasible, quota, fallback, **how)]
-    plans += [paced_assignment(model.sample(rng, n), times, feasible, quota, fallback, **how)
-              for _ in range(candidates)]
+    plans = [planner.assign(median)]
+    plans += [planner.assign(model.sample(rng, n)) for _ in range(candidates)]
     reps = [m for m in sorted(set(int(r) for r in repeats)) if 1 <= m <= rounds_left]
     gs, coefs = model.sample_coefficients(rng, worlds)
     true_worth = np.array([model._to_worth(model._arm_features(int(g)) @ c) for g, c in zip(gs, coefs)])
     true_worth = model.ordered(true_worth * model.harm_factor(rng, worlds))
     noise = rng.standard_normal((worlds, q * max(reps, default=1)))
-    now = np.array([plan_value(median, times, arms, quota, **close) for arms, _ in plans])
+    now = np.array([planner.value(median, arms) for arms, _ in plans])
     adv = now - now[0]
     if reps:
         arrivals = []
@@ -1064,10 +1217,7 @@ def kg_assignment(model: ProgressModel, rng: np.random.Generator, times: np.ndar
             after = np.empty((len(plans), worlds))
             for i, seen in enumerate(arrivals):
                 learnt = model.lookahead_worth(np.tile(seen, m), gs, coefs, noise)
-                after[i] = [plan_value(true_worth[w], times,
-                                       paced_assignment(learnt[w], times, feasible, quota, fallback, **how)[0],
-                                       quota, **close)
-                            for w in range(worlds)]
+                after[i] = [planner.value(true_worth[w], planner.assign(learnt[w])[0]) for w in range(worlds)]
             d = after - after[0]  # paired over the worlds: what a plan teaches beyond the median's plan
             lcb = d.mean(axis=1) - z * d.std(axis=1, ddof=1) / np.sqrt(worlds)
             best = np.maximum(best, m * adv + (rounds_left + 1 - m) * lcb)
