@@ -148,15 +148,20 @@ TOLD_TRUTH = "droppeft-told-truth"
 
 
 def told_truth_row(env: str) -> dict | None:
-    """Surrogate only: the planner told the environment's true worth curve (learning off,
-    the prior set to the surrogate's ``keep_gamma ** beta``): what the configurator could
-    reach if it learnt the worths exactly. ``None`` where the truth changes during the run
-    or is no such curve (dropped updates that harm the round: ``drop_harm``)."""
-    sur = yaml.safe_load((ENV_DIR / f"{env}.yaml").read_text())["trainer"]["surrogate"]
-    if sur.get("drop_exponent_late") is not None or sur.get("drop_harm", 0):
+    """Surrogate only: the planner told the environment's truth (learning off, the prior
+    set to the surrogate's worth curve ``keep_gamma ** beta`` and its returns to more
+    updates, ``data_exponent``): what the configurator could reach if it learnt both
+    exactly. ``None`` where the truth changes during the run or is no such curve (dropped
+    updates that harm the round: ``drop_harm``). Until 2026-11-28 the row kept the
+    prior's returns (0.5)."""
+    from fedsim.learning.surrogate import SurrogateSpec
+
+    sur = SurrogateSpec(**yaml.safe_load((ENV_DIR / f"{env}.yaml").read_text())["trainer"]["surrogate"])
+    if sur.drop_exponent_late is not None or sur.drop_harm:
         return None
-    return {"name": "droppeft", "params": {"learning": False, "shape_depths": [float(sur["depth_exponent"])],
-                                           "prior_beta": float(sur["drop_exponent"])}}
+    return {"name": "droppeft", "params": {"learning": False, "shape_depths": [float(sur.depth_exponent)],
+                                           "prior_beta": float(sur.drop_exponent),
+                                           "returns_prior": float(sur.data_exponent)}}
 
 
 def method_rows() -> dict[str, dict]:

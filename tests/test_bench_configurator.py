@@ -35,7 +35,9 @@ def test_every_environment_has_a_scenario_and_no_told_truth_where_no_curve_is_tr
     assert all((bench.ENV_DIR / f"{e}.yaml").exists() for e in bench.ENVS)
     assert bench.SURROGATE_ONLY <= set(bench.ENVS) and bench.PRIOR_WRONG <= set(bench.ENVS)
     assert bench.told_truth_row("minilm-mixharm") is None and bench.told_truth_row("minilm-shift") is None
-    assert bench.told_truth_row("minilm-iid")["params"]["prior_beta"] == pytest.approx(2.4)
+    told = bench.told_truth_row("minilm-iid")["params"]
+    assert told["prior_beta"] == pytest.approx(2.4) and told["shape_depths"] == [2.0]
+    assert told["returns_prior"] == pytest.approx(1.0)  # the surrogate's data_exponent: its returns, told too
 
 
 def test_a_row_that_floors_harm_ignores_the_harm_prior_and_old_signed_runs_are_reused(bench):
