@@ -29,6 +29,8 @@ Rows, with the same fleet, data, selection and seeds in every row of an environm
   prior (``learn_returns: false``);
 * ``droppeft-flat``: no curve, every arm alike a priori, per-arm learning only;
 * ``droppeft-greedy``: learning without exploration (``explore: false``);
+* ``droppeft-no-probes``: the knowledge gradient's candidates without its probe plans
+  (``probes: 0``, the default until 2026-11-28: the median's plan and Thompson plans only);
 * ``droppeft-ids`` and ``droppeft-thompson``: the other exploration policies offered,
   information-directed sampling (``policy: ids``) and Thompson sampling (``policy: thompson``);
 * ``droppeft-alone``: gains measured with the update applied alone (``gain_measure: alone``)
@@ -39,7 +41,7 @@ Rows, with the same fleet, data, selection and seeds in every row of an environm
 * ``droppeft-one-spread``: every arm's correction to the curve of prior sd 1 (``arm_sd: 1``,
   as before) instead of each arm's spread learnt from its gains (the default);
 * ``droppeft-told-truth`` (surrogate only): the planner told the environment's true worth
-  curve, with learning off: the best the configurator could do by learning, and so the
+  curve and returns to more updates, with learning off: the best the configurator could do by learning, and so the
   headroom of learning over ``droppeft-no-learning``.
 
 Time to target: simulated time of the first evaluation at or above the environment's
@@ -87,6 +89,7 @@ DROPPEFT_ROWS = {
     "droppeft-no-learning": {"learning": False},
     "droppeft-flat": {"prior": "flat"},
     "droppeft-greedy": {"explore": False},
+    "droppeft-no-probes": {"probes": 0},
     "droppeft-ids": {"policy": "ids"},
     "droppeft-thompson": {"policy": "thompson"},
     "droppeft-alone": {"gain_measure": "alone"},
@@ -168,7 +171,7 @@ def method_rows() -> dict[str, dict]:
     return {k: {"name": "droppeft", "params": v} if v else {"name": "droppeft"} for k, v in DROPPEFT_ROWS.items()}
 
 
-LEARNING_ONLY = ("arm_sd", "harm_prior", "worth_scale", "monotone_worth", "monotone_draws", "gain_examples", "gain_measure", "signed_worth", "policy", "horizon", "explore", "discount", "window")
+LEARNING_ONLY = ("arm_sd", "harm_prior", "worth_scale", "monotone_worth", "monotone_draws", "gain_examples", "gain_measure", "signed_worth", "policy", "horizon", "explore", "discount", "window", "probes")
 
 
 def resolved_method(method: dict) -> dict:
@@ -194,12 +197,15 @@ def comparable(resolved: dict) -> dict:
         unread.add("monotone_draws")
     if not resolved.get("choose_quota", True):
         unread.update(("min_quota_share", "returns_prior", "learn_returns", "arrival_draws"))
+    if resolved.get("policy", "kg") != "kg" or not resolved.get("explore", True):
+        unread.add("probes")  # only the knowledge gradient's candidates
     return {k: v for k, v in resolved.items() if k not in unread}
 
 
 # Parameters added after runs were recorded: the value that does what the code did before.
 ADDED_PARAMS = {"harm_prior": "helps", "worth_scale": "log", "monotone_worth": False, "monotone_draws": True,
-                "leave_out": "none", "choose_quota": False, "learn_returns": True, "arrival_draws": 0}
+                "leave_out": "none", "choose_quota": False, "learn_returns": True, "arrival_draws": 0,
+                "probes": 0}
 
 
 def recorded_method(old: dict, default: dict) -> dict:

@@ -22,6 +22,14 @@ def test_a_row_that_does_not_learn_ignores_how_gains_are_measured_and_learnt(ben
     assert bench.comparable({**off, "prior_beta": 2.0}) != bench.comparable(off)  # what it plans with still counts
 
 
+def test_probes_count_only_for_the_knowledge_gradient(bench):
+    kg = bench.resolved_method({"name": "droppeft"})
+    assert kg["probes"] == 4 and bench.comparable({**kg, "probes": 0}) != bench.comparable(kg)
+    for row in ("droppeft-ids", "droppeft-thompson", "droppeft-greedy", "droppeft-no-learning"):
+        other = bench.resolved_method(bench.method_rows()[row])
+        assert bench.comparable({**other, "probes": 0}) == bench.comparable(other), row
+
+
 def test_a_learning_row_reruns_when_how_gains_are_measured_changes(bench):
     on = bench.resolved_method({"name": "droppeft"})
     assert on["gain_measure"] == "loo"
@@ -48,8 +56,10 @@ def test_a_row_that_floors_harm_ignores_the_harm_prior_and_old_signed_runs_are_r
     pooled = bench.resolved_method(bench.method_rows()["droppeft-pooled-harm"])
     assert bench.comparable(signed) != bench.comparable(pooled)
     # A signed run recorded before harm_prior existed ran with "helps": the row that asks for it reuses it
+    # (had it run without probes, as every run before they existed did)
     older = {k: v for k, v in signed.items() if k not in bench.ADDED_PARAMS}
-    assert bench.comparable({**bench.ADDED_PARAMS, **older}) == bench.comparable(signed)
+    assert bench.comparable({**bench.ADDED_PARAMS, **older}) == bench.comparable({**signed, "probes": 0})
+    assert bench.comparable({**bench.ADDED_PARAMS, **older}) != bench.comparable(signed)  # the default has probes now
     assert (bench.comparable({**bench.ADDED_PARAMS, **{k: v for k, v in pooled.items() if k not in bench.ADDED_PARAMS}})
             != bench.comparable(pooled))
 

@@ -731,6 +731,52 @@ def test_lookahead_moves_the_median_towards_the_world_it_observes():
     assert learnt.shape == (24, model.num_arms) and np.all(np.isfinite(learnt)) and np.all(learnt > 0)
 
 
+def test_probe_plans_switch_one_client_to_an_arm_the_round_would_not_teach():
+    # Prepare: the prior on like devices, whose median plan runs one arm everywhere
+    from fedsim.methods.configurator import RoundPlanner, probe_plans
+
+    model, times, feasible, fallback = _fresh_round()
+    planner = RoundPlanner(times, feasible, QUOTA, fallback, returns=0.5, min_quota=QUOTA // 2)
+    median = model.worth()
+    plan0 = planner.assign(median)
+    # Execute
+    probes = probe_plans(model, planner, median, plan0, feasible, QUOTA, 4)
+    # Assert: four plans, each differing from the median's in one client, on four distinct
+    # arms that the median's arriving updates do not run, the switched client arriving in time
+    _, _, sd = model.log_worth()
+    assert len(probes) == 4
+    used = set(plan0[0].tolist())
+    arms = []
+    for probe in probes:
+        moved = np.flatnonzero(probe[0] != plan0[0])
+        assert moved.size == 1
+        arm = int(probe[0][moved[0]])
+        assert arm not in used and feasible[moved[0], arm] and times[moved[0], arm] <= plan0[1] * (1 + 1e-9)
+        arms.append(arm)
+        # the plan's own closing: what the planner makes of it under the median
+        assert probe == planner.close(median, probe[0])
+        assert planner.value(median, probe[0]) <= planner.value(median, plan0[0]) + 1e-12
+    assert len(set(arms)) == 4
+    assert not probe_plans(model, planner, median, plan0, feasible, QUOTA, 0)
+
+
+def test_kg_weighs_probe_plans_as_candidates():
+    # Prepare: the prior, like devices, whose median plan teaches nothing of the arms'
+    # relative worth; only the median's plan and probes to choose from (no Thompson plans)
+    model, times, feasible, fallback = _fresh_round()
+    median, _ = paced_assignment(model.worth(), times, feasible, QUOTA, fallback)
+    # Execute
+    moved = {left: [int((kg_assignment(model, np.random.default_rng(s), times, feasible, QUOTA, fallback,
+                                       rounds_left=left, candidates=0, probes=4)[0] != median).sum())
+                    for s in range(3)] for left in (0, 5)}
+    none = [int((kg_assignment(model, np.random.default_rng(s), times, feasible, QUOTA, fallback, rounds_left=5,
+                               candidates=0)[0] != median).sum()) for s in range(3)]
+    # Assert: with rounds to come it runs a probe (one client switched); with none, or
+    # with no probe to choose, the median's plan
+    assert moved == {0: [0, 0, 0], 5: [1, 1, 1]}
+    assert none == [0, 0, 0]
+
+
 def test_lindy_horizon_expects_as_many_rounds_to_come_as_have_gone():
     assert [lindy_horizon(r) for r in (0, 1, 7)] == [0, 1, 7]
 

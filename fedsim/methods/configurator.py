@@ -956,6 +956,30 @@ class RoundPlanner:
             return float(_closing_values(progress, np.maximum(t[first][k0 - 1:], 1e-9)).max())
         return round_pace(float(w.mean()), float(t[first].max()))
 
+    def close(self, worth: np.ndarray, arms: np.ndarray) -> Assignment:
+        """The plan ``arms`` as a round: closed at the count of largest value under
+        ``worth`` (:meth:`value`), with its length (and ``closes_at`` with draws)."""
+        times, quota, returns, min_quota = self.times, self.quota, self.returns, self.min_quota
+        arms = np.asarray(arms, dtype=np.int64)
+        if not (arms >= 0).any():
+            return Assignment(arms, float("nan"))
+        w = np.asarray(worth, dtype=float)[np.maximum(arms, 0)]
+        if self.draws is not None:
+            plans = arms[None]
+            progress, length = self.draws.closing(times, plans, w[None], quota, returns, min_quota,
+                                                  self._schedule_of(self.draws, None, times, plans, quota))
+            _, j = _pick_closing(progress, length)
+            q = min(max(int(quota), 1), int((arms >= 0).sum()))
+            k0 = min(max(min_quota, 1), q) if returns is not None else q
+            return Assignment(arms, float(length[0, j]), k0 + j)
+        t = arrival_times(times, arms)
+        idx = np.flatnonzero(np.isfinite(t))
+        first = idx[np.argsort(t[idx], kind="stable")[: max(min(int(quota), idx.size), 1)]]
+        if returns is not None:
+            _, length = _best_closing(w[first][None], t[first][None], returns, min_quota)
+            return Assignment(arms, length)
+        return Assignment(arms, float(t[first].max()))
+
     def _candidates(self, rows: np.ndarray) -> tuple:
         """For the clients ``rows``: their times and feasible arms, which arms fit each
         candidate length (and whether any does), their near-fastest arms, the row index
@@ -1151,6 +1175,43 @@ def ids_assignment(model: ProgressModel, rng: np.random.Generator, times: np.nda
     return plans[pick]
 
 
+def probe_plans(model: ProgressModel, planner: RoundPlanner, median: np.ndarray, plan0: Assignment,
+                feasible: np.ndarray, quota: int, count: int) -> list[Assignment]:
+    """Cheap plans that teach: the median's plan with one client switched to an arm none
+    of its arriving updates runs, for the ``count`` such arms the posterior is least sure
+    of (largest sd of ``log theta``), each on the client where the switch costs least
+    under the median among those predicted to arrive with it by the plan's length."""
+    arms0, length0 = plan0
+    times = planner.times
+    t0 = arrival_times(times, arms0)
+    arriving = np.argsort(t0, kind="stable")[:planned_quota(times, arms0, length0, quota, plan0.closes_at)]
+    arriving = arriving[np.isfinite(t0[arriving])]
+    if arriving.size == 0 or not np.isfinite(length0):
+        return []
+    p, _, sd = model.log_worth()
+    spread = p @ sd
+    seen = set(arms0[arriving].tolist())
+    feasible = np.asarray(feasible, dtype=bool)
+    out = []
+    for a in np.argsort(-spread, kind="stable"):
+        if len(out) >= count:
+            break
+        if int(a) in seen:
+            continue
+        who = np.flatnonzero(feasible[:, a] & (arms0 >= 0) & (times[:, a] <= length0 * (1.0 + 1e-9)))
+        if who.size == 0:
+            continue
+        best, best_v = None, -np.inf
+        for i in who:
+            plan = arms0.copy()
+            plan[i] = a
+            v = planner.value(median, plan)
+            if v > best_v:
+                best, best_v = plan, v
+        out.append(planner.close(median, best))
+    return out
+
+
 def lindy_horizon(round_idx: int) -> int:
     """Rounds still to come when the run's length is unknown: as many as have gone
     (Gott's and Lindy's rule: a run that has lasted ``r`` rounds is as likely to be in its
@@ -1162,7 +1223,7 @@ def kg_assignment(model: ProgressModel, rng: np.random.Generator, times: np.ndar
                   quota: int, fallback: np.ndarray, rounds_left: int, candidates: int = 4,
                   worlds: int = 32, z: float = 1.0, repeats: Sequence[int] = (1, 2, 4, 8),
                   leave_out: str = "none", returns: float | None = None, min_quota: int = 1,
-                  draws: ArrivalDraws | None = None) -> Assignment:
+                  draws: ArrivalDraws | None = None, probes: int = 0) -> Assignment:
     """Arms for one round by the online knowledge gradient (Ryzhov, Powell and Frazier,
     2012) in its KG(*) form (Frazier and Powell, 2010).
 
@@ -1183,7 +1244,10 @@ def kg_assignment(model: ProgressModel, rng: np.random.Generator, times: np.ndar
     ``z`` standard errors: with a few candidates and a few dozen worlds the largest mean is
     mostly noise, and a plan explores only where what it teaches is clear. Counting ``m``
     rounds of it, not one (KG(*)), values information that one round alone is too little
-    to act on. Candidates: the median's plan and ``candidates`` Thompson plans. With
+    to act on. Candidates: the median's plan, ``candidates`` Thompson plans and
+    ``probes`` probe plans (:func:`probe_plans`: the median's plan with one client
+    switched to an arm it does not run; a Thompson plan reassigns most clients at once,
+    and what it teaches costs more than a single switch does). With
     ``rounds_left = 0`` it runs the plan of largest value under the median; the longer the
     run still has to go, the more a plan that teaches is worth, so exploration is paid for
     only where the rounds left can repay it (information-directed sampling,
@@ -1198,6 +1262,8 @@ def kg_assignment(model: ProgressModel, rng: np.random.Generator, times: np.ndar
     median = model.worth()
     plans = [planner.assign(median)]
     plans += [planner.assign(model.sample(rng, n)) for _ in range(candidates)]
+    if probes and rounds_left > 0:
+        plans += probe_plans(model, planner, median, plans[0], feasible, quota, probes)
     reps = [m for m in sorted(set(int(r) for r in repeats)) if 1 <= m <= rounds_left]
     gs, coefs = model.sample_coefficients(rng, worlds)
     true_worth = np.array([model._to_worth(model._arm_features(int(g)) @ c) for g, c in zip(gs, coefs)])

@@ -139,6 +139,10 @@ class DropPEFTParams(MethodParams):
         "exploration: kg = online knowledge gradient (explores as far as the rounds left can repay it); "
         "ids = information-directed sampling over the median's and Thompson plans; "
         "thompson = Thompson sampling, one draw per client"))
+    probes: int = Field(4, ge=0, le=64, description=(
+        "kg: probe plans among its candidates, each the median's plan with one client switched to an arm none "
+        "of its arriving updates runs (the arms the posterior is least sure of, each on the client where the "
+        "switch costs least); 0 = Thompson candidates only (ablation, the design until 2026-11-28)"))
     horizon: int | Literal["auto"] = Field("auto", description=(
         "kg: rounds the run is expected to last; auto = unknown: as many rounds still to come as have gone"))
     learning: bool = Field(True, description="ablation: false plans with the prior alone, whatever is observed")
@@ -308,7 +312,9 @@ class DropPEFT(Method):
                                              ctx.deadline_s, ctx.rng, n_draws)
         if p.policy == "kg" and p.explore and p.learning:
             left = lindy_horizon(ctx.round_idx) if p.horizon == "auto" else max(p.horizon - ctx.round_idx - 1, 0)
-            plan = kg_assignment(self.model, ctx.rng, total, feasible, quota, fallback, left, **how)
+            # A run checkpointed before the parameter existed had no probes: it resumes so.
+            plan = kg_assignment(self.model, ctx.rng, total, feasible, quota, fallback, left,
+                                 probes=getattr(p, "probes", 0), **how)
         elif p.policy == "ids" and p.explore and p.learning:
             plan = ids_assignment(self.model, ctx.rng, total, feasible, quota, fallback, **how)
         else:
