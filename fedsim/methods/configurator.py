@@ -90,8 +90,8 @@ alone.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy.special import betaln
@@ -742,34 +742,30 @@ class Schedule:
     scale: np.ndarray
     length: np.ndarray
     n: int
-    # Flat indices, so that progress() gathers with np.take: the utility of each arrival
-    # and the running sum each closing holds; which closings hold any update, and their
-    # counts (at least 1).
-    _take_u: np.ndarray = field(init=False, repr=False, compare=False)
-    _take_held: np.ndarray = field(init=False, repr=False, compare=False)
-    _some: np.ndarray = field(init=False, repr=False, compare=False)
-    _count: np.ndarray = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
+    @cached_property
+    def _flat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Flat indices, so that progress() gathers with np.take: the utility of each
+        arrival and the running sum each closing holds; which closings hold any update,
+        and their counts (at least 1). Computed on first use: the one-round schedules the
+        planner keeps are only stacked."""
         C, M, q = self.order.shape
-        put = partial(object.__setattr__, self)  # frozen
-        put("_take_u", self.order + self.n * np.arange(C)[:, None, None])
-        put("_take_held", np.maximum(self.got - 1, 0) + q * np.arange(C * M).reshape(C, M, 1))
-        put("_some", self.got > 0)
-        put("_count", np.maximum(self.got, 1))
+        return (self.order + self.n * np.arange(C)[:, None, None],
+                np.maximum(self.got - 1, 0) + q * np.arange(C * M).reshape(C, M, 1), self.got > 0,
+                np.maximum(self.got, 1))
 
     def progress(self, utility: np.ndarray) -> np.ndarray:
         """``(C, K)`` mean progress over the draws with ``utility`` ``(C, n)``."""
+        take_u, take_held, some, count = self._flat
         # Utilities in order of arrival; those past the arrivals are never read (held).
-        cum = np.cumsum(np.take(np.asarray(utility, dtype=float), self._take_u), axis=2)
-        held = np.take(cum, self._take_held)
-        return np.where(self._some, held / self._count * self.scale, 0.0).mean(axis=1)
+        cum = np.cumsum(np.take(np.asarray(utility, dtype=float), take_u), axis=2)
+        held = np.take(cum, take_held)
+        return np.where(some, held / count * self.scale, 0.0).mean(axis=1)
 
     @property
     def nbytes(self) -> int:
-        """Bytes of its arrays."""
-        return sum(x.nbytes for x in (self.order, self.got, self.scale, self.length, self._take_u, self._take_held,
-                                      self._some, self._count))
+        """Bytes of its arrays, the flat indices counted whether made yet or not."""
+        return 2 * sum(x.nbytes for x in (self.order, self.got, self.scale)) + self.length.nbytes
 
     def row(self, i: int) -> Schedule:
         """The schedule of round ``i`` alone."""
