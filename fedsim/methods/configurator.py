@@ -928,53 +928,52 @@ class RoundPlanner:
 
     def value(self, worth: np.ndarray, arms: np.ndarray) -> float:
         """:func:`plan_value` of the plan ``arms`` under ``worth`` (``(A,)``)."""
-        times, quota, returns, min_quota = self.times, self.quota, self.returns, self.min_quota
-        arms = np.asarray(arms, dtype=np.int64)
-        if self.draws is not None:
-            if not (arms >= 0).any():
-                return 0.0
-            w = np.asarray(worth, dtype=float)[np.maximum(arms, 0)]
-            plans = arms[None]
-            progress, length = self.draws.closing(times, plans, w[None], quota, returns, min_quota,
-                                                  self._schedule_of(self.draws, None, times, plans, quota))
-            return float(_closing_values(progress, length).max())
-        t = arrival_times(times, arms)
-        ok = np.isfinite(t)
-        if not ok.any():
+        got = self._closings(worth, arms)
+        if got is None:
             return 0.0
-        idx = np.flatnonzero(ok)
-        first = idx[np.argsort(t[idx], kind="stable")[: max(min(int(quota), idx.size), 1)]]
-        w = np.asarray(worth, dtype=float)[arms[first]]
-        if returns is not None:
-            ks = np.arange(1, first.size + 1, dtype=float)
-            k0 = min(max(int(min_quota), 1), first.size)
-            progress = (np.cumsum(w) / ks * (ks / first.size) ** float(returns))[k0 - 1:]
-            return float(_closing_values(progress, np.maximum(t[first][k0 - 1:], 1e-9)).max())
-        return round_pace(float(w.mean()), float(t[first].max()))
+        progress, length, _ = got
+        if self.draws is None and self.returns is None:
+            return round_pace(float(progress[0, 0]), float(length[0, 0]))
+        return float(_closing_values(progress, length).max())
 
     def close(self, worth: np.ndarray, arms: np.ndarray) -> Assignment:
         """The plan ``arms`` as a round: closed at the count of largest value under
         ``worth`` (:meth:`value`), with its length (and ``closes_at`` with draws)."""
+        arms = np.asarray(arms, dtype=np.int64)
+        got = self._closings(worth, arms)
+        if got is None:
+            return Assignment(arms, float("nan"))
+        progress, length, k0 = got
+        _, j = _pick_closing(progress, length)
+        return Assignment(arms, float(length[0, j]), None if self.draws is None else k0 + j)
+
+    def _closings(self, worth: np.ndarray, arms: np.ndarray) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """``(progress, length, k0)`` of the plan ``arms`` closed at each count from its
+        ``k0``-th update on, each ``(1, K)`` (one count, its quota's, without returns);
+        ``None`` where no update arrives."""
         times, quota, returns, min_quota = self.times, self.quota, self.returns, self.min_quota
         arms = np.asarray(arms, dtype=np.int64)
-        if not (arms >= 0).any():
-            return Assignment(arms, float("nan"))
-        w = np.asarray(worth, dtype=float)[np.maximum(arms, 0)]
         if self.draws is not None:
+            if not (arms >= 0).any():
+                return None
+            w = np.asarray(worth, dtype=float)[np.maximum(arms, 0)]
             plans = arms[None]
             progress, length = self.draws.closing(times, plans, w[None], quota, returns, min_quota,
                                                   self._schedule_of(self.draws, None, times, plans, quota))
-            _, j = _pick_closing(progress, length)
             q = min(max(int(quota), 1), int((arms >= 0).sum()))
-            k0 = min(max(min_quota, 1), q) if returns is not None else q
-            return Assignment(arms, float(length[0, j]), k0 + j)
+            return progress, length, min(max(min_quota, 1), q) if returns is not None else q
         t = arrival_times(times, arms)
         idx = np.flatnonzero(np.isfinite(t))
+        if idx.size == 0:
+            return None
         first = idx[np.argsort(t[idx], kind="stable")[: max(min(int(quota), idx.size), 1)]]
-        if returns is not None:
-            _, length = _best_closing(w[first][None], t[first][None], returns, min_quota)
-            return Assignment(arms, length)
-        return Assignment(arms, float(t[first].max()))
+        w = np.asarray(worth, dtype=float)[arms[first]]
+        if returns is None:
+            return np.array([[w.mean()]]), np.array([[t[first].max()]]), first.size
+        ks = np.arange(1, first.size + 1, dtype=float)
+        k0 = min(max(int(min_quota), 1), first.size)
+        progress = (np.cumsum(w) / ks * (ks / first.size) ** float(returns))[k0 - 1:]
+        return progress[None], np.maximum(t[first][k0 - 1:], 1e-9)[None], k0
 
     def _candidates(self, rows: np.ndarray) -> tuple:
         """For the clients ``rows``: their times and feasible arms, which arms fit each
@@ -1080,6 +1079,15 @@ def planned_quota(times: np.ndarray, arms: np.ndarray, length_s: float, quota: i
     return int(min(max(np.count_nonzero(t <= length_s * (1.0 + 1e-9)), 1), max(int(quota), 1)))
 
 
+def arriving_clients(times: np.ndarray, plan: Assignment, quota: int) -> np.ndarray:
+    """The clients of ``plan`` predicted to arrive before its round closes
+    (:func:`planned_quota`), in order of arrival."""
+    arms, length = plan
+    t = arrival_times(times, arms)
+    first = np.argsort(t, kind="stable")[:planned_quota(times, arms, length, quota, plan.closes_at)]
+    return first[np.isfinite(t[first])]
+
+
 def round_pace(utility: float, length_s: float) -> float:
     """What a round of mean ``utility`` lasting ``length_s`` is worth to the planner: its
     progress per second where it makes progress; where it makes none or loses ground
@@ -1160,11 +1168,8 @@ def ids_assignment(model: ProgressModel, rng: np.random.Generator, times: np.nda
     delta = regret.mean(axis=0)
     gain = []
     for plan in plans:
-        arms, length = plan
-        t = arrival_times(times, arms)
-        arrive = np.argsort(t, kind="stable")[:planned_quota(times, arms, length, quota, plan.closes_at)]
-        arrive = arrive[np.isfinite(t[arrive])]
-        gain.append(information_gain(model, arms[arrive]) if arrive.size else 0.0)
+        arrive = arriving_clients(times, plan, quota)
+        gain.append(information_gain(model, plan[0][arrive]) if arrive.size else 0.0)
     gain = np.maximum(np.array(gain), 1e-12)
     ratio = delta**2 / gain
     pick = int(np.argmin(ratio))
@@ -1179,9 +1184,7 @@ def probe_plans(model: ProgressModel, planner: RoundPlanner, median: np.ndarray,
     under the median among those predicted to arrive with it by the plan's length."""
     arms0, length0 = plan0
     times = planner.times
-    t0 = arrival_times(times, arms0)
-    arriving = np.argsort(t0, kind="stable")[:planned_quota(times, arms0, length0, quota, plan0.closes_at)]
-    arriving = arriving[np.isfinite(t0[arriving])]
+    arriving = arriving_clients(times, plan0, quota)
     if arriving.size == 0 or not np.isfinite(length0):
         return []
     p, _, sd = model.log_worth()
@@ -1270,10 +1273,7 @@ def kg_assignment(model: ProgressModel, rng: np.random.Generator, times: np.ndar
     if reps:
         arrivals = []
         for plan in plans:
-            arms, length = plan
-            t = arrival_times(times, arms)
-            first = np.argsort(t, kind="stable")[:planned_quota(times, arms, length, quota, plan.closes_at)]
-            arrivals.append(arms[first[np.isfinite(t[first])]])
+            arrivals.append(plan[0][arriving_clients(times, plan, quota)])
         best = np.full(len(plans), -np.inf)
         for m in reps:
             after = np.empty((len(plans), worlds))
