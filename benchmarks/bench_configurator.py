@@ -90,6 +90,8 @@ DROPPEFT_ROWS = {
     "droppeft-flat": {"prior": "flat"},
     "droppeft-greedy": {"explore": False},
     "droppeft-no-probes": {"probes": 0},
+    # the learnt model alone, the prior's worths not weighed as a hypothesis (the default before point_null)
+    "droppeft-no-null": {"point_null": 0.0},
     "droppeft-ids": {"policy": "ids"},
     "droppeft-thompson": {"policy": "thompson"},
     "droppeft-alone": {"gain_measure": "alone"},
@@ -171,7 +173,7 @@ def method_rows() -> dict[str, dict]:
     return {k: {"name": "droppeft", "params": v} if v else {"name": "droppeft"} for k, v in DROPPEFT_ROWS.items()}
 
 
-LEARNING_ONLY = ("arm_sd", "harm_prior", "worth_scale", "monotone_worth", "monotone_draws", "gain_examples", "gain_measure", "signed_worth", "policy", "horizon", "explore", "discount", "window", "probes")
+LEARNING_ONLY = ("arm_sd", "harm_prior", "worth_scale", "monotone_worth", "monotone_draws", "gain_examples", "gain_measure", "signed_worth", "policy", "horizon", "explore", "discount", "window", "probes", "point_null")
 
 
 def resolved_method(method: dict) -> dict:
@@ -199,13 +201,15 @@ def comparable(resolved: dict) -> dict:
         unread.update(("min_quota_share", "returns_prior", "learn_returns", "arrival_draws"))
     if resolved.get("policy", "kg") != "kg" or not resolved.get("explore", True):
         unread.add("probes")  # only the knowledge gradient's candidates
+    if resolved.get("prior", "shapes") != "shapes" or resolved.get("worth_scale", "log") != "log":
+        unread.add("point_null")  # the prior's curve on the log scale only
     return {k: v for k, v in resolved.items() if k not in unread}
 
 
 # Parameters added after runs were recorded: the value that does what the code did before.
 ADDED_PARAMS = {"harm_prior": "helps", "worth_scale": "log", "monotone_worth": False, "monotone_draws": True,
                 "leave_out": "none", "choose_quota": False, "learn_returns": True, "arrival_draws": 0,
-                "probes": 0}
+                "probes": 0, "point_null": 0.0}
 
 
 def recorded_method(old: dict, default: dict) -> dict:

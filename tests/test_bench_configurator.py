@@ -30,6 +30,19 @@ def test_probes_count_only_for_the_knowledge_gradient(bench):
         assert bench.comparable({**other, "probes": 0}) == bench.comparable(other), row
 
 
+def test_the_prior_as_a_hypothesis_counts_only_where_it_is_read_and_old_runs_are_the_no_null_row(bench):
+    on = bench.resolved_method({"name": "droppeft"})
+    assert on["point_null"] == 0.5 and bench.comparable({**on, "point_null": 0.0}) != bench.comparable(on)
+    for row in ("droppeft-no-learning", "droppeft-flat", "droppeft-mean"):  # no learning, no curve, mean scale
+        other = bench.resolved_method(bench.method_rows()[row])
+        assert bench.comparable({**other, "point_null": 0.0}) == bench.comparable(other), row
+    # A run of the default recorded before point_null existed is the row that switches it off
+    no_null = bench.resolved_method(bench.method_rows()["droppeft-no-null"])
+    older = {k: v for k, v in no_null.items() if k != "point_null"}
+    assert bench.recorded_method({"method_resolved": older}, no_null) == bench.comparable(no_null)
+    assert bench.recorded_method({"method_resolved": older}, on) != bench.comparable(on)
+
+
 def test_a_learning_row_reruns_when_how_gains_are_measured_changes(bench):
     on = bench.resolved_method({"name": "droppeft"})
     assert on["gain_measure"] == "loo"
@@ -56,9 +69,9 @@ def test_a_row_that_floors_harm_ignores_the_harm_prior_and_old_signed_runs_are_r
     pooled = bench.resolved_method(bench.method_rows()["droppeft-pooled-harm"])
     assert bench.comparable(signed) != bench.comparable(pooled)
     # A signed run recorded before harm_prior existed ran with "helps": the row that asks for it reuses it
-    # (had it run without probes, as every run before they existed did)
+    # (had it run without probes and the prior as a hypothesis, as every run before they existed did)
     older = {k: v for k, v in signed.items() if k not in bench.ADDED_PARAMS}
-    assert bench.comparable({**bench.ADDED_PARAMS, **older}) == bench.comparable({**signed, "probes": 0})
+    assert bench.comparable({**bench.ADDED_PARAMS, **older}) == bench.comparable({**signed, "probes": 0, "point_null": 0.0})
     assert bench.comparable({**bench.ADDED_PARAMS, **older}) != bench.comparable(signed)  # the default has probes now
     assert (bench.comparable({**bench.ADDED_PARAMS, **{k: v for k, v in pooled.items() if k not in bench.ADDED_PARAMS}})
             != bench.comparable(pooled))

@@ -339,6 +339,64 @@ def test_an_arm_not_yet_seen_keeps_the_prior_spread():
     assert np.all(model.arm_sd_fit[5:] == ARM_SD)
 
 
+def _client_swung_rounds(model: ProgressModel, truth: np.ndarray, rounds: int, seed: int, swing: float = 1.5) -> ProgressModel:
+    """Rounds of 8 updates whose gains are swung either way by their clients (a normal term
+    of sd ``swing`` times a full update's gain, so about a third are at or below zero, as
+    real leave-one-out gains at Dirichlet 0.1), on two or three arms a round."""
+    rng = np.random.default_rng(seed)
+    for r in range(rounds):
+        arms = rng.choice(len(truth), size=rng.integers(2, 4), replace=False)[rng.integers(0, 2, size=8) % 2]
+        model.observe(arms, 0.9**r * (truth[arms] + swing * rng.standard_normal(8)))
+    return model
+
+
+def test_the_prior_as_a_hypothesis_changes_nothing_before_gains_or_at_zero():
+    keeps = _keeps()
+    truth = np.array([depth_weighted_keep(k, 2.0) ** 3 for k in keeps])
+    # Before any gain: its prior probability, and the prior's worths
+    fresh = ProgressModel(keeps, point_null=0.5)
+    assert fresh.null_prob() == 0.5
+    assert fresh.worth() == pytest.approx(ProgressModel(keeps).worth(), rel=1e-12)
+    # point_null 0 is the learnt model, to the bit
+    a = _noisy_rounds(ProgressModel(keeps), truth, 6, 0.3, 0)
+    b = _noisy_rounds(ProgressModel(keeps, point_null=0.0), truth, 6, 0.3, 0)
+    assert np.array_equal(a.worth(), b.worth()) and b.null_prob() == 0.0
+    with pytest.raises(ValueError, match="point_null"):
+        ProgressModel(keeps, point_null=1.0)
+    with pytest.raises(ValueError, match="point_null"):
+        ProgressModel(keeps, depths=None, point_null=0.5)
+
+
+def test_gains_decide_between_the_prior_and_the_learnt_worths():
+    # Prepare: gains of sd 0.3 from the prior's own curve, and from a steep one (keep_2 ** 3)
+    keeps = _keeps()
+    prior = ProgressModel(keeps).worth()
+    steep = np.array([depth_weighted_keep(k, 2.0) ** 3 for k in keeps])
+    # Execute: 10 rounds of each, 3 seeds
+    kept = [_noisy_rounds(ProgressModel(keeps, point_null=0.5), prior, 10, 0.3, s) for s in range(3)]
+    moved = [_noisy_rounds(ProgressModel(keeps, point_null=0.5), steep, 10, 0.3, s) for s in range(3)]
+    # Assert: the prior's curve keeps its hypothesis (more likely than it was a priori);
+    # the steep truth refutes it within 10 rounds, and the worths are the learnt ones
+    assert min(m.null_prob() for m in kept) > 0.5, [m.null_prob() for m in kept]
+    assert max(m.null_prob() for m in moved) < 0.01, [m.null_prob() for m in moved]
+    for m in moved:
+        assert m.worth() / m.worth()[0] == pytest.approx(steep / steep[0], rel=0.25, abs=0.03)
+
+
+def test_gains_swung_by_their_clients_leave_the_worths_near_the_prior():
+    # Prepare: the prior's curve, gains swung either way by their clients (about a third
+    # at or below zero): the floored log model reads the swing as the arms' worths
+    keeps = _keeps()
+    prior = ProgressModel(keeps).worth()
+    # Execute: 12 rounds, 5 seeds, with the prior as a hypothesis and without
+    def err(pn):
+        return [np.abs(np.log(_client_swung_rounds(ProgressModel(keeps, point_null=pn), prior, 12, s).worth() / prior)).max()
+                for s in range(5)]
+    with_null, without = err(0.5), err(0.0)
+    # Assert: the worst arm's log error is at most half the learnt model's, on average
+    assert np.mean(with_null) <= 0.5 * np.mean(without), (with_null, without)
+
+
 def test_flat_prior_rates_every_arm_alike_before_data():
     model = ProgressModel(_keeps(), depths=None)
     assert model.worth() == pytest.approx(np.ones(len(_keeps())))

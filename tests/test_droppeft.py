@@ -148,12 +148,25 @@ def test_a_method_checkpointed_before_signed_worths_existed_resumes_flooring_har
 def test_a_method_checkpointed_before_spreads_were_learnt_resumes_with_its_one_spread():
     import pickle
 
-    method, one = DropPEFT(DropPEFTParams(), SHAPE, BASE), DropPEFT(DropPEFTParams(arm_sd=1.0), SHAPE, BASE)
-    del method.model.__dict__["_arm_sds"], method.model.__dict__["arm_sd_fit"]  # as unpickled from an older checkpoint
+    method, one = DropPEFT(DropPEFTParams(), SHAPE, BASE), DropPEFT(DropPEFTParams(arm_sd=1.0, point_null=0.0), SHAPE, BASE)
+    for name in ("_arm_sds", "arm_sd_fit", "point_null", "_null_prob", "_null_worth"):  # as unpickled from an older checkpoint
+        del method.model.__dict__[name]
     model = pickle.loads(pickle.dumps(method)).model
     for m in (model, one.model):
         m.observe(np.array([0, 1, 2, 2]), np.array([1.0, 0.2, 0.9, 1.1]))
     assert np.array_equal(model.worth(), one.model.worth())
+
+
+def test_a_method_checkpointed_before_the_prior_was_a_hypothesis_resumes_without_it():
+    import pickle
+
+    method, free = DropPEFT(DropPEFTParams(), SHAPE, BASE), DropPEFT(DropPEFTParams(point_null=0.0), SHAPE, BASE)
+    for name in ("point_null", "_null_prob", "_null_worth"):  # as unpickled from a checkpoint made before it
+        del method.model.__dict__[name]
+    model = pickle.loads(pickle.dumps(method)).model
+    for m in (model, free.model):
+        m.observe(np.array([0, 1, 2, 2]), np.array([1.0, 0.2, 0.9, 1.1]))
+    assert np.array_equal(model.worth(), free.model.worth()) and model.null_prob() == 0.0
 
 
 def test_bandit_off_uses_the_fixed_arm_where_feasible():

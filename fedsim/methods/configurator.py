@@ -70,6 +70,18 @@ arms may come out worth less than nothing), ``delta_a`` each arm's correction wi
 learnt spread. The same conjugate machinery, ``gamma`` averaged by evidence; before any
 gain its worths are the log model's prior's, so learning off plans alike on both.
 
+**The prior as a hypothesis** (``point_null``, DropPEFT's default 0.5). Beside the model
+above, the hypothesis that the prior's worths are exact (``theta_a = w0_a``, the worths
+learning off plans with; only the phase learnt) has prior probability ``point_null``;
+the two are weighed by the evidence of the gains seen (conjugate, in closed form, the
+same prior of the phase and the noise in both), and the estimates a round is planned
+with are their average, ``P0 * w0 + (1 - P0) * theta``. Gains that agree with the prior,
+or say little (swung by their clients), keep ``P0`` high and the plans near the prior's,
+where the free model would follow the swing; gains that contradict it refute it within
+a few rounds. Exploration is the free model's (its draws and look-ahead), so the
+hypothesis is put to the test, not taken on trust: a hypothesis that also held back the
+exploring would keep the gains that could refute it from being seen.
+
 Observations made ``k`` evaluations ago weigh ``discount ** k`` (``window``: only the
 last ones are kept), so the model follows a best arm that changes as training goes on.
 Thompson sampling turns the posterior into the utilities a round is planned with: one
@@ -145,6 +157,9 @@ class ProgressModel:
         monotone_draws: with ``monotone``, order the posterior draws too; ``False``: only
             the estimates a round is planned with are ordered, and the draws that
             explore are the unordered posterior's.
+        point_null: prior probability that the prior's worths are exact (module
+            docstring; :meth:`null_prob`); 0 (the default here): the learnt model alone.
+            Needs ``depths`` and the log scale.
     """
 
     # Class defaults: a model pickled before signed worths existed floors, as it ran.
@@ -158,6 +173,8 @@ class ProgressModel:
     arm_sd_fit: np.ndarray | None = None
     monotone = False  # ... and before the order, unordered
     monotone_draws = True  # ... and before the choice, with its draws ordered
+    point_null = 0.0  # ... and before the prior's worths were a hypothesis of their own, without it
+    _null_prob = 0.0
     _noise_var: float | None = None  # noise_var's cache (cleared by observe)
     _above: np.ndarray | None = None
     _full: np.ndarray | None = None
@@ -167,7 +184,7 @@ class ProgressModel:
                  discount: float = 0.9, window: int | None = None, arm_sd: float | None = None, beta_sd: float = 2.0,
                  noise: float = 0.25, noise_weight: float = 2.0, prior_beta: float = PRIOR_BETA,
                  signed: bool = False, harm_prior: str = "pooled", scale: str = "log", monotone: bool | str = False,
-                 monotone_draws: bool = True, sign_harm: bool = False) -> None:
+                 monotone_draws: bool = True, sign_harm: bool = False, point_null: float = 0.0) -> None:
         from fedsim.core.plan import depth_weighted_keep
 
         if not 0.0 < discount <= 1.0:
@@ -212,6 +229,14 @@ class ProgressModel:
                 self.m0[2] = prior_beta
                 v0[2] = beta_sd**2 / noise
         self.V0_inv = np.diag(1.0 / v0)
+        if not 0.0 <= point_null < 1.0:
+            raise ValueError(f"point_null must be in [0, 1), got {point_null}")
+        if point_null > 0 and (self.flat or scale != "log"):
+            raise ValueError("point_null needs the prior's curve (depths) on the log scale")
+        self.point_null = float(point_null)
+        self._null_prob = self.point_null
+        # The prior's worths, what learning off plans with: keep_gamma ** prior_beta, averaged over gamma.
+        self._null_worth = np.exp(prior_beta * self.log_keep).mean(axis=0)
         self._arm_sds = ARM_SDS if arm_sd is None else (float(arm_sd),)
         self.arm_sd_fit = None  # per arm, once fitted
         self.a0 = 1.0 + noise_weight / 2.0
@@ -388,7 +413,42 @@ class ProgressModel:
                             total, fit, sds = t_total, t_fit, trial
         self.arm_sd_fit = sds
         self._fit = fit
+        if self.point_null > 0:
+            self._null_prob = self._null_posterior(total - np.log(len(stats)))
         return self._fit
+
+    def _null_posterior(self, learnt: float) -> float:
+        """Posterior probability that the prior's worths are exact (``point_null``).
+
+        The hypothesis: ``log gain = alpha + trend * ... + log w0(a) + noise``, ``w0`` the
+        prior's worths (what learning off plans with), only the phase learnt; against it
+        the model above, whose log evidence (``learnt``, its spreads at their likeliest,
+        ``gamma`` averaged) is given. Both use the same conjugate prior of the phase and
+        the noise, so their evidences compare: more coefficients fit the gains better and
+        are charged for it (Occam's factor), and gains that say little leave the
+        hypothesis standing where one round's swing would move the free model."""
+        if not self._rows:
+            return self.point_null
+        t = np.array([r[0] for r in self._rows], dtype=float)
+        X = np.array([r[1] for r in self._rows]).reshape(len(self._rows), self.num_arms)
+        z = np.array([r[2] for r in self._rows]) - X @ np.log(self._null_worth)
+        w = self.discount ** (self.evaluations - t)
+        F = np.column_stack([np.ones(len(t)), (t - self.evaluations) / _TREND_UNIT])
+        V0_inv, m0 = self.V0_inv[:2, :2], self.m0[:2]
+        prec = V0_inv + (F * w[:, None]).T @ F
+        mn = np.linalg.solve(prec, V0_inv @ m0 + (F * w[:, None]).T @ z)
+        an = self.a0 + 0.5 * float(w.sum())
+        bn = self.b0 + 0.5 * max(float(w @ z**2 + m0 @ V0_inv @ m0 - mn @ prec @ mn), 0.0)
+        null = -0.5 * np.linalg.slogdet(prec)[1] - an * np.log(bn) + 0.5 * np.log(np.diag(V0_inv)).sum()
+        odds = np.log(self.point_null / (1.0 - self.point_null)) + null - learnt
+        return float(1.0 / (1.0 + np.exp(-odds))) if odds > -700 else 0.0
+
+    def null_prob(self) -> float:
+        """Posterior probability that the prior's worths are exact (0 without ``point_null``)."""
+        if self.point_null <= 0:
+            return 0.0
+        self.fit()
+        return self._null_prob
 
     def _posterior(self, stats: list, V0_inv: np.ndarray) -> tuple[float, tuple]:
         """``(log evidence, (weight per gamma, posts))`` under the prior precision ``V0_inv``."""
@@ -439,7 +499,11 @@ class ProgressModel:
         each ``gamma``, averaged by their weights. (The mean of a log-normal grows with its
         spread: it would rate the arms known least as the best.)"""
         p, mean, _ = self.log_worth()
-        return self.ordered(p @ self._to_worth(mean) * self.harm_factor()[0], estimate=True)
+        learnt = self.ordered(p @ self._to_worth(mean) * self.harm_factor()[0], estimate=True)
+        if self.point_null <= 0:
+            return learnt
+        null = self.null_prob()
+        return null * self._null_worth + (1.0 - null) * learnt
 
     def ordered(self, worth: np.ndarray, estimate: bool = False) -> np.ndarray:
         """``worth`` (``(..., A)``) with, if ``monotone``, each arm capped at the worth of

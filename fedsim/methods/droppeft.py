@@ -143,6 +143,12 @@ class DropPEFTParams(MethodParams):
         "kg: probe plans among its candidates, each the median's plan with one client switched to an arm none "
         "of its arriving updates runs (the arms the posterior is least sure of, each on the client where the "
         "switch costs least); 0 = Thompson candidates only (ablation, the design until 2026-11-28)"))
+    point_null: float = Field(0.5, ge=0.0, lt=1.0, allow_inf_nan=False, description=(
+        "prior probability that the prior's worths (worth = keep ** prior_beta, what learning off plans with) are "
+        "exact, weighed against the learnt model by the evidence of the gains seen: the plans mix the two by "
+        "it and the knowledge gradient values learning only as far as the learnt model is likely, so gains "
+        "that say little (swung by their clients) leave the plans near the prior's; 0 = the learnt model alone "
+        "(ablation, the design until 2026-11-28). Read with learning, prior: shapes and worth_scale: log only"))
     horizon: int | Literal["auto"] = Field("auto", description=(
         "kg: rounds the run is expected to last; auto = unknown: as many rounds still to come as have gone"))
     learning: bool = Field(True, description="ablation: false plans with the prior alone, whatever is observed")
@@ -270,7 +276,9 @@ class DropPEFT(Method):
                                    signed=params.signed_worth, harm_prior=params.harm_prior,
                                    scale=params.worth_scale, monotone=params.monotone_worth,
                                    monotone_draws=params.monotone_draws,
-                                   sign_harm=params.leave_out == "harmful")
+                                   sign_harm=params.leave_out == "harmful",
+                                   point_null=(params.point_null if params.learning and params.prior == "shapes"
+                                               and params.worth_scale == "log" else 0.0))
         # How a round's progress grows with its updates (choose_quota), learnt from the run.
         self.returns = RoundReturns(params.returns_prior, params.discount,
                                     learning=params.learning and params.learn_returns)
@@ -417,6 +425,8 @@ class DropPEFT(Method):
             # The results are the updates of the clients whose outcome is ok, in order.
             self.model.observe(reported[np.asarray(report.outcome) == "ok"], report.update_gains)
             entry["worth"] = self.model.worth().tolist()
+            if self.model.point_null > 0:
+                entry["null_prob"] = self.model.null_prob()
             if report.round_gain is not None and hasattr(self, "returns"):
                 self.returns.observe(report.update_gains, report.round_gain)
         if quota is not None:
