@@ -429,11 +429,9 @@ class ProgressModel:
         hypothesis standing where one round's swing would move the free model."""
         if not self._rows:
             return self.point_null
-        t = np.array([r[0] for r in self._rows], dtype=float)
-        X = np.array([r[1] for r in self._rows]).reshape(len(self._rows), self.num_arms)
-        z = np.array([r[2] for r in self._rows]) - X @ np.log(self._null_worth)
-        w = self.discount ** (self.evaluations - t)
-        F = np.column_stack([np.ones(len(t)), (t - self.evaluations) / _TREND_UNIT])
+        design, z, w = self._design(0)  # [phase (2 columns), curve, arms]: the phase's and the arms' are read
+        F = design[:, :2]
+        z = z - design[:, -self.num_arms:] @ np.log(self._null_worth)
         V0_inv, m0 = self.V0_inv[:2, :2], self.m0[:2]
         prec = V0_inv + (F * w[:, None]).T @ F
         mn = np.linalg.solve(prec, V0_inv @ m0 + (F * w[:, None]).T @ z)
