@@ -14,7 +14,10 @@ less than DropPEFT's prior says, or dropped updates harm the rounds they join). 
 the surrogate's truth for that environment. DropPEFT's defaults were set on the synthetic
 rounds of ``tests/test_configurator.py`` only; none of these environments was used.
 
-Rows, with the same fleet, data, selection and seeds in every row of an environment:
+Rows, with the same fleet, data, selection and seeds in every row of an environment (a
+run without ``--rows`` makes FedLoRA, the fixed arms, the told-truth row and
+``DEFAULT_ROWS``; ``--rows`` names any of the others, or ``fedlora`` or a fixed arm to run
+on every seed alone with ``--rows-only``):
 
 * ``fedlora`` (every seed); ``stld-<profile>-<drop>``, each arm of DropPEFT's arm set run
   alone (with ``fedlora`` the arm without dropout). Every arm runs on the first seed; the best
@@ -29,6 +32,8 @@ Rows, with the same fleet, data, selection and seeds in every row of an environm
   prior (``learn_returns: false``);
 * ``droppeft-flat``: no curve, every arm alike a priori, per-arm learning only;
 * ``droppeft-greedy``: learning without exploration (``explore: false``);
+* ``droppeft-no-null``: the learnt model alone, the prior's worths not weighed as a
+  hypothesis against it (``point_null: 0``, the default until 2026-11-28);
 * ``droppeft-no-probes``: the knowledge gradient's candidates without its probe plans
   (``probes: 0``, the default until 2026-11-28: the median's plan and Thompson plans only);
 * ``droppeft-ids`` and ``droppeft-thompson``: the other exploration policies offered,
@@ -126,6 +131,14 @@ DROPPEFT_ROWS = {
     # devices whose every arm the gains say harms the round are left out too
     "droppeft-leave-harmful": {"leave_out": "harmful", "choose_quota": False},
 }
+
+
+# The rows a full run makes: the (learning off, a flat prior, each policy offered,
+# exploration off) and the ablation of the latest credited change. The other rows are
+# earlier defaults and ablations measured in their own dated tables (docs/droppeft.md);
+# ``--rows`` runs any of them.
+DEFAULT_ROWS = ("droppeft", "droppeft-no-learning", "droppeft-flat", "droppeft-greedy", "droppeft-ids",
+                "droppeft-thompson", "droppeft-no-null")
 
 
 def arm_rows() -> dict[str, dict]:
@@ -425,11 +438,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-configurator")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="scenario override for every run")
-    ap.add_argument("--rows", default=",".join(DROPPEFT_ROWS),
-                    help="DropPEFT rows to run (fedlora and the fixed arms run too, unless --rows-only)")
+    ap.add_argument("--rows", default=",".join(DEFAULT_ROWS),
+                    help="DropPEFT rows to run (fedlora and the fixed arms run too, unless --rows-only); default: "
+                         + ",".join(DEFAULT_ROWS) + "; the others: "
+                         + ",".join(r for r in DROPPEFT_ROWS if r not in DEFAULT_ROWS))
     ap.add_argument("--rows-only", action="store_true",
-                    help="run the --rows alone: no FedLoRA, fixed arm or told-truth run is started (the tables read "
-                         "those already recorded; on a device whose time is short, where they were run before)")
+                    help="run the --rows alone: no FedLoRA, fixed arm or told-truth run is started unless --rows names "
+                         "it (the tables read those already recorded; on a device whose time is short, where they were "
+                         "run before)")
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--log-gains", action="store_true",
                     help="each DropPEFT run that learns writes the gains it observed to gains.jsonl beside its records")
@@ -459,10 +475,11 @@ def main(argv: list[str] | None = None) -> int:
     base = args.out / kind
     targets = {e: float(yaml.safe_load((ENV_DIR / f"{e}.yaml").read_text())["engine"]["target_accuracy"]) for e in envs}
     arms, methods = arm_rows(), method_rows()
-    unknown = set(args.rows.split(",")) - set(methods)
+    unknown = set(args.rows.split(",")) - set(methods) - set(arms)
     if unknown:
-        ap.error(f"--rows: unknown {sorted(unknown)}; rows are {', '.join(methods)}")
-    run_methods = {k: v for k, v in methods.items() if k in args.rows.split(",")}
+        ap.error(f"--rows: unknown {sorted(unknown)}; rows are {', '.join([*methods, *arms])}")
+    # a fixed arm named in --rows (fedlora, say) runs on every seed like a DropPEFT row
+    run_methods = {k: v for k, v in {**methods, **arms}.items() if k in args.rows.split(",")}
 
     def execute(tasks):
         tasks = list(tasks)
@@ -570,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
         line(not slower, f"never more than 5% slower than learning off: {'ok' if not slower else slower}")
     emit("\nPaired by seed (same fleet, data and selection), droppeft's time over learning off's: "
          "geometric mean and 95% interval over the seeds; an interval that holds both 0.95 and 1.05 cannot tell.\n")
-    paired = [r for r in (*DROPPEFT_ROWS, TOLD_TRUTH) if r not in ("droppeft-no-learning", "droppeft-flat")]
+    paired = [r for r in (*DROPPEFT_ROWS, TOLD_TRUTH) if r != "droppeft-no-learning"]
     cells = {e: [paired_ratio(base, e, row, "droppeft-no-learning", seeds, targets[e]) for row in paired] for e in envs}
     shown = [i for i, r in enumerate(paired) if r == "droppeft" or any(cells[e][i][0] for e in envs)]  # rows with runs
     if paired.index(TOLD_TRUTH) in shown:
@@ -583,6 +600,18 @@ def main(argv: list[str] | None = None) -> int:
         if n:
             emit(f"| {e} | {cells[e][0][0] or n} | " + " | ".join(cells[e][i][1] for i in shown) + " |")
     emit()
+    # droppeft against each of its ablations and the other policies, seed by seed
+    others = [r for r in DROPPEFT_ROWS if r not in ("droppeft", "droppeft-no-learning")]
+    cells = {e: [paired_ratio(base, e, "droppeft", row, seeds, targets[e]) for row in others] for e in envs}
+    shown = [i for i, r in enumerate(others) if any(cells[e][i][0] for e in envs)]
+    if shown:
+        emit("Paired by seed, droppeft's time over each other row's (geometric mean and 95% interval):\n")
+        emit("| environment | " + " | ".join(f"droppeft / {others[i]}" for i in shown) + " |")
+        emit("|---|" + "---|" * len(shown))
+        for e in envs:
+            if any(cells[e][i][0] for i in shown):
+                emit(f"| {e} | " + " | ".join(cells[e][i][1] for i in shown) + " |")
+        emit()
     for e, goal in (("minilm-iid", 1.5), ("mpnet-12l", 2.0)):
         if e in summary and "droppeft" in summary[e] and not np.isfinite(summary[e]["fedlora"]):
             emit(f"- not measured: {e}: droppeft against fedlora (fedlora has no runs here)")

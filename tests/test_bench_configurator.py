@@ -123,6 +123,19 @@ def test_rows_only_runs_the_rows_asked_for_and_nothing_else(bench, tmp_path, cap
     assert {"fedlora", "stld-uniform-0.5", "droppeft-told-truth"} <= {p.name for p in env.iterdir()}
 
 
+def test_rows_only_may_name_fedlora_which_then_runs_on_every_seed_and_no_other_arm(bench, tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert bench.main(["--envs", "minilm-iid", "--seeds", "0,1", "--rows", "fedlora,droppeft-no-learning",
+                       "--rows-only", "--top-arms", "0", "--set", "engine.max_rounds=3", "--out", str(out)]) == 0
+    env = out / "surrogate" / "minilm-iid"
+    assert sorted(p.name for p in env.iterdir()) == ["droppeft-no-learning", "fedlora"]
+    assert sorted(p.name for p in (env / "fedlora").iterdir()) == ["seed0", "seed1"]
+    # an unknown row is refused, naming the rows there are
+    with pytest.raises(SystemExit):
+        bench.main(["--envs", "minilm-iid", "--rows", "fedlora-x", "--rows-only", "--out", str(out)])
+    assert "unknown ['fedlora-x']" in capsys.readouterr().err
+
+
 def test_without_fixed_arms_or_fedlora_the_goals_against_them_are_not_measured(bench, tmp_path, capsys):
     # Execute: droppeft alone, nothing to compare it with
     assert bench.main(["--envs", "minilm-iid", "--seeds", "0", "--rows", "droppeft", "--rows-only", "--top-arms", "0",
