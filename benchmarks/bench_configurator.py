@@ -493,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.table_only:
         # 1. every arm and every DropPEFT row; arms on the first seed only, the rest on every seed
         first = [(base / e / row / f"seed{seeds[0]}", e, m, seeds[0], args.trainer, args.overrides, args.horizon, args.log_gains)
-                 for e in envs for row, m in arms.items() if row != "fedlora" and not args.rows_only]
+                 for e in envs for row, m in arms.items()
+                 if row != "fedlora" and row not in run_methods and not args.rows_only]  # an arm in --rows: below
         every = {**({} if args.rows_only else {"fedlora": arms["fedlora"]}), **run_methods}  # FedLoRA: a row on every seed
         rest = [(base / e / row / f"seed{s}", e, m, s, args.trainer, args.overrides, args.horizon, args.log_gains)
                 for e in envs for row, m in every.items() for s in seeds]
